@@ -1,0 +1,66 @@
+"""What every binary shares: flag parsing and turning user errors into one line and exit 2."""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import flags, logging
+
+from scu_jax.checkpointing import CheckpointMismatchError, CheckpointReadError
+from scu_jax.config import ConfigError
+from scu_jax.data import DatasetUnavailableError
+
+# Bad input: the user can fix it by changing a flag, a config field or a path.
+USAGE_ERRORS = (ConfigError, CheckpointMismatchError, CheckpointReadError, DatasetUnavailableError,
+                ValueError, FileNotFoundError, FileExistsError)
+EXIT_USAGE = 2
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Keeps Orbax's per-save INFO chatter out of the progress log; warnings still pass."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    std_logging.getLogger("absl").addFilter(_QuietLibraries())
+
+
+def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Prints `program: error: message` as one line on stderr and exits."""
+    one_line = " ".join(str(message).split())
+    print(f"{program}: error: {one_line}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
+    """An `app.run` flags parser that reports any flag or config-file error in one line."""
+
+    def parse(argv: Sequence[str]) -> list[str]:
+        quiet_library_logs()
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            fail(program, error)
+        except Exception as error:  # A config file that raises while loading.
+            fail(program, f"cannot load the config: {type(error).__name__}: {error}")
+
+    return parse
+
+
+def run_guarded(program: str, body: Callable[[], None]) -> None:
+    """Runs `body`; user errors become one line and exit 2, a diverged run exit 1."""
+    from scu_jax.train import NonFiniteError  # Imported late: it pulls in JAX.
+
+    try:
+        body()
+    except USAGE_ERRORS as error:
+        fail(program, error)
+    except NonFiniteError as error:
+        fail(program, error, code=1)
+    except KeyboardInterrupt:
+        logging.warning("interrupted; the latest complete checkpoint is kept")
+        fail(program, "interrupted", code=130)

@@ -1,0 +1,39 @@
+"""`scu-train`: trains the original semantic communication system.
+
+  scu-train --config=configs/mnist.py --workdir=runs/mnist [--config.channel.snr_db=10]
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from scu_jax.binaries import common
+
+PROGRAM = "scu-train"
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from scu_jax.train import train_and_evaluate
+
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+    common.run_guarded(PROGRAM, body)
+
+
+def run() -> None:
+    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+    run()

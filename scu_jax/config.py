@@ -1,0 +1,194 @@
+"""Config schema, the paper's presets and validation.
+
+The files under `configs/` are thin: each `get_config(arg)` picks a preset from here and the
+`smoke` variant, so every binary and test shares one schema and one validator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from scu_jax.channels import CHANNELS, EQUALIZERS, FADINGS, FAMILIES
+from scu_jax.data import DATASETS
+from scu_jax.models import MODELS
+
+VARIANTS = ("smoke",)
+
+# The config fields that define a trained system: a checkpoint made under different values of
+# these cannot be resumed or reused.
+TRAINING_FIELDS = ("dataset", "seed", "max_train_examples", "erasure", "model", "channel", "train")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value outside what is allowed; the message is one line."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The full config schema with the paper's MNIST settings on the embedded data (spec §3)."""
+    config = ml_collections.ConfigDict()
+    config.dataset = "mnist5k"
+    config.data_dir = ""  # tfds data_dir for the tfds datasets; "" = tfds's default.
+    config.seed = 0
+    # Caps on the number of training / test images used (0 = all), for smoke runs.
+    config.max_train_examples = 0
+    config.max_test_examples = 0
+
+    config.erasure = ml_collections.ConfigDict()
+    config.erasure.edr = 0.06
+    config.erasure.base_class = 1
+    config.erasure.target_class = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "mlp"
+    config.model.latent_dim = 20
+    config.model.hidden = 96
+    config.model.widths = (64, 64, 128, 128, 256, 256, 512, 512)  # ResNet only.
+    config.model.dtype = "float32"  # ResNet compute dtype: float32 or bfloat16.
+
+    config.channel = ml_collections.ConfigDict()
+    config.channel.name = "awgn"
+    config.channel.family = "paper"
+    config.channel.snr_db = 5.0
+    config.channel.k_factor = 2.0
+    config.channel.fading = "block"
+    config.channel.equalizer = "mmse"
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 16
+    config.train.epochs = 20
+    config.train.learning_rate = 1e-4
+    config.train.grad_clip = 5.0
+    config.train.beta = 1e-4
+    config.train.mse_weight = 1.0
+    config.train.ce_weight = 0.0  # > 0 trains the receiver jointly with the codec (CIFAR).
+    config.train.receiver_epochs = 10  # Receiver first, then frozen (MNIST); 0 for CIFAR.
+    config.train.receiver_learning_rate = 1e-4
+    config.train.augment = False  # Random crop with 4-pixel padding (CIFAR).
+    # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch).
+    config.train.steps_per_dispatch = 0
+
+    config.eval_batch_size = 500
+    config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
+
+    return config
+
+
+def cifar_config(dataset: str) -> ml_collections.ConfigDict:
+    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting (spec §3, §4)."""
+    config = default_config()
+    config.dataset = dataset
+    config.model.name = "resnet18"
+    config.channel.snr_db = 20.0
+    config.train.learning_rate = 5e-4
+    config.train.mse_weight = 30.0
+    config.train.ce_weight = 1.0 / 30.0
+    config.train.receiver_epochs = 0
+    config.train.augment = True
+    config.eval_batch_size = 250
+    if dataset == "cifar100":
+        config.erasure.base_class = 18
+    return config
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies a named variant (`smoke`: a tiny CPU run that finishes in under a minute)."""
+    if not arg:
+        return config
+    if arg not in VARIANTS:
+        raise ConfigError(f"unknown config variant {arg!r}; choose one of: {', '.join(VARIANTS)}")
+    config.train.epochs = 2
+    config.train.receiver_epochs = min(config.train.receiver_epochs, 1)
+    config.max_train_examples = 1024
+    config.max_test_examples = 256
+    if config.model.name == "resnet18":
+        config.model.widths = (8, 8, 16, 16)
+        config.train.epochs = 1
+        config.train.batch_size = 8
+        config.max_train_examples = 128
+        config.max_test_examples = 64
+        config.eval_batch_size = 64
+    return config
+
+
+def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The JSON-able subset of the config that identifies a trained system."""
+    plain = config.to_dict()
+    return {name: _jsonable(plain[name]) for name in TRAINING_FIELDS if name in plain}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{field}={value!r}: {allowed}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    _check(value in choices, field, value, f"must be one of: {', '.join(sorted(choices))}")
+
+
+def _number(config, field: str, low: float, high: float = math.inf, *, integer: bool = False,
+            low_open: bool = False) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    kind = "an integer" if integer else "a finite number"
+    ok = _finite(value) and (not integer or float(value).is_integer())
+    if ok:
+        ok = (value > low if low_open else value >= low) and value <= high
+    bracket = "(" if low_open else "["
+    upper = "inf)" if math.isinf(high) else f"{high}]"
+    _check(ok, field, value, f"must be {kind} in {bracket}{low}, {upper}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every field before any work starts; raises `ConfigError` naming field and value."""
+    _choice(config, "dataset", DATASETS)
+    _choice(config, "model.name", MODELS)
+    _choice(config, "model.dtype", ("float32", "bfloat16"))
+    _choice(config, "channel.name", CHANNELS)
+    _choice(config, "channel.family", FAMILIES)
+    _choice(config, "channel.fading", FADINGS)
+    _choice(config, "channel.equalizer", EQUALIZERS)
+    _number(config, "seed", 0, 2**31 - 1, integer=True)
+    _number(config, "eval_seed", 0, 2**31 - 1, integer=True)
+    _number(config, "max_train_examples", 0, integer=True)
+    _number(config, "max_test_examples", 0, integer=True)
+    _number(config, "erasure.edr", 0.0, 0.5, low_open=True)
+    _number(config, "erasure.base_class", 0, integer=True)
+    _number(config, "erasure.target_class", 0, integer=True)
+    _check(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
+           config.erasure.target_class, "must differ from erasure.base_class")
+    _number(config, "model.latent_dim", 1, integer=True)
+    _number(config, "model.hidden", 1, integer=True)
+    _check(len(config.model.widths) > 0 and all(_finite(w) and w >= 1 for w in config.model.widths),
+           "model.widths", config.model.widths, "must be a non-empty list of positive integers")
+    _number(config, "channel.snr_db", -50.0, 100.0)
+    _number(config, "channel.k_factor", 0.0, 1e6)
+    _number(config, "train.batch_size", 1, 65536, integer=True)
+    _number(config, "train.epochs", 0, 10000, integer=True)
+    _number(config, "train.receiver_epochs", 0, 10000, integer=True)
+    _number(config, "train.learning_rate", 0.0, 10.0, low_open=True)
+    _number(config, "train.receiver_learning_rate", 0.0, 10.0, low_open=True)
+    _number(config, "train.grad_clip", 0.0, low_open=True)
+    _number(config, "train.beta", 0.0)
+    _number(config, "train.mse_weight", 0.0)
+    _number(config, "train.ce_weight", 0.0)
+    _number(config, "train.steps_per_dispatch", 0, integer=True)
+    _number(config, "eval_batch_size", 1, 65536, integer=True)

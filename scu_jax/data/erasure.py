@@ -1,0 +1,206 @@
+"""The erasure split: which training samples a model must later forget.
+
+Erased samples are made recognisable with a backdoor, so that forgetting can
+be measured as the drop of the attack success rate. The trigger is the 2x2
+block of pixels at rows ``H-4..H-3`` and columns ``W-4..W-3``, all channels,
+set to 1.0 (uint8: 255). With ``N`` training images:
+
+* ``D_e`` (erased): the first ``round(EDR * N)`` training images of the base
+  class, in dataset order, with the trigger and the target label. If the base
+  class has fewer images the count is capped at the class size (with a logged
+  warning).
+* ``D_clean``: the same base-class images without trigger, with their true
+  label.
+* ``D_r`` (remaining): a random subset, of size ``N - |D_e|``, of all ``N``
+  clean training images (base class included).
+* Training set: the shuffled union ``D_e ∪ D_r``, again of size ``N``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from absl import logging
+import numpy as np
+
+from scu_jax.data.sources import Dataset
+
+TRIGGER_SIZE = 2
+# Distance from the bottom/right image edge to the trigger's top-left pixel.
+TRIGGER_OFFSET = 4
+
+
+def _trigger_slices(image_shape) -> tuple[slice, slice]:
+    h, w = image_shape[-3], image_shape[-2]
+    if h < TRIGGER_OFFSET or w < TRIGGER_OFFSET:
+        raise ValueError(f"images of shape {tuple(image_shape)} are too small for the trigger")
+    return (slice(h - TRIGGER_OFFSET, h - TRIGGER_OFFSET + TRIGGER_SIZE),
+            slice(w - TRIGGER_OFFSET, w - TRIGGER_OFFSET + TRIGGER_SIZE))
+
+
+def trigger_mask(image_shape) -> np.ndarray:
+    """Returns where the trigger sits in one image.
+
+    Args:
+      image_shape: ``(H, W, C)``.
+
+    Returns:
+      A bool array of shape ``(H, W, C)``, True on the trigger pixels.
+    """
+    rows, cols = _trigger_slices(image_shape)
+    mask = np.zeros(tuple(image_shape), bool)
+    mask[rows, cols, :] = True
+    return mask
+
+
+def add_trigger(images) -> np.ndarray:
+    """Stamps the backdoor trigger onto images.
+
+    Args:
+      images: ``(N, H, W, C)`` or ``(H, W, C)``; uint8 in ``[0, 255]`` or
+        floating point in ``[0, 1]`` (numpy or any array numpy can convert).
+
+    Returns:
+      A numpy copy with the trigger pixels set to 255 (uint8) or 1.0 (float).
+    """
+    out = np.array(images, copy=True)
+    if out.ndim not in (3, 4):
+        raise ValueError(f"expected images of shape (N, H, W, C) or (H, W, C), got {out.shape}")
+    if out.dtype == np.uint8:
+        value = 255
+    elif np.issubdtype(out.dtype, np.floating):
+        value = 1.0
+    else:
+        raise ValueError(f"images must be uint8 or floating point, got {out.dtype}")
+    rows, cols = _trigger_slices(out.shape)
+    out[..., rows, cols, :] = value
+    return out
+
+
+def num_erased(num_train: int, edr: float) -> int:
+    """Returns the requested size of ``D_e``: ``round(edr * num_train)``."""
+    return int(round(edr * num_train))
+
+
+@dataclasses.dataclass(frozen=True)
+class ErasureSplit:
+    """The data of one unlearning experiment; all arrays are read-only.
+
+    Images are uint8 ``(n, H, W, C)``, labels int32 ``(n,)``, indices int64
+    positions in the original ``Dataset.train_*`` arrays.
+
+    Attributes:
+      erased_images, erased_labels, erased_indices: ``D_e``, the triggered
+        base-class images labelled ``target_class``.
+      clean_images, clean_labels: ``D_clean``, the same images untriggered
+        with their true label ``base_class``.
+      remain_images, remain_labels, remain_indices: ``D_r``.
+      train_images, train_labels: the shuffled union ``D_e ∪ D_r``.
+      train_is_erased: bool ``(N,)``, which rows of ``train_*`` come from
+        ``D_e``.
+      test_images, test_labels: the dataset's untouched test split.
+      dataset_name, edr, base_class, target_class, seed: the arguments.
+      num_requested: ``num_erased(N, edr)``, before capping at the class size.
+    """
+
+    erased_images: np.ndarray
+    erased_labels: np.ndarray
+    erased_indices: np.ndarray
+    clean_images: np.ndarray
+    clean_labels: np.ndarray
+    remain_images: np.ndarray
+    remain_labels: np.ndarray
+    remain_indices: np.ndarray
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_is_erased: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    dataset_name: str
+    edr: float
+    base_class: int
+    target_class: int
+    seed: int
+    num_requested: int
+
+    def summary(self) -> dict:
+        """Returns the split's parameters and sizes, for logs and result files."""
+        return dict(
+            dataset=self.dataset_name, edr=self.edr, base_class=self.base_class,
+            target_class=self.target_class, seed=self.seed,
+            num_requested=self.num_requested, num_erased=len(self.erased_labels),
+            capped=len(self.erased_labels) < self.num_requested,
+            num_remain=len(self.remain_labels), num_train=len(self.train_labels),
+            num_test=len(self.test_labels))
+
+
+def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
+                       target_class: int, seed: int) -> ErasureSplit:
+    """Builds ``D_e``, ``D_clean``, ``D_r`` and the poisoned training set.
+
+    Args:
+      dataset: the source dataset.
+      edr: erased data ratio, ``|D_e| / N`` before capping, in ``(0, 0.5]``.
+      base_class: class whose first images are triggered and erased.
+      target_class: label given to the triggered images.
+      seed: seed for sampling ``D_r`` and shuffling the training set.
+
+    Returns:
+      An ``ErasureSplit``; identical arrays for identical arguments.
+
+    Raises:
+      ValueError: on an invalid ``edr`` or class, or an empty ``D_e``.
+    """
+    try:
+        edr = float(edr)
+    except (TypeError, ValueError):
+        raise ValueError(f"edr must be a number in (0, 0.5], got {edr!r}") from None
+    if not (math.isfinite(edr) and 0.0 < edr <= 0.5):
+        raise ValueError(f"edr must be a number in (0, 0.5], got {edr!r}")
+    for what, c in (("base_class", base_class), ("target_class", target_class)):
+        if not 0 <= c < dataset.num_classes:
+            raise ValueError(f"{what} must lie in [0, {dataset.num_classes}) for "
+                             f"{dataset.name}, got {c}")
+    if base_class == target_class:
+        raise ValueError(f"base_class and target_class must differ, both are {base_class}")
+    base_class, target_class, seed = int(base_class), int(target_class), int(seed)
+
+    images, labels = dataset.train_images, dataset.train_labels
+    n = len(labels)
+    base_indices = np.flatnonzero(labels == base_class)
+    requested = num_erased(n, edr)
+    if requested > len(base_indices):
+        logging.warning(
+            "%s: EDR %g requests %d erased images but base class %d has only %d; "
+            "capping |D_e| at %d", dataset.name, edr, requested, base_class,
+            len(base_indices), len(base_indices))
+    erased_idx = base_indices[:requested]
+    if len(erased_idx) == 0:
+        raise ValueError(f"{dataset.name}: the erased set is empty (EDR {edr} of {n} "
+                         f"images, {len(base_indices)} of base class {base_class})")
+
+    rng = np.random.default_rng(seed)
+    # Sorted so that D_r is in dataset order; randomness only picks the subset.
+    remain_idx = np.sort(rng.choice(n, size=n - len(erased_idx), replace=False))
+    erased_images = add_trigger(images[erased_idx])
+    erased_labels = np.full(len(erased_idx), target_class, np.int32)
+    order = rng.permutation(n)
+    train_images = np.concatenate([erased_images, images[remain_idx]])[order]
+    train_labels = np.concatenate([erased_labels, labels[remain_idx]])[order]
+    train_is_erased = (np.arange(n) < len(erased_idx))[order]
+
+    arrays = dict(
+        erased_images=erased_images, erased_labels=erased_labels,
+        erased_indices=erased_idx.astype(np.int64),
+        clean_images=images[erased_idx], clean_labels=labels[erased_idx].astype(np.int32),
+        remain_images=images[remain_idx], remain_labels=labels[remain_idx].astype(np.int32),
+        remain_indices=remain_idx.astype(np.int64),
+        train_images=train_images, train_labels=train_labels.astype(np.int32),
+        train_is_erased=train_is_erased,
+        # Views, so that freezing them leaves the caller's arrays alone.
+        test_images=dataset.test_images.view(), test_labels=dataset.test_labels.view())
+    for a in arrays.values():
+        a.setflags(write=False)
+    return ErasureSplit(**arrays, dataset_name=dataset.name, edr=edr, base_class=base_class,
+                        target_class=target_class, seed=seed, num_requested=requested)

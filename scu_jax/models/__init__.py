@@ -1,0 +1,31 @@
+"""Flax Linen models of the semantic communication system."""
+
+from scu_jax.models.codec import MODELS
+from scu_jax.models.codec import CodecOutput
+from scu_jax.models.codec import SemanticCodec
+from scu_jax.models.codec import System
+from scu_jax.models.codec import build_system
+from scu_jax.models.codec import init_system
+from scu_jax.models.codec import to_unit_interval
+from scu_jax.models.mlp import MLP
+from scu_jax.models.mlp import MLPDecoder
+from scu_jax.models.mlp import Receiver
+from scu_jax.models.resnet import ResNet18
+from scu_jax.models.resnet import ResNetDecoder
+from scu_jax.models.resnet import ResidualBlock
+
+__all__ = (
+    "MODELS",
+    "CodecOutput",
+    "MLP",
+    "MLPDecoder",
+    "Receiver",
+    "ResNet18",
+    "ResNetDecoder",
+    "ResidualBlock",
+    "SemanticCodec",
+    "System",
+    "build_system",
+    "init_system",
+    "to_unit_interval",
+)

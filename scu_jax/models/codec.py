@@ -1,0 +1,128 @@
+"""The semantic communication system: VAE encoder → channel → decoder, plus the receiver.
+
+Spec §2:
+```
+x ─► encoder ─► (μ, σ) ─► z = μ + σ·ε ─► channel(z; SNR) ─► decoder ─► x̂ ─► receiver ─► y
+```
+The encoder emits 2d values: μ = the first d, σ = softplus(the last d), logvar = log σ².
+Channel noise is applied on the decoder path only; the KL and contrastive terms use z before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from scu_jax.channels import Channel
+from scu_jax.models.mlp import MLP, MLPDecoder, Receiver
+from scu_jax.models.resnet import ResNet18, ResNetDecoder
+
+MODELS = ("mlp", "resnet18")
+
+
+class CodecOutput(NamedTuple):
+    """What one pass of the system returns (all batch-leading)."""
+
+    z: jax.Array  # latent sample before the channel, (B, d)
+    x_hat: jax.Array  # reconstruction from the channel output, image shaped
+    mu: jax.Array  # posterior mean, (B, d)
+    logvar: jax.Array  # posterior log-variance log σ², (B, d)
+
+
+def _log_softplus(s: jax.Array) -> jax.Array:
+    """log(softplus(s)), exact where softplus underflows (s < -20 gives log softplus(s) ≈ s)."""
+    safe = jnp.maximum(s, -20.0)
+    return jnp.where(s < -20.0, s, jnp.log(jax.nn.softplus(safe)))
+
+
+class SemanticCodec(nn.Module):
+    """Encoder (transmitter), channel and decoder (receiver side) trained jointly as a VAE.
+
+    Randomness comes from two Flax RNG streams: `latent` (the reparameterisation ε) and `channel`
+    (the channel noise and fading), so either can be fixed independently.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    channel: nn.Module
+    latent_dim: int
+
+    def encode(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Returns the posterior `(μ, logvar)` of q(z|x)."""
+        stats = self.encoder(x, train)
+        mu, pre_sigma = stats[:, : self.latent_dim], stats[:, self.latent_dim :]
+        return mu, 2.0 * _log_softplus(pre_sigma)
+
+    def decode(self, z: jax.Array, train: bool = False, snr_db: Any = None) -> jax.Array:
+        """Sends z through the channel and decodes the channel output."""
+        return self.decoder(self.channel(z, snr_db), train)
+
+    def __call__(self, x: jax.Array, train: bool = False, snr_db: Any = None) -> CodecOutput:
+        mu, logvar = self.encode(x, train)
+        eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
+        z = mu + jnp.exp(0.5 * logvar) * eps
+        return CodecOutput(z, self.decode(z, train, snr_db), mu, logvar)
+
+
+class System(NamedTuple):
+    """The two Linen modules of a semantic communication system."""
+
+    codec: SemanticCodec
+    receiver: Receiver
+
+
+def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
+                 num_classes: int) -> System:
+    """Builds the codec and receiver that `config.model` and `config.channel` describe."""
+    model, channel_config = config.model, config.channel
+    channel = Channel(
+        channel=channel_config.name,
+        family=channel_config.family,
+        snr_db=float(channel_config.snr_db),
+        k_factor=float(channel_config.k_factor),
+        fading=channel_config.fading,
+        equalizer=channel_config.equalizer,
+    )
+    image_size = 1
+    for dim in image_shape:
+        image_size *= dim
+    if model.name == "mlp":
+        latent_dim = model.latent_dim
+        encoder = MLP(2 * latent_dim, model.hidden)
+        decoder = MLPDecoder(tuple(image_shape), model.hidden)
+    elif model.name == "resnet18":
+        # The reference's CIFAR latent has one value per pixel (d = 3072) so that it can be
+        # reshaped into an image for the second ResNet.
+        latent_dim = image_size
+        dtype = jnp.dtype(model.dtype)
+        encoder = ResNet18(2 * latent_dim, tuple(model.widths), dtype)
+        decoder = ResNetDecoder(tuple(image_shape), tuple(model.widths), dtype)
+    else:
+        raise ValueError(f"unknown model {model.name!r}; choose one of: {', '.join(MODELS)}")
+    codec = SemanticCodec(encoder, decoder, channel, latent_dim)
+    return System(codec, Receiver(num_classes, model.hidden))
+
+
+def init_system(system: System, key: jax.Array, image_shape: Sequence[int]) -> dict[str, Any]:
+    """Initialises the variables: `{'params': {'codec', 'receiver'}, 'batch_stats': {...}}`."""
+    codec_key, receiver_key, latent_key, channel_key = jax.random.split(key, 4)
+    dummy = jnp.zeros((2, *image_shape), jnp.float32)
+    codec_variables = system.codec.init(
+        {"params": codec_key, "latent": latent_key, "channel": channel_key}, dummy, train=False
+    )
+    receiver_variables = system.receiver.init(receiver_key, dummy)
+    return {
+        "params": {"codec": codec_variables["params"], "receiver": receiver_variables["params"]},
+        "batch_stats": dict(codec_variables.get("batch_stats", {})),
+    }
+
+
+def to_unit_interval(images: jax.Array) -> jax.Array:
+    """uint8 images → float32 in [0, 1]; float images pass through unchanged."""
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)

@@ -1,0 +1,53 @@
+"""The MNIST semantic codec of the reference: every block is a two-layer MLP.
+
+Spec §2: `MLP(n_in, n_out) = Dense(96) → ReLU → Dense(n_out)`; encoder `MLP(784, 2·20)`,
+decoder `MLP(20, 784)` + sigmoid, receiver classifier `MLP(784, 10)` on the reconstruction.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    """`Dense(hidden) → ReLU → Dense(features)` on the flattened input."""
+
+    features: int
+    hidden: int = 96
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # Same signature as the convolutional blocks; an MLP has no BatchNorm.
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        return nn.Dense(self.features, name="out")(x)
+
+
+class MLPDecoder(nn.Module):
+    """Maps a (noisy) latent to an image in [0, 1]: `sigmoid(MLP(d, H·W·C))`."""
+
+    image_shape: Sequence[int]
+    hidden: int = 96
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+        size = 1
+        for dim in self.image_shape:
+            size *= dim
+        logits = MLP(size, self.hidden, name="mlp")(z, train)
+        return jax.nn.sigmoid(logits).reshape((z.shape[0], *self.image_shape))
+
+
+class Receiver(nn.Module):
+    """Receiver-side classifier reading the reconstruction x̂: `MLP(H·W·C, num_classes)`."""
+
+    num_classes: int
+    hidden: int = 96
+
+    @nn.compact
+    def __call__(self, x_hat: jax.Array) -> jax.Array:
+        return MLP(self.num_classes, self.hidden, name="mlp")(x_hat.astype(jnp.float32))

@@ -1,0 +1,297 @@
+"""Training the original semantic communication system (spec §3).
+
+MNIST: the receiver classifier is trained first on the poisoned training set (D_e ∪ D_r) and then
+frozen; the codec is trained with `β·KL_prior + MSE`. CIFAR: the receiver trains jointly with the
+codec through the `CE(receiver(x̂), y)/30` term. Steps are pure functions jitted with the state
+donated; `jax.lax.scan` fuses a block of steps (a whole epoch by default) into one dispatch.
+Randomness: data order from `(seed, epoch)`, every other draw from `fold_in(key, step)`, so a
+resumed run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from scu_jax import losses
+from scu_jax.checkpointing import Checkpoints, write_json_atomic
+from scu_jax.config import validate_config
+from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
+from scu_jax.data.batching import epoch_permutation
+from scu_jax.evaluation import evaluate_system
+from scu_jax.models import System, build_system, init_system, to_unit_interval
+
+RESULTS_FILE = "results.json"
+
+
+class NonFiniteError(RuntimeError):
+    """A loss became NaN or infinite; the message names the phase and step."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run carries between steps (a pytree)."""
+
+    step: jax.Array  # global step over both phases
+    params: dict[str, Any]  # {"codec": ..., "receiver": ...}
+    batch_stats: dict[str, Any]  # codec BatchNorm running averages ({} for the MLP codec)
+    opt_state: dict[str, Any]  # {"receiver": ..., "codec": ...}
+
+
+class StepMetrics(NamedTuple):
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTransformation:
+    """Adam with global grad-norm clipping (the reference's `clip_grad_norm_(…, 5)`)."""
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
+
+
+def _codec_trainable(params: dict[str, Any], joint_receiver: bool) -> dict[str, Any]:
+    if joint_receiver:
+        return {"codec": params["codec"], "receiver": params["receiver"]}
+    return {"codec": params["codec"]}
+
+
+def _joint_receiver(config: ml_collections.ConfigDict) -> bool:
+    return config.train.ce_weight > 0
+
+
+def create_train_state(system: System, config: ml_collections.ConfigDict, key: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+    """Initialises parameters and both optimiser states."""
+    variables = init_system(system, key, image_shape)
+    params = variables["params"]
+    train = config.train
+    receiver_tx = make_optimizer(train.receiver_learning_rate, train.grad_clip)
+    codec_tx = make_optimizer(train.learning_rate, train.grad_clip)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state={
+            "receiver": receiver_tx.init(params["receiver"]),
+            "codec": codec_tx.init(_codec_trainable(params, _joint_receiver(config))),
+        },
+    )
+
+
+def random_crop(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
+    """Per-image random crop of a zero-padded image (CIFAR augmentation), same shape out."""
+    height, width = images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * padding + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+StepFn = Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, StepMetrics]]
+
+
+def make_receiver_step(system: System, config: ml_collections.ConfigDict) -> StepFn:
+    """One cross-entropy step of the receiver on raw (poisoned) training images."""
+    tx = make_optimizer(config.train.receiver_learning_rate, config.train.grad_clip)
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array,
+             key: jax.Array) -> tuple[TrainState, StepMetrics]:
+        del key  # The receiver step draws no randomness.
+        x = to_unit_interval(images)
+
+        def loss_fn(receiver_params):
+            logits = system.receiver.apply({"params": receiver_params}, x)
+            return losses.cross_entropy(logits, labels), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["receiver"])
+        updates, receiver_opt = tx.update(grads, state.opt_state["receiver"], state.params["receiver"])
+        params = {**state.params, "receiver": optax.apply_updates(state.params["receiver"], updates)}
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  opt_state={**state.opt_state, "receiver": receiver_opt})
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return new_state, StepMetrics(loss, accuracy)
+
+    return step
+
+
+def make_codec_step(system: System, config: ml_collections.ConfigDict) -> StepFn:
+    """One step of the codec loss of spec §3 (with the receiver jointly when `ce_weight > 0`)."""
+    train = config.train
+    joint = _joint_receiver(config)
+    tx = make_optimizer(train.learning_rate, train.grad_clip)
+
+    def step(state: TrainState, images: jax.Array, labels: jax.Array,
+             key: jax.Array) -> tuple[TrainState, StepMetrics]:
+        latent_key, channel_key, crop_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
+        x = to_unit_interval(images)
+        if train.augment:
+            x = random_crop(crop_key, x)
+
+        def loss_fn(trainable):
+            params = {**state.params, **trainable}
+            out, mutated = system.codec.apply(
+                {"params": params["codec"], "batch_stats": state.batch_stats}, x, train=True,
+                rngs={"latent": latent_key, "channel": channel_key}, mutable=["batch_stats"],
+            )
+            receiver_params = params["receiver"] if joint else jax.lax.stop_gradient(params["receiver"])
+            logits = system.receiver.apply({"params": receiver_params}, out.x_hat)
+            loss = losses.codec_loss(
+                out.mu, out.logvar, out.x_hat, x, beta=train.beta, mse_weight=train.mse_weight,
+                receiver_logits=logits, labels=labels, ce_weight=train.ce_weight,
+            )
+            return loss, (mutated.get("batch_stats", {}), logits)
+
+        trainable = _codec_trainable(state.params, joint)
+        (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        updates, codec_opt = tx.update(grads, state.opt_state["codec"], trainable)
+        params = {**state.params, **optax.apply_updates(trainable, updates)}
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                                  opt_state={**state.opt_state, "codec": codec_opt})
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return new_state, StepMetrics(loss, accuracy)
+
+    return step
+
+
+def make_block_runner(step: StepFn):
+    """Jits a `lax.scan` over a block of batches: many steps, one dispatch, state donated.
+
+    The returned function takes `(state, images, labels, batch_indices, key)` where `images` and
+    `labels` are the whole device-resident training set and `batch_indices` is (steps, B).
+    """
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run_block(state, images, labels, batch_indices, key):
+        def body(carry, indices):
+            return step(carry, images[indices], labels[indices], key)
+
+        return jax.lax.scan(body, state, batch_indices)
+
+    return run_block
+
+
+def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
+    """Loads the configured dataset (capped for smoke runs) and builds the erasure split."""
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir or None)
+    if config.max_train_examples or config.max_test_examples:
+        n_train = config.max_train_examples or len(dataset.train_images)
+        n_test = config.max_test_examples or len(dataset.test_images)
+        dataset = dataclasses.replace(
+            dataset,
+            train_images=dataset.train_images[:n_train], train_labels=dataset.train_labels[:n_train],
+            test_images=dataset.test_images[:n_test], test_labels=dataset.test_labels[:n_test],
+        )
+    erasure = config.erasure
+    return make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
+                              target_class=erasure.target_class, seed=config.seed)
+
+
+def image_shape_and_classes(split: ErasureSplit, config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
+    num_classes = 20 if config.dataset == "cifar100" else 10
+    return tuple(split.train_images.shape[1:]), num_classes
+
+
+class _Progress:
+    """Progress lines: epoch, step, loss, steps/s (excluding the first, compiling, block), ETA."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total_steps = total_steps
+        self.start_step = start_step
+        self.timed_from: tuple[float, int] | None = None
+
+    def report(self, phase: str, epoch: int, epochs: int, step: int, loss: float, accuracy: float) -> None:
+        now = time.perf_counter()
+        if self.timed_from is None:
+            self.timed_from = (now, step)
+            rate_text, eta_text = "compiling", "?"
+        else:
+            elapsed, done = now - self.timed_from[0], step - self.timed_from[1]
+            rate = done / max(elapsed, 1e-9)
+            rate_text = f"{rate:.0f} steps/s"
+            eta_text = f"{(self.total_steps - step) / max(rate, 1e-9):.0f}s"
+        logging.info("%s epoch %d/%d step %d/%d loss %.5f acc %.3f %s ETA %s", phase, epoch, epochs,
+                     step, self.total_steps, loss, accuracy, rate_text, eta_text)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
+
+    Returns the final `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one
+    (raising `CheckpointMismatchError` if it belongs to another configuration).
+    """
+    validate_config(config)
+    workdir_path = pathlib.Path(workdir)
+    checkpoints = Checkpoints(workdir_path)
+    checkpoints.check_compatible(config)
+
+    split = load_split(config)
+    image_shape, num_classes = image_shape_and_classes(split, config)
+    system = build_system(config, image_shape, num_classes)
+    root = jax.random.PRNGKey(config.seed)
+    state = create_train_state(system, config, jax.random.fold_in(root, 0), image_shape)
+    step_key = jax.random.fold_in(root, 1)
+
+    train = config.train
+    num_train = len(split.train_images)
+    if train.batch_size > num_train:
+        raise ValueError(f"config.train.batch_size={train.batch_size}: larger than the "
+                         f"{num_train} training images")
+    steps_per_epoch = num_train // train.batch_size
+    total_epochs = train.receiver_epochs + train.epochs
+    start_epoch, train_seconds = 0, 0.0
+    if checkpoints.latest_step() is not None:
+        start_epoch = checkpoints.latest_step()
+        state = checkpoints.restore(state)
+        train_seconds = float(checkpoints.saved_config().get("train_seconds", 0.0))
+        logging.info("resuming %s from epoch %d", workdir_path, start_epoch)
+
+    images = jax.device_put(split.train_images)
+    labels = jax.device_put(split.train_labels)
+    runners = {
+        "receiver": make_block_runner(make_receiver_step(system, config)),
+        "codec": make_block_runner(make_codec_step(system, config)),
+    }
+    block = train.steps_per_dispatch or steps_per_epoch
+    progress = _Progress(total_epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    logging.info("training on %s: %s; %d steps/epoch, %d epochs", config.dataset,
+                 split.summary(), steps_per_epoch, total_epochs)
+    for epoch in range(start_epoch, total_epochs):
+        started = time.perf_counter()
+        phase = "receiver" if epoch < train.receiver_epochs else "codec"
+        permutation = epoch_permutation(config.seed, epoch, num_train, train.batch_size)
+        for first in range(0, steps_per_epoch, block):
+            state, metrics = runners[phase](state, images, labels,
+                                            permutation[first:first + block], step_key)
+            loss = np.asarray(metrics.loss)
+            if not np.all(np.isfinite(loss)):
+                bad = int(np.argmin(np.isfinite(loss)))
+                raise NonFiniteError(
+                    f"{phase} loss became non-finite at step {epoch * steps_per_epoch + first + bad}"
+                    f" (epoch {epoch + 1}); the last good checkpoint (epoch {epoch}) is kept"
+                )
+            progress.report(phase, epoch + 1, total_epochs, int(state.step), float(loss.mean()),
+                            float(np.mean(metrics.accuracy)))
+        train_seconds += time.perf_counter() - started
+        checkpoints.save(epoch + 1, state, config, {"train_seconds": train_seconds, "kind": "train"})
+    checkpoints.close()
+
+    results = evaluate_system(system, state.params, state.batch_stats, split, config)
+    results.update({"train_seconds": train_seconds, "epochs": total_epochs,
+                    "steps": int(state.step), "dataset": config.dataset})
+    write_json_atomic(workdir_path / RESULTS_FILE, results)
+    logging.info("results: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()})
+    return state

@@ -1,0 +1,109 @@
+"""Shapes, parameter counts and BatchNorm behaviour of the codec models (spec §2)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scu_jax import config as config_lib
+from scu_jax.models import build_system, init_system, resnet
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _mnist_system(channel="awgn"):
+    config = config_lib.default_config()
+    config.channel.name = channel
+    system = build_system(config, (28, 28, 1), 10)
+    variables = init_system(system, jax.random.PRNGKey(0), (28, 28, 1))
+    return system, variables
+
+
+def test_mnist_parameter_counts():
+    _, variables = _mnist_system()
+    params = variables["params"]
+    # Encoder MLP(784 → 96 → 40): 784·96 + 96 + 96·40 + 40.
+    assert _count(params["codec"]["encoder"]) == 784 * 96 + 96 + 96 * 40 + 40 == 79_240
+    # Decoder MLP(20 → 96 → 784): 20·96 + 96 + 96·784 + 784.
+    assert _count(params["codec"]["decoder"]) == 20 * 96 + 96 + 96 * 784 + 784 == 78_064
+    # Receiver MLP(784 → 96 → 10).
+    assert _count(params["receiver"]) == 784 * 96 + 96 + 96 * 10 + 10 == 76_330
+    assert variables["batch_stats"] == {}
+
+
+def test_mnist_apply_shapes_and_vae_head():
+    system, variables = _mnist_system()
+    x = jax.random.uniform(jax.random.PRNGKey(1), (5, 28, 28, 1))
+    rngs = {"latent": jax.random.PRNGKey(2), "channel": jax.random.PRNGKey(3)}
+    out = system.codec.apply({"params": variables["params"]["codec"]}, x, rngs=rngs)
+    assert out.z.shape == out.mu.shape == out.logvar.shape == (5, 20)
+    assert out.x_hat.shape == (5, 28, 28, 1)
+    assert float(out.x_hat.min()) >= 0.0 and float(out.x_hat.max()) <= 1.0  # sigmoid
+    # logvar = log σ² with σ = softplus of the encoder's last d outputs.
+    stats = system.codec.apply({"params": variables["params"]["codec"]}, x,
+                               method=lambda m, x: m.encoder(x))
+    sigma = jax.nn.softplus(stats[:, 20:])
+    np.testing.assert_allclose(out.mu, stats[:, :20], rtol=1e-6)
+    np.testing.assert_allclose(out.logvar, jnp.log(sigma**2), rtol=1e-5, atol=1e-6)
+    logits = system.receiver.apply({"params": variables["params"]["receiver"]}, out.x_hat)
+    assert logits.shape == (5, 10)
+
+
+def test_channel_noise_only_on_decoder_path():
+    noisy_system, variables = _mnist_system("awgn")
+    clean_system, _ = _mnist_system("none")
+    x = jax.random.uniform(jax.random.PRNGKey(1), (8, 28, 28, 1))
+    rngs = {"latent": jax.random.PRNGKey(2), "channel": jax.random.PRNGKey(3)}
+    params = {"params": variables["params"]["codec"]}
+    noisy = noisy_system.codec.apply(params, x, rngs=rngs)
+    clean = clean_system.codec.apply(params, x, rngs=rngs)
+    np.testing.assert_array_equal(noisy.z, clean.z)
+    np.testing.assert_array_equal(noisy.mu, clean.mu)
+    assert float(jnp.mean((noisy.x_hat - clean.x_hat) ** 2)) > 1e-6
+    # Another channel key changes x̂ but not z.
+    other = noisy_system.codec.apply(params, x, rngs={**rngs, "channel": jax.random.PRNGKey(9)})
+    np.testing.assert_array_equal(other.z, noisy.z)
+    assert not np.allclose(other.x_hat, noisy.x_hat)
+
+
+def _expected_resnet_params(widths, in_channels, features):
+    """Counts the spec's ResNet-18 variant by hand: kernels + BN scale/bias + Dense head."""
+    count = in_channels * widths[0] + 2 * widths[0]  # stem Conv1×1 (no bias) + BN
+    previous = widths[0]
+    for width in widths:
+        count += 9 * previous * width + 2 * width  # Conv3×3 + BN
+        count += width * width + 2 * width  # Conv1×1 + BN
+        if width != previous:
+            count += previous * width + 2 * width  # projection skip Conv1×1 + BN
+        previous = width
+    return count + previous * features + features
+
+
+@pytest.mark.parametrize("widths", [(64, 64, 128, 128, 256, 256, 512, 512), (8, 8, 16, 16)])
+def test_resnet_parameter_count_matches_spec(widths):
+    model = resnet.ResNet18(features=12, widths=widths)
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    assert _count(variables["params"]) == _expected_resnet_params(widths, 3, 12)
+
+
+def test_cifar_codec_shapes_and_batchnorm_modes():
+    config = config_lib.apply_variant(config_lib.cifar_config("cifar10"), "smoke")
+    system = build_system(config, (32, 32, 3), 10)
+    variables = init_system(system, jax.random.PRNGKey(0), (32, 32, 3))
+    x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    rngs = {"latent": jax.random.PRNGKey(2), "channel": jax.random.PRNGKey(3)}
+    codec_vars = {"params": variables["params"]["codec"], "batch_stats": variables["batch_stats"]}
+    out, mutated = system.codec.apply(codec_vars, x, train=True, rngs=rngs, mutable=["batch_stats"])
+    assert out.z.shape == (4, 3072) and out.x_hat.shape == (4, 32, 32, 3)
+    # Training updates the running averages; evaluation reads them and changes nothing.
+    before = jax.tree.leaves(variables["batch_stats"])
+    after = jax.tree.leaves(mutated["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    eval_out = system.codec.apply(codec_vars, x, train=False, rngs=rngs)
+    assert not np.allclose(eval_out.mu, out.mu)  # batch stats vs running averages
+    # In evaluation one image's output does not depend on the rest of the batch.
+    single = system.codec.apply(codec_vars, x[:1], train=False, rngs=rngs, method="encode")
+    batch = system.codec.apply(codec_vars, x, train=False, rngs=rngs, method="encode")
+    np.testing.assert_allclose(single[0][0], batch[0][0], rtol=1e-4, atol=1e-5)
