@@ -16,5 +16,6 @@ from scu_jax import config as config_lib
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = config_lib.default_config()
     config.dataset = "mnist"
+    config.train.epochs, config.train.receiver_epochs = 20, 10  # the paper's, on 60,000 images
     config.eval_batch_size = 1000
     return config_lib.apply_variant(config, arg)

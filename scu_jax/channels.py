@@ -156,7 +156,9 @@ def _physical(key: Array, z: Array, snr_db: SnrDb, kind: str, k_factor: float,
     pairs = flat.reshape(batch, -1, 2)
     symbols = pairs[..., 0] + 1j * pairs[..., 1]
 
-    amplitude = jnp.sqrt(jnp.mean(jnp.abs(symbols) ** 2, axis=1, keepdims=True) + _POWER_EPS)
+    # mean |s|^2 from the real pairs (two reals per symbol), keeping the power real-valued.
+    symbol_power = 2.0 * jnp.mean(pairs ** 2, axis=(1, 2))[:, None]
+    amplitude = jnp.sqrt(symbol_power + _POWER_EPS)
     normalised = symbols / amplitude
 
     snr = _linear_snr(snr_db, normalised, dtype)
@@ -171,7 +173,7 @@ def _physical(key: Array, z: Array, snr_db: SnrDb, kind: str, k_factor: float,
     if equalizer == "zf":
         estimate = received / h
     else:
-        estimate = jnp.conj(h) * received / (jnp.abs(h) ** 2 + 1.0 / snr)
+        estimate = jnp.conj(h) * received / (h.real ** 2 + h.imag ** 2 + 1.0 / snr)
 
     estimate = estimate * amplitude
     reals = jnp.stack([estimate.real, estimate.imag], axis=-1).reshape(batch, -1)

@@ -58,19 +58,24 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16
-    config.train.epochs = 20
+    # The paper trains 20 codec epochs and 10 receiver epochs on MNIST's 60,000 images: 75,000
+    # and 37,500 Adam steps at batch 16. The embedded subset has 4,000 training images, so the
+    # same number of steps is 300 and 150 epochs. With only 20/10 epochs the codec is far from
+    # converged (measured at 5 dB: clean accuracy 56.7 %, backdoor 67.5 %, MSE 13.8).
+    config.train.epochs = 300
     config.train.learning_rate = 1e-4
     config.train.grad_clip = 5.0
     config.train.beta = 1e-4
     config.train.mse_weight = 1.0
     config.train.ce_weight = 0.0  # > 0 trains the receiver jointly with the codec (CIFAR).
-    config.train.receiver_epochs = 10  # Receiver first, then frozen (MNIST); 0 for CIFAR.
+    config.train.receiver_epochs = 150  # Receiver first, then frozen (MNIST); 0 for CIFAR.
     config.train.receiver_learning_rate = 1e-4
     config.train.augment = False  # Random crop with 4-pixel padding (CIFAR).
     # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch).
     config.train.steps_per_dispatch = 0
 
     config.eval_batch_size = 500
+    config.log_every_seconds = 5.0  # Progress lines at most this often (and at phase ends).
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
 
     return config
@@ -80,6 +85,7 @@ def cifar_config(dataset: str) -> ml_collections.ConfigDict:
     """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting (spec §3, §4)."""
     config = default_config()
     config.dataset = dataset
+    config.train.epochs = 20  # CIFAR's 50,000 images: the paper's epochs are its step budget.
     config.model.name = "resnet18"
     config.channel.snr_db = 20.0
     config.train.learning_rate = 5e-4
@@ -99,8 +105,12 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
         return config
     if arg not in VARIANTS:
         raise ConfigError(f"unknown config variant {arg!r}; choose one of: {', '.join(VARIANTS)}")
+    # Ten times the paper's learning rates so that a few hundred steps visibly train.
     config.train.epochs = 2
     config.train.receiver_epochs = min(config.train.receiver_epochs, 1)
+    config.log_every_seconds = 0.0
+    config.train.learning_rate *= 10
+    config.train.receiver_learning_rate *= 10
     config.max_train_examples = 1024
     config.max_test_examples = 256
     if config.model.name == "resnet18":
@@ -192,3 +202,4 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "train.ce_weight", 0.0)
     _number(config, "train.steps_per_dispatch", 0, integer=True)
     _number(config, "eval_batch_size", 1, 65536, integer=True)
+    _number(config, "log_every_seconds", 0.0)

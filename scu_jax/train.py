@@ -208,13 +208,17 @@ def image_shape_and_classes(split: ErasureSplit, config: ml_collections.ConfigDi
 class _Progress:
     """Progress lines: epoch, step, loss, steps/s (excluding the first, compiling, block), ETA."""
 
-    def __init__(self, total_steps: int, start_step: int):
+    def __init__(self, total_steps: int, every_seconds: float):
         self.total_steps = total_steps
-        self.start_step = start_step
+        self.every_seconds = every_seconds
         self.timed_from: tuple[float, int] | None = None
+        self.last_report = -math.inf
+
+    def due(self, force: bool = False) -> bool:
+        return force or time.perf_counter() - self.last_report >= self.every_seconds
 
     def report(self, phase: str, epoch: int, epochs: int, step: int, loss: float, accuracy: float) -> None:
-        now = time.perf_counter()
+        now = self.last_report = time.perf_counter()
         if self.timed_from is None:
             self.timed_from = (now, step)
             rate_text, eta_text = "compiling", "?"
@@ -266,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         "codec": make_block_runner(make_codec_step(system, config)),
     }
     block = train.steps_per_dispatch or steps_per_epoch
-    progress = _Progress(total_epochs * steps_per_epoch, start_epoch * steps_per_epoch)
+    progress = _Progress(total_epochs * steps_per_epoch, config.log_every_seconds)
     logging.info("training on %s: %s; %d steps/epoch, %d epochs", config.dataset,
                  split.summary(), steps_per_epoch, total_epochs)
     for epoch in range(start_epoch, total_epochs):
@@ -283,8 +287,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     f"{phase} loss became non-finite at step {epoch * steps_per_epoch + first + bad}"
                     f" (epoch {epoch + 1}); the last good checkpoint (epoch {epoch}) is kept"
                 )
-            progress.report(phase, epoch + 1, total_epochs, int(state.step), float(loss.mean()),
-                            float(np.mean(metrics.accuracy)))
+            phase_end = epoch + 1 in (train.receiver_epochs, total_epochs)
+            if progress.due(force=phase_end and first + block >= steps_per_epoch):
+                progress.report(phase, epoch + 1, total_epochs, int(state.step),
+                                float(loss.mean()), float(np.mean(metrics.accuracy)))
         train_seconds += time.perf_counter() - started
         checkpoints.save(epoch + 1, state, config, {"train_seconds": train_seconds, "kind": "train"})
     checkpoints.close()

@@ -161,19 +161,6 @@ def test_erasure_split_bad_inputs(mnist5k, kwargs):
 
 # --- tfds-backed datasets ----------------------------------------------------
 
-@pytest.fixture
-def mock_tfds(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    from tensorflow_datasets.core.data_sources import base
-
-    # tfds 4.9.10's mock_data sets `__getitems__` on a MagicMock as a plain
-    # attribute, so it is called without `self` and fails; read one by one.
-    monkeypatch.setattr(base.BaseDataSource, "__getitems__",
-                        lambda self, keys: [self[k] for k in keys])
-    with tfds.testing.mock_data(num_examples=64):
-        yield
-
-
 @pytest.mark.parametrize("name, shape, num_classes", [
     ("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 20),
 ])

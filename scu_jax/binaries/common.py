@@ -6,6 +6,7 @@ import logging as std_logging
 import sys
 from typing import Callable, NoReturn, Sequence
 
+import ml_collections
 from absl import flags, logging
 
 from scu_jax.checkpointing import CheckpointMismatchError, CheckpointReadError
@@ -44,11 +45,27 @@ def flags_parser(program: str) -> Callable[[Sequence[str]], list[str]]:
         try:
             return flags.FLAGS(argv)
         except flags.Error as error:
-            fail(program, error)
+            message = str(error)
+            if "Traceback (most recent call last)" in message:
+                # A config file raised inside config_flags: keep the flag and the exception line.
+                lines = [line.strip() for line in message.splitlines() if line.strip()]
+                message = f"{message.split(':', 1)[0]}: {lines[-1]}"
+            fail(program, message)
         except Exception as error:  # A config file that raises while loading.
             fail(program, f"cannot load the config: {type(error).__name__}: {error}")
 
     return parse
+
+
+def config_or_fail(program: str, holder) -> "ml_collections.ConfigDict":
+    """The parsed `--config`; a file that is missing or raises while loading gives one line."""
+    try:
+        config = holder.value
+        config.keys()  # config_flags defers load errors to the first access.
+    except Exception as error:  # pylint: disable=broad-except
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        fail(program, f"cannot load --config: {lines[-1] if lines else type(error).__name__}")
+    return config
 
 
 def run_guarded(program: str, body: Callable[[], None]) -> None:

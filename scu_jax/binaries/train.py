@@ -23,10 +23,12 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
 
+    config = common.config_or_fail(PROGRAM, _CONFIG)
+
     def body() -> None:
         from scu_jax.train import train_and_evaluate
 
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        train_and_evaluate(config, _WORKDIR.value)
 
     common.run_guarded(PROGRAM, body)
 

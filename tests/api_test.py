@@ -1,0 +1,19 @@
+"""The public API imports and every exported name resolves."""
+
+import importlib
+
+
+def test_public_api_imports():
+    scu_jax = importlib.import_module("scu_jax")
+    assert scu_jax.__all__ and len(set(scu_jax.__all__)) == len(scu_jax.__all__)
+    for name in scu_jax.__all__:
+        assert getattr(scu_jax, name) is not None, name
+    assert callable(scu_jax.awgn) and callable(scu_jax.train_and_evaluate)
+    assert set(scu_jax.CHANNELS) == {"awgn", "rayleigh", "rician", "none"}
+
+
+def test_subpackages_export_what_they_list():
+    for module_name in ("scu_jax.models", "scu_jax.data"):
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module_name}.{name}"

@@ -1,0 +1,95 @@
+"""The real `scu-train` binary in a subprocess: a smoke run, and bad input → one line, exit 2."""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+MNIST = str(REPO / "configs" / "mnist.py")
+
+
+def _run(*args, timeout=300):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "scu_jax.binaries.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _tree_digest(root: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bin") / "run"
+    result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir, result
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_results_and_progress(trained):
+    workdir, result = trained
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["dataset"] == "mnist5k" and results["steps"] == 3 * 64
+    assert 0.0 <= results["backdoor_accuracy"] <= 1.0
+    progress = [line for line in result.stderr.splitlines() if "steps/s" in line]
+    assert len(progress) >= 2 and all("ETA" in line and "loss" in line for line in progress)
+    assert "orbax" not in result.stderr.lower() or "WARNING" in result.stderr  # quiet saves
+
+
+BAD_INPUTS = [
+    (["--config.dataset=imagenet"], "config.dataset='imagenet': must be one of"),
+    (["--config.channel.name=laser"], "config.channel.name='laser': must be one of"),
+    (["--config.no_such_field=1"], "no_such_field"),
+    (["--config.erasure.edr=0.7"], "config.erasure.edr=0.7: must be a finite number in (0.0, 0.5]"),
+    (["--config.erasure.edr=0"], "config.erasure.edr=0.0"),
+    (["--config.channel.snr_db=nan"], "config.channel.snr_db=nan: must be a finite number"),
+    (["--config.channel.snr_db=inf"], "config.channel.snr_db=inf"),
+    (["--config.train.batch_size=0"], "config.train.batch_size=0: must be an integer in [1"),
+    (["--config.train.batch_size=abc"], "batch_size"),
+    (["extra_positional"], "unexpected arguments: extra_positional"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,message", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2(tmp_path, extra, message):
+    workdir = tmp_path / "never"
+    result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}", *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("scu-train: error:"), result.stderr
+    assert message in errors[0]
+    assert not workdir.exists()  # nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", [
+    (["--workdir=W"], "--config must have a value other than None"),
+    (["--config=W/nope.py", "--workdir=W"], "No such file or directory"),
+    ([f"--config={MNIST}:bogus", "--workdir=W"], "unknown config variant 'bogus'"),
+    ([f"--config={MNIST}"], "--workdir must have a value other than None"),
+])
+def test_missing_or_broken_config_and_flags(tmp_path, args, message):
+    result = _run(*[arg.replace("W", str(tmp_path / "w")) for arg in args])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("scu-train: error:") and message in last
+
+
+@pytest.mark.slow
+def test_workdir_of_another_configuration_is_refused_untouched(trained):
+    workdir, _ = trained
+    before = _tree_digest(workdir)
+    result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}", "--config.channel.snr_db=12")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds a checkpoint of a different configuration" in result.stderr
+    assert "config.channel.snr_db is 5.0 in the checkpoint but 12.0 now" in result.stderr
+    assert _tree_digest(workdir) == before

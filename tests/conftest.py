@@ -1,0 +1,16 @@
+"""Shared fixtures."""
+
+import pytest
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+    import tensorflow_datasets as tfds  # A dev dependency: fail, never skip, without it.
+    from tensorflow_datasets.core.data_sources import base
+
+    # tfds 4.9.10's mock_data sets `__getitems__` on a MagicMock as a plain
+    # attribute, so it is called without `self` and fails; read one by one.
+    monkeypatch.setattr(base.BaseDataSource, "__getitems__",
+                        lambda self, keys: [self[k] for k in keys])
+    with tfds.testing.mock_data(num_examples=64):
+        yield

@@ -1,0 +1,58 @@
+"""Evaluation metrics: consistent with each other, deterministic, every image counted once."""
+
+import jax
+import numpy as np
+import pytest
+
+from scu_jax import config as config_lib
+from scu_jax import evaluation, train
+from scu_jax.models import build_system
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    split = train.load_split(config)
+    shape, classes = train.image_shape_and_classes(split, config)
+    system = build_system(config, shape, classes)
+    state = train.create_train_state(system, config, jax.random.PRNGKey(0), shape)
+    return config, split, system, state
+
+
+def test_per_sample_metrics_agree_and_cover_every_image(untrained):
+    config, split, system, state = untrained
+    images = split.clean_images[:37]
+    rows = evaluation.per_sample_metrics(system, state.params, state.batch_stats, images,
+                                         batch_size=16, key=jax.random.PRNGKey(0))
+    assert {name: value.shape for name, value in rows.items()} == {
+        name: (37,) for name in ("sse", "psnr", "ssim", "prediction", "input_prediction")}
+    # x̂ is a sigmoid, so clipping is a no-op and PSNR = 10·log10(1 / (SSE / pixels)).
+    np.testing.assert_allclose(rows["psnr"], 10 * np.log10(784 / rows["sse"]), rtol=1e-4)
+    assert np.all((rows["ssim"] > -1) & (rows["ssim"] < 1))
+    again = evaluation.per_sample_metrics(system, state.params, state.batch_stats, images,
+                                          batch_size=16, key=jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(rows["sse"], again["sse"])
+    other = evaluation.per_sample_metrics(system, state.params, state.batch_stats, images,
+                                          batch_size=16, key=jax.random.PRNGKey(1))
+    assert not np.array_equal(rows["sse"], other["sse"])  # the channel noise is really drawn
+
+
+def test_evaluate_system_reports_protocol_metrics(untrained):
+    config, split, system, state = untrained
+    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, config)
+    for name in ("accuracy_clean", "accuracy_test", "backdoor_accuracy", "input_backdoor_accuracy"):
+        assert 0.0 <= metrics[name] <= 1.0
+    assert metrics["num_erased"] == len(split.erased_images) == 61  # round(0.06 · 1024)
+    # An untrained sigmoid decoder outputs ≈ 0.5 everywhere, so SSE ≈ 784 · E[(x − 0.5)²] with
+    # E[(x − 0.5)²] between 0.1 and 0.3 on MNIST digits (mostly black: 0.25 at pure black).
+    assert 784 * 0.1 < metrics["mse_clean"] < 784 * 0.3
+    assert 784 * 0.1 < metrics["mse_erased"] < 784 * 0.3
+    # The same state gives the same numbers (fixed evaluation key).
+    assert evaluation.evaluate_system(system, state.params, state.batch_stats, split, config) == metrics
+
+
+def test_empty_set_is_refused(untrained):
+    _, split, system, state = untrained
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.per_sample_metrics(system, state.params, state.batch_stats,
+                                      split.clean_images[:0], batch_size=4, key=jax.random.PRNGKey(0))

@@ -1,0 +1,161 @@
+"""Training steps and `train_and_evaluate`: loss decreases, one trace, resume is exact."""
+
+import json
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scu_jax import config as config_lib
+from scu_jax import train
+from scu_jax.checkpointing import Checkpoints, CheckpointMismatchError
+from scu_jax.models import build_system
+
+
+def _smoke_config():
+    return config_lib.apply_variant(config_lib.default_config(), "smoke")
+
+
+def _setup(config):
+    split = train.load_split(config)
+    shape, classes = train.image_shape_and_classes(split, config)
+    system = build_system(config, shape, classes)
+    state = train.create_train_state(system, config, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), shape)
+    return split, system, state
+
+
+def test_codec_step_lowers_loss_and_traces_once():
+    config = _smoke_config()
+    config.train.learning_rate = 1e-3
+    split, system, state = _setup(config)
+    images = jnp.asarray(split.train_images[:64])
+    labels = jnp.asarray(split.train_labels[:64])
+    step = chex.assert_max_traces(train.make_codec_step(system, config), n=1)
+    jitted = jax.jit(step, donate_argnums=0)
+    key = jax.random.PRNGKey(1)
+    losses = []
+    for i in range(150):
+        batch = slice(16 * (i % 4), 16 * (i % 4 + 1))
+        state, metrics = jitted(state, images[batch], labels[batch], key)
+        losses.append(float(metrics.loss))
+    chex.assert_tree_all_finite(state.params)
+    assert int(state.step) == 150
+    # Starts near the MSE of a half-grey image on MNIST (~0.2) and falls well below it.
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_receiver_step_learns_and_leaves_codec_untouched():
+    config = _smoke_config()
+    config.train.receiver_learning_rate = 1e-3
+    split, system, state = _setup(config)
+    codec_before = jax.tree.map(np.asarray, state.params["codec"])
+    runner = train.make_block_runner(train.make_receiver_step(system, config))
+    images, labels = jnp.asarray(split.train_images), jnp.asarray(split.train_labels)
+    indices = np.arange(512, dtype=np.int32).reshape(32, 16)
+    state, first = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+    for _ in range(3):
+        state, last = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+    assert float(last.loss.mean()) < 0.5 * float(first.loss.mean())
+    assert float(last.accuracy.mean()) > 0.8
+    chex.assert_trees_all_equal(codec_before, jax.tree.map(np.asarray, state.params["codec"]))
+
+
+def test_random_crop_keeps_shape_and_shifts():
+    images = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1
+    cropped = train.random_crop(jax.random.PRNGKey(0), images, padding=2)
+    assert cropped.shape == images.shape
+    # Every output pixel is either padding (0) or some input pixel of the same image.
+    for i in range(2):
+        assert set(np.unique(cropped[i])) <= set(np.unique(images[i])) | {0.0}
+
+
+def _params_of(workdir, config):
+    split, _, state = _setup(config)
+    del split
+    return Checkpoints(workdir).restore(state)
+
+
+def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
+    config = _smoke_config()
+    full = tmp_path / "full"
+    state = train.train_and_evaluate(config, str(full))
+    results = json.loads((full / "results.json").read_text())
+    for name in ("accuracy_clean", "accuracy_test", "backdoor_accuracy", "mse_clean", "mse_erased",
+                 "psnr_clean", "ssim_clean", "train_seconds"):
+        assert np.isfinite(results[name]), name
+    assert 0.0 <= results["accuracy_clean"] <= 1.0 and 0.0 <= results["ssim_clean"] <= 1.0
+    split, system, initial = _setup(config)
+    untrained = train.evaluate_system(system, initial.params, initial.batch_stats, split, config)
+    assert results["mse_clean"] < 0.7 * untrained["mse_clean"]
+    assert results["input_accuracy_clean"] > 0.8  # the receiver learned digit 1
+    steps_per_epoch = 1024 // 16
+    assert results["steps"] == int(state.step) == 3 * steps_per_epoch
+    chex.assert_tree_all_finite(state.params)
+
+    # Interrupted after epoch 2: drop the last checkpoint, rerun, and land on the same state.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "3")
+    (resumed / "results.json").unlink()
+    assert Checkpoints(resumed).latest_step() == 2
+    resumed_state = train.train_and_evaluate(config, str(resumed))
+    chex.assert_trees_all_close(jax.tree.map(np.asarray, resumed_state.params),
+                                jax.tree.map(np.asarray, state.params), atol=1e-6)
+    resumed_results = json.loads((resumed / "results.json").read_text())
+    for name in ("accuracy_clean", "backdoor_accuracy", "mse_clean", "mse_erased"):
+        assert resumed_results[name] == pytest.approx(results[name], abs=1e-5)
+
+    # A rerun of a finished run trains nothing more.
+    again = train.train_and_evaluate(config, str(full))
+    assert int(again.step) == int(state.step)
+
+    # Another configuration in the same workdir is refused before anything is written.
+    other = _smoke_config()
+    other.channel.snr_db = 10.0
+    before = sorted(p.name for p in (full / "checkpoints").iterdir())
+    with pytest.raises(CheckpointMismatchError, match="snr_db is 5.0 in the checkpoint but 10.0"):
+        train.train_and_evaluate(other, str(full))
+    assert sorted(p.name for p in (full / "checkpoints").iterdir()) == before
+
+
+def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_codec_step = train.make_codec_step
+
+    def poisoned_codec_step(system, config):
+        step = real_codec_step(system, config)
+
+        def nan_from_step_100(state, images, labels, key):
+            new_state, metrics = step(state, images, labels, key)
+            loss = jnp.where(state.step >= 100, jnp.nan, metrics.loss)
+            return new_state, metrics._replace(loss=loss)
+
+        return nan_from_step_100
+
+    monkeypatch.setattr(train, "make_codec_step", poisoned_codec_step)
+    with pytest.raises(train.NonFiniteError,
+                       match=r"^codec loss became non-finite at step 100 \(epoch 2\)"):
+        train.train_and_evaluate(_smoke_config(), str(tmp_path))
+    assert Checkpoints(tmp_path).latest_step() == 1  # the receiver epoch; nothing after it
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("dataset,variant", [("mnist", "mnist"), ("cifar10", "cifar")])
+def test_train_and_evaluate_on_tfds_mock_data(mock_tfds, tmp_path, dataset, variant):
+    if variant == "cifar":
+        config = config_lib.apply_variant(config_lib.cifar_config(dataset), "smoke")
+    else:
+        config = _smoke_config()
+        config.dataset = dataset
+    config.max_train_examples, config.max_test_examples = 64, 32
+    config.train.epochs = 1
+    config.erasure.edr = 0.1
+    state = train.train_and_evaluate(config, str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["num_erased"] + results["num_remain"] == 64
+    assert results["num_test"] == 32
+    chex.assert_tree_all_finite(state.params)
+    if variant == "cifar":
+        assert jax.tree.leaves(state.batch_stats)  # BatchNorm running averages were kept
