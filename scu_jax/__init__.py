@@ -20,12 +20,19 @@ from scu_jax.data import ErasureSplit
 from scu_jax.data import load_dataset
 from scu_jax.data import make_erasure_split
 from scu_jax.evaluation import evaluate_system
+from scu_jax.losses import adaptive_weights
 from scu_jax.losses import codec_loss
+from scu_jax.losses import contrastive_compensation
+from scu_jax.losses import cosine_similarity
 from scu_jax.losses import cross_entropy
 from scu_jax.losses import gaussian_kl
 from scu_jax.losses import kl_to_prior
 from scu_jax.losses import per_image_sse
 from scu_jax.losses import reconstruction_mse
+from scu_jax.losses import scu_loss
+from scu_jax.mi import estimate_infonce
+from scu_jax.mi import estimate_mine
+from scu_jax.mi import variational_upper_bound
 from scu_jax.models import SemanticCodec
 from scu_jax.models import System
 from scu_jax.models import build_system
@@ -35,11 +42,21 @@ from scu_jax.train import create_train_state
 from scu_jax.train import make_codec_step
 from scu_jax.train import make_receiver_step
 from scu_jax.train import train_and_evaluate
+from scu_jax.unlearn import evaluate_workdir
+from scu_jax.unlearn import unlearn_and_evaluate
+from scu_jax.unlearning import METHODS
+from scu_jax.unlearning import hbu
+from scu_jax.unlearning import finetune
+from scu_jax.unlearning import retrain
+from scu_jax.unlearning import scu
+from scu_jax.unlearning import scu_no_cc
+from scu_jax.unlearning import vbu
 
 __version__ = "0.1.0"
 
 __all__ = (
     "CHANNELS",
+    "METHODS",
     "Channel",
     "Checkpoints",
     "ConfigError",
@@ -47,16 +64,24 @@ __all__ = (
     "SemanticCodec",
     "System",
     "TrainState",
+    "adaptive_weights",
     "awgn",
     "build_system",
     "codec_loss",
+    "contrastive_compensation",
+    "cosine_similarity",
     "create_train_state",
     "cross_entropy",
     "default_config",
+    "estimate_infonce",
+    "estimate_mine",
     "evaluate_system",
+    "evaluate_workdir",
     "fading_coefficients",
+    "finetune",
     "gaussian_kl",
     "get_channel",
+    "hbu",
     "init_system",
     "kl_to_prior",
     "load_dataset",
@@ -67,7 +92,14 @@ __all__ = (
     "per_image_sse",
     "rayleigh",
     "reconstruction_mse",
+    "retrain",
     "rician",
+    "scu",
+    "scu_loss",
+    "scu_no_cc",
     "train_and_evaluate",
+    "unlearn_and_evaluate",
     "validate_config",
+    "variational_upper_bound",
+    "vbu",
 )

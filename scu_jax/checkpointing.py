@@ -47,20 +47,28 @@ class Checkpoints:
     """The checkpoints of one run directory.
 
     Args:
-      workdir: the run directory; checkpoints go to `workdir/checkpoints`.
+      workdir: the run directory; checkpoints go to `workdir/<subdir>`.
       max_to_keep: how many recent steps are kept.
+      read_only: open someone else's checkpoints (e.g. a trained system to unlearn from): saving
+        is refused and nothing in the directory is created, changed or deleted.
+      subdir: the folder under `workdir`.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2):
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False),
-            item_names=("state", "config"),
-        )
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2, read_only: bool = False,
+                 subdir: str = CHECKPOINT_DIR):
+        self.directory = pathlib.Path(workdir).absolute() / subdir
+        self.read_only = read_only
+        options = (ocp.CheckpointManagerOptions(read_only=True, create=False) if read_only else
+                   ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False))
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("state", "config"))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def latest_kind(self) -> str | None:
+        """What the latest checkpoint holds ("train", "retrain", "unlearned", ...), if any."""
+        return None if self.latest_step() is None else self.saved_config().get("kind")
 
     def saved_config(self, step: int | None = None) -> dict[str, Any]:
         """The config JSON stored with `step` (the latest by default)."""
@@ -89,6 +97,8 @@ class Checkpoints:
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
              extra: dict[str, Any] | None = None) -> None:
         """Saves `state` and the config (its training fingerprint plus `extra`) at `step`."""
+        if self.read_only:
+            raise PermissionError(f"{self.directory} was opened read-only")
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = {
             "training": training_fingerprint(config),

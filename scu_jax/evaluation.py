@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scu_jax.data import ErasureSplit
+from scu_jax.data import ErasureSplit, add_trigger
 from scu_jax.data.batching import padded_batches
 from scu_jax.losses import per_image_sse
 from scu_jax.models import System, to_unit_interval
@@ -93,4 +93,133 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
     metrics["num_erased"] = int(len(split.erased_images))
     metrics["num_remain"] = int(len(split.remain_images))
     metrics["num_test"] = int(len(split.test_images))
+    return metrics
+
+
+# --- Beyond the reference (spec §8): membership inference, MI, distance to the retrained system ---
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_outputs(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
+                     images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
+    latent_key, channel_key = jax.random.split(key)
+    x = to_unit_interval(images)
+    out = system.codec.apply(
+        {"params": params["codec"], "batch_stats": batch_stats}, x, train=False,
+        rngs={"latent": latent_key, "channel": channel_key},
+    )
+    return {"mu": out.mu, "logvar": out.logvar, "z": out.z, "x_hat": out.x_hat,
+            "sse": per_image_sse(out.x_hat, x)}
+
+
+def system_outputs(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
+                   images: np.ndarray, *, batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
+    """Posterior (μ, logvar), latent sample z, reconstruction x̂ and per-image SSE of every image.
+
+    Batches and keys as in `per_sample_metrics`, so two systems see the same noise draws.
+    """
+    batch_size = min(batch_size, len(images))
+    indices, mask = padded_batches(len(images), batch_size)
+    rows: dict[str, list[np.ndarray]] = {}
+    for batch_index, (batch, valid) in enumerate(zip(indices, mask)):
+        out = _forward_outputs(system, params, batch_stats, images[batch],
+                               jax.random.fold_in(key, batch_index))
+        for name, value in out.items():
+            rows.setdefault(name, []).append(np.asarray(value)[valid > 0])
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
+
+
+def roc_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting ½ (the Mann–Whitney AUC)."""
+    scores = np.concatenate([positive_scores, negative_scores])
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1
+    n_pos, n_neg = len(positive_scores), len(negative_scores)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def never_trained_triggered(split: ErasureSplit) -> np.ndarray:
+    """Triggered base-class TEST images: look like D_e, but no system ever trained on them."""
+    return add_trigger(split.test_images[split.test_labels == split.base_class])
+
+
+def membership_inference_auc(system: System, params, batch_stats, split: ErasureSplit,
+                             config: ml_collections.ConfigDict) -> float:
+    """AUC of a loss-based membership-inference attack separating D_e from never-seen look-alikes.
+
+    Score = −(per-image reconstruction SSE): a system that memorised D_e reconstructs it better than
+    unseen triggered images (AUC > ½). A forgotten set scores like the retrained system's (≈ ½);
+    below ½ the erased set is reconstructed WORSE than unseen data, itself a tell-tale.
+    """
+    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 10)
+    members = per_sample_metrics(system, params, batch_stats, split.erased_images,
+                                 batch_size=config.eval_batch_size, key=key)["sse"]
+    outsiders = per_sample_metrics(system, params, batch_stats, never_trained_triggered(split),
+                                   batch_size=config.eval_batch_size,
+                                   key=jax.random.fold_in(key, 1))["sse"]
+    return roc_auc(-members, -outsiders)
+
+
+def posterior_kl_per_sample(mu_q, logvar_q, mu_p, logvar_p) -> np.ndarray:
+    """KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) per sample, summed over latent dimensions (nats)."""
+    kl = 0.5 * (logvar_p - logvar_q + (np.exp(logvar_q) + (mu_q - mu_p) ** 2) / np.exp(logvar_p) - 1)
+    return kl.reshape(kl.shape[0], -1).sum(axis=1)
+
+
+def distance_to_reference(system: System, params, batch_stats, reference_params,
+                          reference_batch_stats, split: ErasureSplit,
+                          config: ml_collections.ConfigDict) -> dict[str, float]:
+    """How far a system is from a reference (the retrained one) on D_e, same noise draws.
+
+    `kl_to_retrain`: mean over D_e of KL(q_θ(z|x) ‖ q_ref(z|x)) summed over latent dimensions;
+    `mse_to_retrain`: mean per-image SSE between the two systems' reconstructions.
+    """
+    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 20)
+    ours = system_outputs(system, params, batch_stats, split.erased_images,
+                          batch_size=config.eval_batch_size, key=key)
+    theirs = system_outputs(system, reference_params, reference_batch_stats, split.erased_images,
+                            batch_size=config.eval_batch_size, key=key)
+    kl = posterior_kl_per_sample(ours["mu"], ours["logvar"], theirs["mu"], theirs["logvar"])
+    diff = (ours["x_hat"] - theirs["x_hat"]).reshape(len(kl), -1)
+    return {"kl_to_retrain": float(kl.mean()), "mse_to_retrain": float((diff ** 2).sum(1).mean())}
+
+
+def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
+                       config: ml_collections.ConfigDict) -> dict[str, float]:
+    """I(x; z) on D_e and on (a subsample of) D_r: the variational upper bound and MINE."""
+    from scu_jax import mi  # Late: only needed when MI is asked for.
+
+    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 30)
+    limit = config.evaluation.mi_max_examples
+    results: dict[str, float] = {}
+    for index, (name, images) in enumerate((("erased", split.erased_images[:limit]),
+                                            ("remain", split.remain_images[:limit]))):
+        out = system_outputs(system, params, batch_stats, images, batch_size=config.eval_batch_size,
+                             key=jax.random.fold_in(key, index))
+        results[f"mi_upper_{name}"] = float(mi.variational_upper_bound(out["mu"], out["logvar"]))
+        if config.evaluation.mi_steps:
+            x = np.asarray(to_unit_interval(images)).reshape(len(images), -1)
+            results[f"mi_mine_{name}"] = float(mi.estimate_mine(
+                jax.random.fold_in(key, 100 + index), x, out["z"].reshape(len(images), -1),
+                steps=config.evaluation.mi_steps,
+                batch_size=min(config.evaluation.mi_batch_size, len(images))))
+    return results
+
+
+def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
+                    config: ml_collections.ConfigDict, *, reference=None) -> dict[str, float]:
+    """The protocol metrics plus membership inference, MI and (given `reference`, a
+    `(params, batch_stats)` pair of the retrained system) the distance to retraining."""
+    metrics = evaluate_system(system, params, batch_stats, split, config)
+    metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, config)
+    metrics.update(mutual_information(system, params, batch_stats, split, config))
+    if reference is not None:
+        metrics.update(distance_to_reference(system, params, batch_stats, *reference, split, config))
     return metrics

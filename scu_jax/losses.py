@@ -67,3 +67,65 @@ def codec_loss(mu: jax.Array, logvar: jax.Array, x_hat: jax.Array, x: jax.Array,
     if ce_weight:
         loss = loss + ce_weight * cross_entropy(receiver_logits, labels)
     return loss
+
+
+# --- Unlearning (spec §5, §6) ---------------------------------------------------------------------
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Row-wise cosine similarity `a·b / (max(‖a‖, ε)·max(‖b‖, ε))` of (B, ...) arrays, shape (B,).
+
+    The ε clamps each norm separately, as `torch.nn.functional.cosine_similarity` does.
+    """
+    a = a.reshape((a.shape[0], -1)).astype(jnp.float32)
+    b = b.reshape((b.shape[0], -1)).astype(jnp.float32)
+    norms = (jnp.maximum(jnp.linalg.norm(a, axis=-1), eps)
+             * jnp.maximum(jnp.linalg.norm(b, axis=-1), eps))
+    return jnp.sum(a * b, axis=-1) / norms
+
+
+def contrastive_compensation(z_erased: jax.Array, z_remain: jax.Array,
+                             z_remain_reencoded: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """SCU's contrastive compensation term (spec §5).
+
+    `C = Σ_i (1 − cos(z_r,i, z'_r,i)) / Σ_i (1 − cos(z_e,i, z_r,i))`
+
+    Positives: a remaining sample's latent z_r and the re-encoding z'_r of its own reconstruction
+    (pulled together: the numerator falls). Negatives: index-aligned (erased, remaining) pairs
+    (pushed apart: the denominator grows). No temperature, as in the reference.
+
+    Args:
+      z_erased: latents of the erased batch, (B, d).
+      z_remain: latents of the remaining batch, (B, d).
+      z_remain_reencoded: `encoder(stop_gradient(x̂_r))`, (B, d).
+      eps: the cosine's norm clamp; also keeps the ratio finite when every negative pair is
+        perfectly aligned.
+
+    Returns:
+      A non-negative scalar.
+    """
+    positives = jnp.sum(1.0 - cosine_similarity(z_remain, z_remain_reencoded, eps))
+    negatives = jnp.sum(1.0 - cosine_similarity(z_erased, z_remain, eps))
+    return positives / (negatives + eps)
+
+
+def adaptive_weights(unlearn_loss: jax.Array, utility_loss: jax.Array, *,
+                     stop_gradient: bool = False) -> tuple[jax.Array, jax.Array]:
+    """SCU's adaptive weights `a = |L_unl| / (|L_unl| + |L_ss|)`, `b = |L_ss| / (|L_unl| + |L_ss|)`.
+
+    The reference does not detach them, so gradients flow through a and b too (the default here);
+    `stop_gradient=True` treats them as constants.
+    """
+    magnitude_unlearn, magnitude_utility = jnp.abs(unlearn_loss), jnp.abs(utility_loss)
+    if stop_gradient:
+        magnitude_unlearn = jax.lax.stop_gradient(magnitude_unlearn)
+        magnitude_utility = jax.lax.stop_gradient(magnitude_utility)
+    total = magnitude_unlearn + magnitude_utility + 1e-12
+    return magnitude_unlearn / total, magnitude_utility / total
+
+
+def scu_loss(unlearn_loss: jax.Array, utility_loss: jax.Array, *,
+             stop_weight_gradient: bool = False) -> jax.Array:
+    """SCU's total loss `a·L_unl + b·L_ss` with the adaptive weights of `adaptive_weights`."""
+    a, b = adaptive_weights(unlearn_loss, utility_loss, stop_gradient=stop_weight_gradient)
+    return a * unlearn_loss + b * utility_loss

@@ -55,6 +55,15 @@ class StepMetrics(NamedTuple):
     accuracy: jax.Array
 
 
+@dataclasses.dataclass
+class FitReport:
+    """Wall time of a `fit` call: `seconds` excludes compilation, measured apart."""
+
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    steps: int = 0
+
+
 def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTransformation:
     """Adam with global grad-norm clipping (the reference's `clip_grad_norm_(…, 5)`)."""
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
@@ -70,23 +79,28 @@ def _joint_receiver(config: ml_collections.ConfigDict) -> bool:
     return config.train.ce_weight > 0
 
 
-def create_train_state(system: System, config: ml_collections.ConfigDict, key: jax.Array,
-                       image_shape: tuple[int, ...]) -> TrainState:
-    """Initialises parameters and both optimiser states."""
-    variables = init_system(system, key, image_shape)
-    params = variables["params"]
+def train_state_from(params: dict[str, Any], batch_stats: dict[str, Any],
+                     config: ml_collections.ConfigDict) -> TrainState:
+    """A `TrainState` at step 0 holding `params` with fresh optimiser states for `config.train`."""
     train = config.train
     receiver_tx = make_optimizer(train.receiver_learning_rate, train.grad_clip)
     codec_tx = make_optimizer(train.learning_rate, train.grad_clip)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables["batch_stats"],
+        batch_stats=batch_stats,
         opt_state={
             "receiver": receiver_tx.init(params["receiver"]),
             "codec": codec_tx.init(_codec_trainable(params, _joint_receiver(config))),
         },
     )
+
+
+def create_train_state(system: System, config: ml_collections.ConfigDict, key: jax.Array,
+                       image_shape: tuple[int, ...]) -> TrainState:
+    """Initialises parameters and both optimiser states."""
+    variables = init_system(system, key, image_shape)
+    return train_state_from(variables["params"], variables["batch_stats"], config)
 
 
 def random_crop(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
@@ -231,72 +245,155 @@ class _Progress:
                      step, self.total_steps, loss, accuracy, rate_text, eta_text)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
+def initial_state(system: System, config: ml_collections.ConfigDict,
+                  image_shape: tuple[int, ...]) -> TrainState:
+    """The freshly initialised state of a run (keys derived from `config.seed`)."""
+    return create_train_state(system, config, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0),
+                              image_shape)
 
-    Returns the final `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one
-    (raising `CheckpointMismatchError` if it belongs to another configuration).
+
+def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, images: np.ndarray,
+        labels: np.ndarray, *, start_epoch: int = 0, name: str = "train",
+        on_epoch_end: Callable[[int, TrainState, FitReport], None] | None = None
+        ) -> tuple[TrainState, FitReport]:
+    """Runs the training recipe's epochs `[start_epoch, receiver_epochs + epochs)` on a dataset.
+
+    The receiver epochs come first (MNIST), then the codec epochs. Each epoch's batches are a
+    permutation derived from `(config.seed, epoch)`; each step's noise from `fold_in(key, step)`.
+
+    Args:
+      system: the Linen modules.
+      config: the run's config (its `train` recipe).
+      state: the state to continue from (a fresh one, or one restored at `start_epoch`).
+      images, labels: the training set, host arrays (uint8 images).
+      start_epoch: the number of epochs already done.
+      name: names the run in progress lines and errors.
+      on_epoch_end: called as `on_epoch_end(epochs_done, state, report)` after each epoch.
+
+    Returns:
+      The final state and a `FitReport` of this call: the step time without compilation (each
+      block shape is compiled ahead of time, and timed apart) and the compile time.
+
+    Raises:
+      NonFiniteError: a loss became NaN or infinite; the state of the last epoch is not passed on.
     """
-    validate_config(config)
-    workdir_path = pathlib.Path(workdir)
-    checkpoints = Checkpoints(workdir_path)
-    checkpoints.check_compatible(config)
-
-    split = load_split(config)
-    image_shape, num_classes = image_shape_and_classes(split, config)
-    system = build_system(config, image_shape, num_classes)
-    root = jax.random.PRNGKey(config.seed)
-    state = create_train_state(system, config, jax.random.fold_in(root, 0), image_shape)
-    step_key = jax.random.fold_in(root, 1)
-
     train = config.train
-    num_train = len(split.train_images)
+    num_train = len(images)
     if train.batch_size > num_train:
         raise ValueError(f"config.train.batch_size={train.batch_size}: larger than the "
                          f"{num_train} training images")
     steps_per_epoch = num_train // train.batch_size
     total_epochs = train.receiver_epochs + train.epochs
-    start_epoch, train_seconds = 0, 0.0
-    if checkpoints.latest_step() is not None:
-        start_epoch = checkpoints.latest_step()
-        state = checkpoints.restore(state)
-        train_seconds = float(checkpoints.saved_config().get("train_seconds", 0.0))
-        logging.info("resuming %s from epoch %d", workdir_path, start_epoch)
-
-    images = jax.device_put(split.train_images)
-    labels = jax.device_put(split.train_labels)
+    step_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    images, labels = jax.device_put(images), jax.device_put(labels)
     runners = {
         "receiver": make_block_runner(make_receiver_step(system, config)),
         "codec": make_block_runner(make_codec_step(system, config)),
     }
     block = train.steps_per_dispatch or steps_per_epoch
     progress = _Progress(total_epochs * steps_per_epoch, config.log_every_seconds)
-    logging.info("training on %s: %s; %d steps/epoch, %d epochs", config.dataset,
-                 split.summary(), steps_per_epoch, total_epochs)
+    report = FitReport()
+    compiled: dict[tuple[str, int], Any] = {}
+
+    def executable(phase: str, indices: np.ndarray):
+        key = (phase, len(indices))
+        if key not in compiled:
+            started = time.perf_counter()
+            compiled[key] = runners[phase].lower(state, images, labels, indices, step_key).compile()
+            report.compile_seconds += time.perf_counter() - started
+        return compiled[key]
+
     for epoch in range(start_epoch, total_epochs):
-        started = time.perf_counter()
         phase = "receiver" if epoch < train.receiver_epochs else "codec"
         permutation = epoch_permutation(config.seed, epoch, num_train, train.batch_size)
         for first in range(0, steps_per_epoch, block):
-            state, metrics = runners[phase](state, images, labels,
-                                            permutation[first:first + block], step_key)
+            indices = permutation[first:first + block]
+            run_block = executable(phase, indices)
+            started = time.perf_counter()
+            state, metrics = run_block(state, images, labels, indices, step_key)
             loss = np.asarray(metrics.loss)
             if not np.all(np.isfinite(loss)):
                 bad = int(np.argmin(np.isfinite(loss)))
                 raise NonFiniteError(
-                    f"{phase} loss became non-finite at step {epoch * steps_per_epoch + first + bad}"
-                    f" (epoch {epoch + 1}); the last good checkpoint (epoch {epoch}) is kept"
+                    f"{name}: {phase} loss became non-finite at step "
+                    f"{epoch * steps_per_epoch + first + bad} (epoch {epoch + 1}); the last good "
+                    f"checkpoint (epoch {epoch}) is kept"
                 )
+            report.seconds += time.perf_counter() - started
+            report.steps += len(indices)
             phase_end = epoch + 1 in (train.receiver_epochs, total_epochs)
             if progress.due(force=phase_end and first + block >= steps_per_epoch):
-                progress.report(phase, epoch + 1, total_epochs, int(state.step),
+                progress.report(f"{name} {phase}", epoch + 1, total_epochs, int(state.step),
                                 float(loss.mean()), float(np.mean(metrics.accuracy)))
-        train_seconds += time.perf_counter() - started
-        checkpoints.save(epoch + 1, state, config, {"train_seconds": train_seconds, "kind": "train"})
-    checkpoints.close()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, state, report)
+    return state, report
 
+
+def fit_with_checkpoints(system: System, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                         images: np.ndarray, labels: np.ndarray, *, kind: str,
+                         image_shape: tuple[int, ...], subdir: str = "checkpoints"
+                         ) -> tuple[TrainState, FitReport]:
+    """`fit` from scratch in `workdir`, saving every epoch and resuming from its latest checkpoint.
+
+    Returns the final state and a `FitReport` whose times are summed over every (resumed) run.
+    """
+    checkpoints = Checkpoints(workdir, subdir=subdir)
+    checkpoints.check_compatible(config)
+    state = initial_state(system, config, image_shape)
+    start_epoch, previous = 0, FitReport()
+    if checkpoints.latest_step() is not None:
+        start_epoch = checkpoints.latest_step()
+        state = checkpoints.restore(state)
+        saved = checkpoints.saved_config()
+        previous = FitReport(float(saved.get("train_seconds", 0.0)),
+                             float(saved.get("compile_seconds", 0.0)), int(saved.get("steps", 0)))
+        logging.info("resuming %s from epoch %d", workdir, start_epoch)
+
+    def total(report: FitReport) -> FitReport:
+        return FitReport(previous.seconds + report.seconds,
+                         previous.compile_seconds + report.compile_seconds,
+                         previous.steps + report.steps)
+
+    def save(epochs_done: int, epoch_state: TrainState, report: FitReport) -> None:
+        so_far = total(report)
+        checkpoints.save(epochs_done, epoch_state, config,
+                         {"train_seconds": so_far.seconds, "compile_seconds": so_far.compile_seconds,
+                          "steps": so_far.steps, "kind": kind})
+
+    try:
+        state, report = fit(system, config, state, images, labels, start_epoch=start_epoch,
+                            name=kind, on_epoch_end=save)
+    finally:
+        checkpoints.close()
+    return state, total(report)
+
+
+def build_for(config: ml_collections.ConfigDict) -> tuple[ErasureSplit, System, tuple[int, ...]]:
+    """Validates the config, loads its erasure split and builds its system."""
+    validate_config(config)
+    split = load_split(config)
+    image_shape, num_classes = image_shape_and_classes(split, config)
+    return split, build_system(config, image_shape, num_classes), image_shape
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
+
+    The original system trains on the poisoned training set D_e ∪ D_r. Returns the final
+    `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one (raising
+    `CheckpointMismatchError` before any work if it belongs to another configuration).
+    """
+    validate_config(config)
+    workdir_path = pathlib.Path(workdir)
+    Checkpoints(workdir_path).check_compatible(config)
+    split, system, image_shape = build_for(config)
+    logging.info("training on %s: %s", config.dataset, split.summary())
+    state, report = fit_with_checkpoints(system, config, workdir_path, split.train_images,
+                                         split.train_labels, kind="train", image_shape=image_shape)
     results = evaluate_system(system, state.params, state.batch_stats, split, config)
-    results.update({"train_seconds": train_seconds, "epochs": total_epochs,
+    results.update({"train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+                    "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset})
     write_json_atomic(workdir_path / RESULTS_FILE, results)
     logging.info("results: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()})

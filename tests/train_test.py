@@ -23,7 +23,7 @@ def _setup(config):
     split = train.load_split(config)
     shape, classes = train.image_shape_and_classes(split, config)
     system = build_system(config, shape, classes)
-    state = train.create_train_state(system, config, jax.random.fold_in(jax.random.PRNGKey(config.seed), 0), shape)
+    state = train.initial_state(system, config, shape)
     return split, system, state
 
 
@@ -136,7 +136,7 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
 
     monkeypatch.setattr(train, "make_codec_step", poisoned_codec_step)
     with pytest.raises(train.NonFiniteError,
-                       match=r"^codec loss became non-finite at step 100 \(epoch 2\)"):
+                       match=r"^train: codec loss became non-finite at step 100 \(epoch 2\)"):
         train.train_and_evaluate(_smoke_config(), str(tmp_path))
     assert Checkpoints(tmp_path).latest_step() == 1  # the receiver epoch; nothing after it
     assert not (tmp_path / "results.json").exists()

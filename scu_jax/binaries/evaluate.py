@@ -1,0 +1,44 @@
+"""`scu-evaluate`: evaluates any saved system (trained or unlearned) and prints its metrics.
+
+  scu-evaluate --workdir=runs/mnist_scu [--reference_workdir=runs/mnist_retrain]
+
+The config is the one stored with the checkpoint. Writes --workdir/evaluation.json (atomically).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from scu_jax.binaries import common
+
+PROGRAM = "scu-evaluate"
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir holding a saved system.")
+_REFERENCE = flags.DEFINE_string("reference_workdir", None,
+                                 "Optional: a `retrain` result to measure the distance to.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from scu_jax.unlearn import evaluate_workdir
+
+        results = evaluate_workdir(_WORKDIR.value, reference_workdir=_REFERENCE.value)
+        width = max(len(name) for name in results)
+        for name, value in sorted(results.items()):
+            if isinstance(value, float):
+                print(f"{name:<{width}}  {value:.4f}")
+            elif not isinstance(value, (list, dict)):
+                print(f"{name:<{width}}  {value}")
+
+    common.run_guarded(PROGRAM, body)
+
+
+def run() -> None:
+    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,51 @@
+"""`scu-pipeline`: the main job — train, unlearn with every method, evaluate, compare.
+
+  scu-pipeline --config=configs/mnist.py --workdir=runs/pipeline --seeds=0,1,2
+
+Prints one comparison table (mean ± std over the seeds) and writes WORKDIR/comparison.{json,md}.
+Rerunning resumes: finished stages are reused.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from scu_jax.binaries import common
+
+PROGRAM = "scu-pipeline"
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the whole comparison.")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds (each trains its own system).")
+_METHODS = flags.DEFINE_list("methods", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"],
+                             "Comma-separated unlearning methods.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+    config = common.config_or_fail(PROGRAM, _CONFIG)
+    try:
+        seeds = [int(seed) for seed in _SEEDS.value]
+    except ValueError:
+        common.fail(PROGRAM, f"--seeds={','.join(_SEEDS.value)}: must be comma-separated integers")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        common.fail(PROGRAM, f"--seeds={','.join(_SEEDS.value)}: must be distinct integers >= 0")
+
+    def body() -> None:
+        from scu_jax.pipeline import markdown_table, run_pipeline
+
+        print(markdown_table(run_pipeline(config, _WORKDIR.value, seeds=seeds,
+                                          methods=_METHODS.value)), end="")
+
+    common.run_guarded(PROGRAM, body)
+
+
+def run() -> None:
+    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+    run()

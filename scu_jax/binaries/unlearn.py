@@ -1,0 +1,47 @@
+"""`scu-unlearn`: unlearns the erased set from a trained system with one method.
+
+  scu-unlearn --config=configs/mnist.py --config.unlearning.method=scu \
+      --init_workdir=runs/mnist --workdir=runs/mnist_scu [--reference_workdir=runs/mnist_retrain]
+
+Reads the trained system from --init_workdir (never written to), saves the unlearned system with
+Orbax in --workdir and writes --workdir/results.json.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from scu_jax.binaries import common
+
+PROGRAM = "scu-unlearn"
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
+                                          lock_config=True)
+_INIT_WORKDIR = flags.DEFINE_string("init_workdir", None, "A finished scu-train workdir (read only).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for the unlearned system.")
+_REFERENCE = flags.DEFINE_string("reference_workdir", None,
+                                 "Optional: the workdir of a `retrain` result, to report the "
+                                 "distance to exact unlearning.")
+flags.mark_flags_as_required(["config", "init_workdir", "workdir"])
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+    config = common.config_or_fail(PROGRAM, _CONFIG)
+
+    def body() -> None:
+        from scu_jax.unlearn import unlearn_and_evaluate
+
+        unlearn_and_evaluate(config, _INIT_WORKDIR.value, _WORKDIR.value,
+                             reference_workdir=_REFERENCE.value)
+
+    common.run_guarded(PROGRAM, body)
+
+
+def run() -> None:
+    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,121 @@
+"""The main job: train → unlearn with every method → evaluate, over seeds, as one comparison table.
+
+`run_pipeline(config, workdir, seeds, methods)` lays out
+```
+WORKDIR/seed_<s>/train           the original system (scu-train)
+WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json (scu-unlearn)
+WORKDIR/comparison.json, .md     mean ± std over seeds, per method
+```
+Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
+`retrain` runs first so that every other method reports its distance to exact unlearning.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from scu_jax.checkpointing import write_json_atomic
+from scu_jax.train import RESULTS_FILE, train_and_evaluate
+from scu_jax.unlearn import unlearn_and_evaluate
+from scu_jax.unlearning import METHODS
+
+COLUMNS = (  # (results key, header, scale, decimals)
+    ("backdoor_accuracy", "backdoor %", 100, 1),
+    ("accuracy_clean", "acc clean %", 100, 1),
+    ("accuracy_test", "acc test %", 100, 1),
+    ("mse_clean", "MSE clean", 1, 2),
+    ("mse_erased", "MSE erased", 1, 2),
+    ("psnr_clean", "PSNR clean", 1, 2),
+    ("mia_auc", "MIA AUC", 1, 3),
+    ("mi_mine_erased", "MI D_e (MINE)", 1, 2),
+    ("kl_to_retrain", "KL to retrain", 1, 1),
+    ("unlearn_seconds", "time s", 1, 2),
+    ("speedup", "× faster than retrain", 1, 0),
+    ("steps", "steps", 1, 0),
+)
+
+
+def _seed_config(config: ml_collections.ConfigDict, seed: int, method: str | None = None):
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    if method is not None:
+        seeded.unlearning.method = method
+    return seeded
+
+
+def _existing(workdir: pathlib.Path) -> dict[str, Any] | None:
+    path = workdir / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequence[int],
+                 methods: Sequence[str] = METHODS) -> dict[str, Any]:
+    """Runs (or resumes) the whole comparison; returns and writes the aggregated table."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    root = pathlib.Path(workdir)
+    ordered = sorted(methods, key=lambda m: m != "retrain")  # retrain first: the reference
+    rows: dict[str, list[dict[str, Any]]] = {"original": []}
+    for seed in seeds:
+        seed_dir = root / f"seed_{seed}"
+        train_dir = seed_dir / "train"
+        train_and_evaluate(_seed_config(config, seed), str(train_dir))
+        rows["original"].append(_existing(train_dir))
+        reference = str(seed_dir / "retrain") if "retrain" in methods else None
+        for method in ordered:
+            out = seed_dir / method
+            result = unlearn_and_evaluate(_seed_config(config, seed, method), str(train_dir),
+                                          str(out), reference_workdir=None if method == "retrain"
+                                          else reference)
+            rows.setdefault(method, []).append(result)
+    summary = summarise(rows)
+    write_json_atomic(root / "comparison.json", summary)
+    table = markdown_table(summary)
+    (root / "comparison.md.tmp").write_text(table)
+    (root / "comparison.md.tmp").replace(root / "comparison.md")
+    logging.info("comparison over seeds %s:\n%s", list(seeds), table)
+    return summary
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean and std over seeds of every column, per method; speed-up against retrain's time."""
+    retrain_seconds = [r["unlearn_seconds"] for r in rows.get("retrain", [])]
+    summary: dict[str, Any] = {}
+    for method, results in rows.items():
+        entry: dict[str, Any] = {"seeds": len(results)}
+        for key, *_ in COLUMNS:
+            if key == "speedup":
+                if retrain_seconds and method != "original":
+                    values = [t / r["unlearn_seconds"] for t, r in zip(retrain_seconds, results)]
+                else:
+                    continue
+            else:
+                values = [r[key] for r in results if key in r and r[key] is not None]
+            if values:
+                entry[key] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+        summary[method] = entry
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The comparison as a Markdown table of mean ± std."""
+    header = "| method | " + " | ".join(title for _, title, *_ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 1)]
+    for method, entry in summary.items():
+        cells = []
+        for key, _, scale, decimals in COLUMNS:
+            if key not in entry:
+                cells.append("–")
+                continue
+            mean, std = entry[key]["mean"] * scale, entry[key]["std"] * scale
+            cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}" if entry["seeds"] > 1
+                         else f"{mean:.{decimals}f}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,184 @@
+"""Unlearning a trained system: restore it, run a method, save the result, evaluate (spec §4–§8).
+
+`unlearn_and_evaluate(config, init_workdir, workdir)` is the library entry of `scu-unlearn`. It
+never writes into `init_workdir` (opened read-only), and it refuses a `workdir` that holds the
+result of another method or configuration.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from scu_jax.checkpointing import CheckpointMismatchError, Checkpoints, write_json_atomic
+from scu_jax.config import training_fingerprint, validate_config
+from scu_jax.evaluation import full_evaluation
+from scu_jax.models import System, init_system
+from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
+from scu_jax.unlearning import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
+
+RESULTS_FILE = "results.json"
+RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
+
+
+def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return {"training": training_fingerprint(config),
+            "unlearning": config.unlearning.to_dict()}
+
+
+def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, ...]) -> tuple[dict, dict, dict[str, Any]]:
+    """Reads the system variables of any saved state (trained or unlearned), read-only.
+
+    Returns `(params, batch_stats, saved_metadata)`.
+    """
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"{pathlib.Path(workdir)} holds no checkpoint")
+    meta = checkpoints.saved_config()
+    if meta.get("kind") == "unlearned":
+        variables = init_system(system, jax.random.PRNGKey(0), image_shape)
+        restored = checkpoints.restore({"params": variables["params"],
+                                        "batch_stats": variables["batch_stats"]})
+        return restored["params"], restored["batch_stats"], meta
+    state = checkpoints.restore(initial_state(system, config, image_shape))
+    return state.params, state.batch_stats, meta
+
+
+def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
+                    workdir: pathlib.Path) -> Checkpoints:
+    init_resolved, out_resolved = init_workdir.resolve(), workdir.resolve()
+    if out_resolved == init_resolved or init_resolved in out_resolved.parents:
+        raise ValueError(f"--workdir={workdir} is (inside) --init_workdir={init_workdir}; the "
+                         "trained system's directory is never written to: choose another --workdir")
+    trained = Checkpoints(init_workdir, read_only=True)
+    if trained.latest_step() is None:
+        raise FileNotFoundError(f"--init_workdir={init_workdir} holds no checkpoint; train with "
+                                "scu-train first")
+    kind = trained.latest_kind()
+    if kind != "train":
+        raise ValueError(f"--init_workdir={init_workdir} holds a {kind!r} checkpoint, not a trained "
+                         "system")
+    trained.check_compatible(config)
+    total_epochs = config.train.receiver_epochs + config.train.epochs
+    if trained.latest_step() != total_epochs:
+        raise ValueError(f"training in --init_workdir={init_workdir} is unfinished (epoch "
+                         f"{trained.latest_step()} of {total_epochs}); rerun scu-train to finish it")
+    out = Checkpoints(workdir)
+    if out.latest_step() is not None:
+        saved = out.saved_config()
+        wanted = _unlearning_fingerprint(config)
+        if (saved.get("method"), saved.get("unlearning_fingerprint")) != (config.unlearning.method, wanted):
+            raise CheckpointMismatchError(
+                f"{workdir} already holds an unlearning result of another method or configuration "
+                f"(method {saved.get('method')!r}); use another --workdir")
+    return out
+
+
+def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, workdir: str, *,
+                         reference_workdir: str | None = None) -> dict[str, Any]:
+    """Unlearns D_e from the system trained in `init_workdir`; saves and evaluates in `workdir`.
+
+    Args:
+      config: the trained system's config with `config.unlearning` set.
+      init_workdir: a finished `scu-train` workdir (read only).
+      workdir: where the unlearned system, its progress and results.json go. A rerun with the same
+        config reuses a finished result (and resumes an interrupted `retrain`).
+      reference_workdir: optional workdir of the `retrain` result; adds the distance to it.
+
+    Returns:
+      The results dict written to `workdir/results.json`.
+    """
+    validate_config(config)
+    method = config.unlearning.method
+    init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
+    out = _check_workdirs(config, init_path, out_path)
+    split, system, image_shape = build_for(config)
+    params, batch_stats, _ = load_variables(init_path, system, config, image_shape)
+
+    saved_meta = out.saved_config() if out.latest_step() is not None else None
+    if saved_meta is not None:
+        logging.info("%s: reusing the finished result in %s", method, out_path)
+        params, batch_stats, _ = load_variables(out_path, system, config, image_shape)
+        run_info = saved_meta["run"]
+    else:
+        params, batch_stats, run_info = _run_method(method, system, config, split, params,
+                                                    batch_stats, out_path, image_shape)
+        try:
+            chex.assert_tree_all_finite((params, batch_stats))
+        except AssertionError:
+            raise NonFiniteError(f"{method}: the unlearned parameters are not finite; nothing saved") from None
+        out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats}, config,
+                 {"kind": "unlearned", "method": method, "run": run_info,
+                  "unlearning_fingerprint": _unlearning_fingerprint(config)})
+    out.close()
+
+    reference = None
+    if reference_workdir is not None:
+        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
+        reference = (ref_params, ref_stats)
+    results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
+                    "history": run_info.get("history", []), "dataset": config.dataset})
+    write_json_atomic(out_path / RESULTS_FILE, results)
+    logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s compile)",
+                 method, results["backdoor_accuracy"], results["accuracy_clean"],
+                 results["mse_clean"], results["unlearn_seconds"], results["compile_seconds"])
+    return results
+
+
+def _run_method(method: str, system: System, config: ml_collections.ConfigDict, split, params,
+                batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict[str, Any]]:
+    if method in ERASED_LOOP_METHODS:
+        algorithm = ERASED_LOOP_METHODS[method](config, system)
+        state, report = run_erased_loop(algorithm, method, system,
+                                        algorithm.init(params, batch_stats), split, config)
+        info = {"unlearn_seconds": report.unlearn_seconds, "compile_seconds": report.compile_seconds,
+                "steps": report.steps, "epochs": report.epochs, "history": report.history}
+        return state.params, state.batch_stats, info
+    recipe = TRAINING_METHODS[method](config, system)
+    if method == "retrain":
+        # Exact unlearning: the original recipe from scratch on D_r, checkpointed every epoch.
+        state, report = fit_with_checkpoints(system, recipe.config, workdir, split.remain_images,
+                                             split.remain_labels, kind="retrain",
+                                             image_shape=image_shape, subdir=RETRAIN_PROGRESS_DIR)
+    else:
+        state, report = fit(system, recipe.config, recipe.init(params, batch_stats),
+                            split.remain_images, split.remain_labels, name=method)
+    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+            "steps": report.steps,
+            "epochs": recipe.config.train.receiver_epochs + recipe.config.train.epochs}
+    return state.params, state.batch_stats, info
+
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None) -> dict[str, Any]:
+    """Evaluates the system saved in `workdir` under the config stored with it.
+
+    Writes `workdir/evaluation.json` (never touching its checkpoints or results.json).
+    """
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint")
+    meta = checkpoints.saved_config()
+    config = ml_collections.ConfigDict(meta["config"])
+    validate_config(config)
+    split, system, image_shape = build_for(config)
+    params, batch_stats, _ = load_variables(workdir, system, config, image_shape)
+    reference = None
+    if reference_workdir is not None:
+        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
+        reference = (ref_params, ref_stats)
+    results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
+                    "checkpoint_step": checkpoints.latest_step()})
+    write_json_atomic(pathlib.Path(workdir) / EVALUATION_FILE, results)
+    return results

@@ -1,0 +1,45 @@
+"""Unlearning methods: SCU, its ablation and the baselines (spec §5, §6).
+
+Erased-data methods (`scu`, `scu_no_cc`, `vbu`, `hbu`) are factories returning an
+`UnlearningMethod(init, step)` run by the shared loop in `loop.py`; `finetune` and `retrain` return a
+`TrainingMethod` run by the training recipe on D_r.
+"""
+
+from scu_jax.unlearning.base import Batch
+from scu_jax.unlearning.base import StepMetrics
+from scu_jax.unlearning.base import TrainingMethod
+from scu_jax.unlearning.base import UnlearnState
+from scu_jax.unlearning.base import UnlearningMethod
+from scu_jax.unlearning.finetune import finetune
+from scu_jax.unlearning.hbu import hbu
+from scu_jax.unlearning.hbu import hessian_vector_product
+from scu_jax.unlearning.hbu import hutchinson_diagonal
+from scu_jax.unlearning.loop import run_erased_loop
+from scu_jax.unlearning.retrain import retrain
+from scu_jax.unlearning.scu import scu
+from scu_jax.unlearning.scu import scu_no_cc
+from scu_jax.unlearning.vbu import vbu
+
+ERASED_LOOP_METHODS = {"scu": scu, "scu_no_cc": scu_no_cc, "vbu": vbu, "hbu": hbu}
+TRAINING_METHODS = {"finetune": finetune, "retrain": retrain}
+METHODS = tuple(ERASED_LOOP_METHODS) + tuple(TRAINING_METHODS)
+
+__all__ = (
+    "Batch",
+    "ERASED_LOOP_METHODS",
+    "METHODS",
+    "StepMetrics",
+    "TRAINING_METHODS",
+    "TrainingMethod",
+    "UnlearnState",
+    "UnlearningMethod",
+    "finetune",
+    "hbu",
+    "hessian_vector_product",
+    "hutchinson_diagonal",
+    "retrain",
+    "run_erased_loop",
+    "scu",
+    "scu_no_cc",
+    "vbu",
+)

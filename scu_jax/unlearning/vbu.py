@@ -1,0 +1,30 @@
+"""VBU as the reference runs it (spec §6): gradient ascent on the erased data only.
+
+`loss = −β_u · MSE(x̂_e, x_e)` (CIFAR: `−β_u · CE(receiver(x̂_e), y_target)/30`), Adam, same loop
+and stopping rules as SCU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from scu_jax.models import System, to_unit_interval
+from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearningMethod, backdoor_rate,
+                                     codec_forward, receiver_logits)
+from scu_jax.unlearning.scu import forget_term, make_gradient_method
+
+
+def vbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
+    def loss_fn(params, batch_stats, original, batch: Batch, key):
+        del original
+        out_e, batch_stats = codec_forward(system, params, batch_stats, batch.erased_images, key)
+        logits_e = receiver_logits(system, params, out_e.x_hat, config)
+        forget = forget_term(config, out_e.x_hat, to_unit_interval(batch.erased_images), logits_e,
+                             batch.erased_targets)
+        loss = -config.unlearning.beta_u * forget
+        return loss, (batch_stats, StepMetrics(loss, backdoor_rate(logits_e, batch.erased_targets),
+                                               forget, jnp.zeros(())))
+
+    return make_gradient_method(config, system, loss_fn)

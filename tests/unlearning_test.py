@@ -1,0 +1,227 @@
+"""Unlearning losses by hand, HVP vs finite differences, the shared loop, the methods end to end."""
+
+import json
+import pathlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scu_jax import config as config_lib
+from scu_jax import losses, train, unlearn
+from scu_jax.checkpointing import Checkpoints
+from scu_jax.unlearning import (ERASED_LOOP_METHODS, Batch, hessian_vector_product,
+                                hutchinson_diagonal, loop)
+
+
+# --- Losses -------------------------------------------------------------------------------------
+
+def test_contrastive_compensation_by_hand():
+    z_r = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+    z_re = jnp.array([[1.0, 1.0], [0.0, 1.0]])  # cosines 1/√2 and 1
+    z_e = jnp.array([[0.0, 1.0], [-1.0, 0.0]])  # cosines with z_r: 0 and 0
+    expected = ((1 - 1 / np.sqrt(2)) + 0.0) / (1.0 + 1.0)
+    np.testing.assert_allclose(losses.contrastive_compensation(z_e, z_r, z_re), expected, rtol=1e-5)
+
+
+def test_contrastive_compensation_falls_when_positives_move_closer():
+    key = jax.random.PRNGKey(0)
+    z_e, z_r, noise = jax.random.normal(key, (3, 16, 8))
+    far = losses.contrastive_compensation(z_e, z_r, z_r + 2.0 * noise)
+    near = losses.contrastive_compensation(z_e, z_r, z_r + 0.2 * noise)
+    assert float(near) < 0.2 * float(far)
+    # Negatives pushed apart (anti-aligned) lower it too.
+    assert float(losses.contrastive_compensation(-z_r, z_r, z_r + noise)) < float(
+        losses.contrastive_compensation(z_e, z_r, z_r + noise))
+
+
+def test_cosine_similarity_clamps_zero_vectors():
+    sims = losses.cosine_similarity(jnp.zeros((1, 3)), jnp.ones((1, 3)))
+    assert np.isfinite(sims).all() and float(sims[0]) == 0.0
+
+
+def test_adaptive_weights_and_scu_loss_by_hand():
+    a, b = losses.adaptive_weights(jnp.array(-1.0), jnp.array(3.0))
+    np.testing.assert_allclose([a, b], [0.25, 0.75], rtol=1e-6)
+    # a·L_unl + b·L_ss = 0.25·(−1) + 0.75·3 = 2.0; with opposite signs it equals L_unl + L_ss.
+    np.testing.assert_allclose(losses.scu_loss(jnp.array(-1.0), jnp.array(3.0)), 2.0, rtol=1e-6)
+    # The switch stops gradients through a and b: d/dx [a(x)·x + b·3] differs.
+    grad_through = jax.grad(lambda x: losses.scu_loss(x, jnp.array(3.0)))(jnp.array(1.0))
+    grad_stopped = jax.grad(lambda x: losses.scu_loss(x, jnp.array(3.0),
+                                                      stop_weight_gradient=True))(jnp.array(1.0))
+    np.testing.assert_allclose(grad_stopped, 0.25, rtol=1e-5)  # a = 1/4 held constant
+    # Through the weights: d/dx (x² + 9)/(x + 3) at x = 1 is (2·4 − 10)/16 = −1/8.
+    np.testing.assert_allclose(grad_through, -0.125, rtol=1e-5)
+
+
+# --- Hessian-vector products ------------------------------------------------------------------------
+
+def test_hessian_vector_product_matches_finite_differences():
+    def loss(params):
+        return jnp.sum(jnp.sin(params["w"]) * params["b"] ** 2) + jnp.sum(params["w"] ** 3)
+
+    key = jax.random.PRNGKey(0)
+    params = {"w": jax.random.normal(key, (5,)), "b": jax.random.normal(jax.random.PRNGKey(1), (5,))}
+    vector = {"w": jax.random.normal(jax.random.PRNGKey(2), (5,)),
+              "b": jax.random.normal(jax.random.PRNGKey(3), (5,))}
+    hvp = hessian_vector_product(loss, params, vector)
+    eps = 1e-3
+    grad = jax.grad(loss)
+    plus = grad(jax.tree.map(lambda p, v: p + eps * v, params, vector))
+    minus = grad(jax.tree.map(lambda p, v: p - eps * v, params, vector))
+    finite = jax.tree.map(lambda a, b: (a - b) / (2 * eps), plus, minus)
+    chex.assert_trees_all_close(hvp, finite, rtol=1e-3, atol=1e-3)
+
+
+def test_hutchinson_diagonal_is_unbiased():
+    matrix = jnp.array([[2.0, 0.5, 0.0], [0.5, 3.0, -1.0], [0.0, -1.0, 4.0]])
+
+    def quadratic(x):
+        return 0.5 * x @ matrix @ x
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 4000)
+    estimates = jax.vmap(lambda k: hutchinson_diagonal(quadratic, jnp.zeros(3), k))(keys)
+    np.testing.assert_allclose(estimates.mean(0), jnp.diag(matrix), atol=0.05)
+
+
+# --- The loop and the methods on a smoke system ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    workdir = tmp_path_factory.mktemp("unlearning") / "train"
+    train.train_and_evaluate(config, str(workdir))
+    return config, workdir
+
+
+def _method_config(config, method, **unlearning):
+    method_config = config.copy_and_resolve_references()
+    method_config.unlearning.method = method
+    method_config.evaluation.mi_steps = 0
+    for name, value in unlearning.items():
+        method_config.unlearning[name] = value
+    return method_config
+
+
+def _setup(config, workdir):
+    split, system, image_shape = train.build_for(config)
+    params, batch_stats, _ = unlearn.load_variables(workdir, system, config, image_shape)
+    return split, system, params, batch_stats
+
+
+def test_epoch_indices():
+    erased, remain = loop.epoch_indices(0, 0, num_erased=37, num_remain=500, batch_size=16)
+    assert erased.shape == remain.shape == (3, 16)  # ⌈37/16⌉ steps
+    assert set(erased.ravel()) == set(range(37))  # every erased sample, wrapping for the last batch
+    assert len(set(remain.ravel())) == 48  # distinct remaining samples
+    again = loop.epoch_indices(0, 0, 37, 500, 16)
+    other = loop.epoch_indices(0, 1, 37, 500, 16)
+    np.testing.assert_array_equal(erased, again[0])
+    assert not np.array_equal(remain, other[1])
+
+
+def test_scu_step_traces_once(trained):
+    config, workdir = trained
+    config = _method_config(config, "scu")
+    split, system, params, batch_stats = _setup(config, workdir)
+    method = ERASED_LOOP_METHODS["scu"](config, system)
+    step = jax.jit(chex.assert_max_traces(method.step, n=1), donate_argnums=0)
+    trained_codec = jax.tree.map(np.asarray, params["codec"])  # the state's buffers get donated
+    state = method.init(params, batch_stats)
+    batch = Batch(jnp.asarray(split.erased_images[:16]), jnp.asarray(split.erased_labels[:16]),
+                  jnp.asarray(split.remain_images[:16]), jnp.asarray(split.remain_labels[:16]))
+    for _ in range(5):
+        state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    assert int(state.step) == 5 and np.isfinite(float(metrics.loss))
+    chex.assert_tree_all_finite(state.params)
+    # θ_o is frozen: still equal to the trained codec.
+    chex.assert_trees_all_close(state.original["params"], trained_codec)
+
+
+def test_one_scu_epoch_lowers_backdoor_accuracy(trained):
+    config, workdir = trained
+    config = _method_config(config, "scu", learning_rate=3e-3, beta_u=1.0, early_stop=False)
+    split, system, params, batch_stats = _setup(config, workdir)
+    method = ERASED_LOOP_METHODS["scu"](config, system)
+    state = method.init(params, batch_stats)
+    before = loop.erased_backdoor_accuracy(system, state, split, config)
+    config.unlearning.max_epochs = 1
+    state, report = loop.run_erased_loop(method, "scu", system, state, split, config)
+    after = report.history[-1]["erased_backdoor"]
+    assert before > 0.2  # the smoke system learned the backdoor (measured ≈ 0.3)
+    assert after < before - 0.05, (before, after)
+    assert report.steps == int(np.ceil(len(split.erased_images) / 16)) and report.epochs == 1
+
+
+def test_batch_early_stop_skips_rest_of_epoch(trained):
+    config, workdir = trained
+    # Every batch of the smoke system is below 100 % backdoor accuracy, so each epoch stops early.
+    config = _method_config(config, "vbu", batch_stop=1.0, epoch_stop=0.0, max_epochs=2)
+    split, system, params, batch_stats = _setup(config, workdir)
+    method = ERASED_LOOP_METHODS["vbu"](config, system)
+    state, report = loop.run_erased_loop(method, "vbu", system, method.init(params, batch_stats),
+                                         split, config)
+    assert report.steps == 2 and report.epochs == 2  # one step per epoch, then the epoch ends
+    assert int(state.step) == 2
+
+
+def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
+    config, workdir = trained
+    config = _method_config(config, "vbu", early_stop=False)
+    real = ERASED_LOOP_METHODS["vbu"]
+
+    def diverging(method_config, system):
+        method = real(method_config, system)
+
+        def step(state, batch, key):
+            new_state, metrics = method.step(state, batch, key)
+            return new_state, metrics._replace(loss=jnp.where(state.step >= 6, jnp.inf, metrics.loss))
+
+        return method._replace(step=step)
+
+    monkeypatch.setitem(ERASED_LOOP_METHODS, "vbu", diverging)
+    with pytest.raises(train.NonFiniteError,
+                       match=r"^vbu: loss became non-finite at unlearning step 6 \(epoch 2\)"):
+        unlearn.unlearn_and_evaluate(config, str(workdir), str(tmp_path / "out"))
+    assert Checkpoints(tmp_path / "out").latest_step() is None
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("method", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"])
+def test_every_method_end_to_end(trained, tmp_path_factory, method):
+    config, workdir = trained
+    config = _method_config(config, method, learning_rate=1e-3)
+    out = tmp_path_factory.mktemp(method) / "out"
+    results = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["method"] == method and saved["steps"] == results["steps"] > 0
+    assert saved["unlearn_seconds"] > 0 and saved["compile_seconds"] > 0
+    for name in ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "mia_auc",
+                 "mi_upper_erased", "psnr_clean", "ssim_clean"):
+        assert np.isfinite(saved[name]), name
+    assert 0.0 <= saved["mia_auc"] <= 1.0
+    if method == "retrain":
+        # From scratch on D_r: the receiver never saw a trigger, so the backdoor is gone.
+        assert saved["input_backdoor_accuracy"] < 0.2
+        assert saved["epochs"] == config.train.receiver_epochs + config.train.epochs
+    # A rerun reuses the finished result instead of unlearning again.
+    again = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+    assert again["steps"] == results["steps"] and again["backdoor_accuracy"] == results["backdoor_accuracy"]
+
+
+def test_refuses_to_write_into_the_trained_workdir_or_reuse_another_method(trained, tmp_path):
+    config, workdir = trained
+    with pytest.raises(ValueError, match="never written to"):
+        unlearn.unlearn_and_evaluate(_method_config(config, "vbu"), str(workdir), str(workdir))
+    with pytest.raises(ValueError, match="never written to"):
+        unlearn.unlearn_and_evaluate(_method_config(config, "vbu"), str(workdir), str(workdir / "x"))
+    unlearn.unlearn_and_evaluate(_method_config(config, "vbu", max_epochs=1), str(workdir),
+                                 str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="another method or configuration"):
+        unlearn.unlearn_and_evaluate(_method_config(config, "hbu", max_epochs=1), str(workdir),
+                                     str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        unlearn.unlearn_and_evaluate(_method_config(config, "vbu"), str(tmp_path / "none"),
+                                     str(tmp_path / "out2"))
