@@ -3,6 +3,7 @@
 `run_pipeline(config, workdir, seeds, methods)` lays out
 ```
 WORKDIR/seed_<s>/train           the original system (scu-train)
+WORKDIR/seed_<s>/original.json   its full evaluation (MIA, MI, distance to retrain)
 WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json (scu-unlearn)
 WORKDIR/comparison.json, .md     mean ± std over seeds, per method
 ```
@@ -22,7 +23,7 @@ from absl import logging
 
 from scu_jax.checkpointing import write_json_atomic
 from scu_jax.train import RESULTS_FILE, train_and_evaluate
-from scu_jax.unlearn import unlearn_and_evaluate
+from scu_jax.unlearn import evaluate_workdir, unlearn_and_evaluate
 from scu_jax.unlearning import METHODS
 
 COLUMNS = (  # (results key, header, scale, decimals)
@@ -34,7 +35,7 @@ COLUMNS = (  # (results key, header, scale, decimals)
     ("psnr_clean", "PSNR clean", 1, 2),
     ("mia_auc", "MIA AUC", 1, 3),
     ("mi_mine_erased", "MI D_e (MINE)", 1, 2),
-    ("kl_to_retrain", "KL to retrain", 1, 1),
+    ("mse_to_retrain", "x̂ SSE to retrain", 1, 2),
     ("unlearn_seconds", "time s", 1, 2),
     ("speedup", "× faster than retrain", 1, 0),
     ("steps", "steps", 1, 0),
@@ -63,11 +64,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     root = pathlib.Path(workdir)
     ordered = sorted(methods, key=lambda m: m != "retrain")  # retrain first: the reference
     rows: dict[str, list[dict[str, Any]]] = {"original": []}
+    root.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         seed_dir = root / f"seed_{seed}"
         train_dir = seed_dir / "train"
         train_and_evaluate(_seed_config(config, seed), str(train_dir))
-        rows["original"].append(_existing(train_dir))
         reference = str(seed_dir / "retrain") if "retrain" in methods else None
         for method in ordered:
             out = seed_dir / method
@@ -75,6 +76,11 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
                                           str(out), reference_workdir=None if method == "retrain"
                                           else reference)
             rows.setdefault(method, []).append(result)
+        original_file = seed_dir / "original.json"
+        original = (json.loads(original_file.read_text()) if original_file.exists() else
+                    evaluate_workdir(str(train_dir), reference_workdir=reference,
+                                     output=str(original_file)))
+        rows["original"].append({**original, **_existing(train_dir)})
     summary = summarise(rows)
     write_json_atomic(root / "comparison.json", summary)
     table = markdown_table(summary)

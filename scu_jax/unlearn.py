@@ -28,8 +28,16 @@ RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
 
 
 def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {"training": training_fingerprint(config),
-            "unlearning": config.unlearning.to_dict()}
+    """The config fields a method's result depends on (so a rerun may reuse it)."""
+    unlearning = config.unlearning.to_dict()
+    method = unlearning.pop("method")
+    if method == "retrain":
+        unlearning = {}  # the training recipe alone
+    elif method == "finetune":
+        unlearning = {k: unlearning[k] for k in ("learning_rate", "batch_size", "finetune_epochs")}
+    else:
+        unlearning.pop("finetune_epochs")
+    return {"training": training_fingerprint(config), "unlearning": unlearning}
 
 
 def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
@@ -157,13 +165,15 @@ def _run_method(method: str, system: System, config: ml_collections.ConfigDict, 
     return state.params, state.batch_stats, info
 
 
-EVALUATION_FILE = "evaluation.json"
+def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
+                     output: str | None = None) -> dict[str, Any]:
+    """Evaluates the system saved in `workdir` under the config stored with it (read only).
 
-
-def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None) -> dict[str, Any]:
-    """Evaluates the system saved in `workdir` under the config stored with it.
-
-    Writes `workdir/evaluation.json` (never touching its checkpoints or results.json).
+    Args:
+      workdir: any scu-train or scu-unlearn workdir.
+      reference_workdir: optional `retrain` result to measure the distance to.
+      output: optional JSON file for the results (written atomically; never inside `workdir`'s
+        checkpoints).
     """
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
@@ -180,5 +190,6 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None) -> d
     results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
                     "checkpoint_step": checkpoints.latest_step()})
-    write_json_atomic(pathlib.Path(workdir) / EVALUATION_FILE, results)
+    if output is not None:
+        write_json_atomic(output, results)
     return results

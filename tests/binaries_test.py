@@ -13,9 +13,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 MNIST = str(REPO / "configs" / "mnist.py")
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=300, binary="train"):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "scu_jax.binaries.train", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", f"scu_jax.binaries.{binary}", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
 def test_smoke_run_writes_results_and_progress(trained):
     workdir, result = trained
     results = json.loads((workdir / "results.json").read_text())
-    assert results["dataset"] == "mnist5k" and results["steps"] == 3 * 64
+    assert results["dataset"] == "mnist5k" and results["steps"] == (3 + 4) * 64  # smoke epochs
     assert 0.0 <= results["backdoor_accuracy"] <= 1.0
     progress = [line for line in result.stderr.splitlines() if "steps/s" in line]
     assert len(progress) >= 2 and all("ETA" in line and "loss" in line for line in progress)
@@ -92,4 +92,58 @@ def test_workdir_of_another_configuration_is_refused_untouched(trained):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "holds a checkpoint of a different configuration" in result.stderr
     assert "config.channel.snr_db is 5.0 in the checkpoint but 12.0 now" in result.stderr
+    assert _tree_digest(workdir) == before
+
+
+@pytest.mark.slow
+def test_unlearn_leaves_trained_checkpoint_byte_identical_and_evaluate_reads_it(trained, tmp_path):
+    workdir, _ = trained
+    before = _tree_digest(workdir)
+    out = tmp_path / "scu"
+    result = _run(f"--config={MNIST}:smoke", "--config.unlearning.method=scu",
+                  "--config.evaluation.mi_steps=0", f"--init_workdir={workdir}",
+                  f"--workdir={out}", binary="unlearn")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _tree_digest(workdir) == before  # not one byte of the trained system changed
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "scu" and results["steps"] > 0
+    assert results["unlearn_seconds"] > 0 and results["compile_seconds"] > 0
+
+    metrics_file = tmp_path / "eval.json"
+    evaluated = _run(f"--workdir={out}", f"--output={metrics_file}", binary="evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    printed = dict(line.split() for line in evaluated.stdout.splitlines() if len(line.split()) == 2)
+    assert float(printed["backdoor_accuracy"]) == pytest.approx(results["backdoor_accuracy"], abs=1e-4)
+    assert json.loads(metrics_file.read_text())["method"] == "scu"
+    assert _tree_digest(workdir) == before
+
+
+UNLEARN_BAD_INPUTS = [
+    (["--config.unlearning.method=forget_all"], "config.unlearning.method='forget_all': must be one of"),
+    (["--config.unlearning.learning_rate=0"], "config.unlearning.learning_rate=0.0"),
+    (["--config.unlearning.max_epochs=0"], "config.unlearning.max_epochs=0"),
+    (["SAME"], "never written to"),
+    (["EMPTY"], "holds no checkpoint"),
+    (["OTHER"], "config.channel.snr_db is 5.0 in the checkpoint but 9.0 now"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,message", UNLEARN_BAD_INPUTS)
+def test_unlearn_bad_input_is_one_line_exit_2(trained, tmp_path, extra, message):
+    workdir, _ = trained
+    init, out = str(workdir), str(tmp_path / "out")
+    if extra == ["SAME"]:
+        extra, out = [], str(workdir)
+    elif extra == ["EMPTY"]:
+        extra, init = [], str(tmp_path / "empty")
+    elif extra == ["OTHER"]:
+        extra = ["--config.channel.snr_db=9"]
+    before = _tree_digest(workdir)
+    result = _run(f"--config={MNIST}:smoke", f"--init_workdir={init}", f"--workdir={out}", *extra,
+                  binary="unlearn")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("scu-unlearn: error:") and message in last, last
     assert _tree_digest(workdir) == before

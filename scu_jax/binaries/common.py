@@ -20,10 +20,16 @@ EXIT_USAGE = 2
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Keeps Orbax's per-save INFO chatter out of the progress log; warnings still pass."""
+    """Keeps Orbax's per-save INFO chatter, and its notices that a directory we opened read-only
+    on purpose is read-only, out of the progress log; other warnings still pass."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        if record.levelno < std_logging.WARNING:
+            return False
+        message = record.getMessage()
+        return "read only" not in message and "read_only=True" not in message
 
 
 def quiet_library_logs() -> None:

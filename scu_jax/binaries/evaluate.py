@@ -2,7 +2,8 @@
 
   scu-evaluate --workdir=runs/mnist_scu [--reference_workdir=runs/mnist_retrain]
 
-The config is the one stored with the checkpoint. Writes --workdir/evaluation.json (atomically).
+The config is the one stored with the checkpoint; --workdir is only read. --output=FILE also
+writes the metrics as JSON (atomically).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ PROGRAM = "scu-evaluate"
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir holding a saved system.")
 _REFERENCE = flags.DEFINE_string("reference_workdir", None,
                                  "Optional: a `retrain` result to measure the distance to.")
+_OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the metrics.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -25,7 +27,8 @@ def _main(argv: list[str]) -> None:
     def body() -> None:
         from scu_jax.unlearn import evaluate_workdir
 
-        results = evaluate_workdir(_WORKDIR.value, reference_workdir=_REFERENCE.value)
+        results = evaluate_workdir(_WORKDIR.value, reference_workdir=_REFERENCE.value,
+                                   output=_OUTPUT.value)
         width = max(len(name) for name in results)
         for name, value in sorted(results.items()):
             if isinstance(value, float):
