@@ -1,14 +1,23 @@
 """Default config: the paper's MNIST setting on the embedded 5,000-image MNIST (no download).
 
 Spec §3/§4: MLP codec (d = 20), AWGN channel of the paper family at 5 dB, EDR 6 % (base 1 →
-target 2), β = 1e-4, Adam lr 1e-4 with grad-norm clip 5, batch 16; receiver trained first for 10
-epochs on the poisoned training set and frozen, then the codec for 20 epochs.
+target 2), β = 1e-4, Adam lr 1e-4 with grad-norm clip 5, batch 16; the receiver is trained first
+on the poisoned training set and frozen, then the codec. The paper's step budget (75,000 codec and
+37,500 receiver steps) is 300 and 150 epochs on the 4,000 training images (scu_jax/config.py says
+why); SCU unlearns at lr 3e-4 for at most 300 epochs over the 240 erased images.
 
 Run:
   scu-train --config=configs/mnist.py --workdir=runs/mnist
-  scu-train --config=configs/mnist.py:smoke --workdir=/tmp/smoke     # < 1 min on a CPU
-Measured (2-core CPU, seed 0): see README.md "Results"; the numbers are filled in there by the
-run that produced them.
+  scu-unlearn --config=configs/mnist.py --config.unlearning.method=scu \
+      --init_workdir=runs/mnist --workdir=runs/mnist_scu
+  scu-pipeline --config=configs/mnist.py --workdir=runs/pipeline --seeds=0,1,2
+  scu-train --config=configs/mnist.py:smoke --workdir=/tmp/smoke      # 1,024 images, ~15 s
+
+Measured on a 2-core CPU (seeds 0, 1, 2; README "Results"): training 51-62 s of steps per seed
+(~2,000 steps/s) plus ~3 s compilation; the original system reaches backdoor 91.9 ± 0.3 %,
+D_clean accuracy 76.8 ± 1.7 %, test accuracy 81.0 ± 0.3 %, MSE clean 8.02 ± 0.07. SCU: backdoor
+9.5 ± 1.0 %, D_clean accuracy 95.6 ± 0.1 %, MSE clean 7.78 ± 0.08 in 0.56 ± 0.02 s; retraining
+takes 56 ± 8 s. The whole 3-seed pipeline takes 9 minutes.
 """
 
 import ml_collections

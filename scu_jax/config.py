@@ -177,6 +177,27 @@ def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_coll
     return config
 
 
+def config_from_json(stored: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Rebuilds a config saved with a checkpoint on top of today's schema.
+
+    Fields added to the schema since the checkpoint was written keep their defaults; fields the
+    schema no longer has are dropped.
+    """
+    config = default_config()
+
+    def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key not in node:
+                continue
+            if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+                merge(node[key], value)
+            else:
+                node[key] = tuple(value) if isinstance(node[key], tuple) else value
+
+    merge(config, stored)
+    return config
+
+
 def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The JSON-able subset of the config that identifies a trained system."""
     plain = config.to_dict()

@@ -34,7 +34,7 @@ COLUMNS = (  # (results key, header, scale, decimals)
     ("mse_erased", "MSE erased", 1, 2),
     ("psnr_clean", "PSNR clean", 1, 2),
     ("mia_auc", "MIA AUC", 1, 3),
-    ("mi_mine_erased", "MI D_e (MINE)", 1, 2),
+    ("mi_upper_erased", "I(x;z) D_e ≤", 1, 1),
     ("mse_to_retrain", "x̂ SSE to retrain", 1, 2),
     ("unlearn_seconds", "time s", 1, 2),
     ("speedup", "× faster than retrain", 1, 0),

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from scu_jax.checkpointing import CheckpointMismatchError, Checkpoints, write_json_atomic
-from scu_jax.config import training_fingerprint, validate_config
+from scu_jax.config import config_from_json, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation
 from scu_jax.models import System, init_system
 from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
@@ -179,7 +179,7 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint")
     meta = checkpoints.saved_config()
-    config = ml_collections.ConfigDict(meta["config"])
+    config = config_from_json(meta["config"])
     validate_config(config)
     split, system, image_shape = build_for(config)
     params, batch_stats, _ = load_variables(workdir, system, config, image_shape)

@@ -147,3 +147,28 @@ def test_unlearn_bad_input_is_one_line_exit_2(trained, tmp_path, extra, message)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("scu-unlearn: error:") and message in last, last
     assert _tree_digest(workdir) == before
+
+
+def test_common_fail_prints_one_line_and_exits(capsys):
+    from scu_jax.binaries import common
+
+    with pytest.raises(SystemExit) as exit_info:
+        common.fail("scu-x", "first line\nsecond   line")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "scu-x: error: first line second line\n"
+
+
+def test_common_quiet_filter_drops_orbax_chatter_only():
+    import logging
+
+    from scu_jax.binaries import common
+
+    quiet = common._QuietLibraries()
+
+    def record(path, level, message):
+        return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+    assert not quiet.filter(record("/x/orbax/checkpoint/a.py", logging.INFO, "Saving"))
+    assert not quiet.filter(record("/x/orbax/a.py", logging.WARNING, "Given directory is read only=d"))
+    assert quiet.filter(record("/x/orbax/a.py", logging.WARNING, "disk is full"))
+    assert quiet.filter(record("/x/scu_jax/train.py", logging.INFO, "epoch 1"))

@@ -83,3 +83,17 @@ def test_training_fingerprint_ignores_evaluation_fields():
     assert config_lib.training_fingerprint(a) == config_lib.training_fingerprint(b)
     b.channel.snr_db = 6.0
     assert config_lib.training_fingerprint(a) != config_lib.training_fingerprint(b)
+
+
+def test_config_from_json_round_trips_and_fills_new_fields():
+    import json
+
+    config = config_lib.apply_variant(config_lib.cifar_config("cifar100"), "smoke")
+    stored = json.loads(config.to_json_best_effort())
+    assert config_lib.config_from_json(stored).to_dict() == config.to_dict()
+    del stored["eval_draws"], stored["unlearning"]["stop_on"]  # written before these existed
+    stored["retired_field"] = 1
+    rebuilt = config_lib.config_from_json(stored)
+    assert rebuilt.eval_draws == config_lib.default_config().eval_draws
+    assert rebuilt.unlearning.stop_on == "eval" and "retired_field" not in rebuilt
+    assert rebuilt.model.widths == (8, 8, 16, 16) and rebuilt.erasure.base_class == 18

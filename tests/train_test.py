@@ -92,15 +92,16 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
     assert results["mse_clean"] < 0.7 * untrained["mse_clean"]
     assert results["input_accuracy_clean"] > 0.8  # the receiver learned digit 1
     steps_per_epoch = 1024 // 16
-    assert results["steps"] == int(state.step) == 3 * steps_per_epoch
+    epochs = config.train.receiver_epochs + config.train.epochs  # 3 + 4 in the smoke variant
+    assert results["steps"] == int(state.step) == epochs * steps_per_epoch
     chex.assert_tree_all_finite(state.params)
 
-    # Interrupted after epoch 2: drop the last checkpoint, rerun, and land on the same state.
+    # Interrupted after the last-but-one epoch: drop the last checkpoint, rerun, same state.
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "3")
+    shutil.rmtree(resumed / "checkpoints" / str(epochs))
     (resumed / "results.json").unlink()
-    assert Checkpoints(resumed).latest_step() == 2
+    assert Checkpoints(resumed).latest_step() == epochs - 1
     resumed_state = train.train_and_evaluate(config, str(resumed))
     chex.assert_trees_all_close(jax.tree.map(np.asarray, resumed_state.params),
                                 jax.tree.map(np.asarray, state.params), atol=1e-6)
@@ -127,18 +128,19 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
     def poisoned_codec_step(system, config):
         step = real_codec_step(system, config)
 
-        def nan_from_step_100(state, images, labels, key):
+        def nan_from_step_200(state, images, labels, key):
             new_state, metrics = step(state, images, labels, key)
-            loss = jnp.where(state.step >= 100, jnp.nan, metrics.loss)
+            loss = jnp.where(state.step >= 200, jnp.nan, metrics.loss)
             return new_state, metrics._replace(loss=loss)
 
-        return nan_from_step_100
+        return nan_from_step_200
 
     monkeypatch.setattr(train, "make_codec_step", poisoned_codec_step)
     with pytest.raises(train.NonFiniteError,
-                       match=r"^train: codec loss became non-finite at step 100 \(epoch 2\)"):
+                       match=r"^train: codec loss became non-finite at step 200 \(epoch 4\)"):
         train.train_and_evaluate(_smoke_config(), str(tmp_path))
-    assert Checkpoints(tmp_path).latest_step() == 1  # the receiver epoch; nothing after it
+    # Steps 192–255 are the first codec epoch: the three receiver epochs stay saved, nothing more.
+    assert Checkpoints(tmp_path).latest_step() == 3
     assert not (tmp_path / "results.json").exists()
 
 

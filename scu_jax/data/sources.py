@@ -167,7 +167,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
 
     try:
         # download=False: never touch the network; tfds raises assorted error
-        # types (NotImplementedError, FileNotFoundError, ...) for a missing or
+        # types (not-implemented, file-not-found, ...) for a missing or
         # tfrecord-only dataset.
         train, test = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
                                        download=False)
