@@ -82,14 +82,20 @@ def per_sample_metrics(system: System, params: Mapping[str, Any], batch_stats: M
     Batch `i` uses `fold_in(key, i)`, so results depend only on the key, the images and the batch
     size, not on the system being evaluated.
     """
+    return _in_batches(_forward_metrics, system, params, batch_stats, images,
+                       batch_size=batch_size, key=key)
+
+
+def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray, *,
+                batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
+    """Runs a jitted `forward` over fixed-size padded batches (batch `i` keyed `fold_in(key, i)`)
+    and concatenates its per-image outputs, padding dropped."""
     if len(images) == 0:
         raise ValueError("cannot evaluate an empty image set")
-    batch_size = min(batch_size, len(images))
-    indices, mask = padded_batches(len(images), batch_size)
+    indices, mask = padded_batches(len(images), min(batch_size, len(images)))
     rows: dict[str, list[np.ndarray]] = {}
     for batch_index, (batch, valid) in enumerate(zip(indices, mask)):
-        out = _forward_metrics(system, params, batch_stats, images[batch],
-                               jax.random.fold_in(key, batch_index))
+        out = forward(system, params, batch_stats, images[batch], jax.random.fold_in(key, batch_index))
         for name, value in out.items():
             rows.setdefault(name, []).append(np.asarray(value)[valid > 0])
     return {name: np.concatenate(parts) for name, parts in rows.items()}
@@ -148,15 +154,8 @@ def system_outputs(system: System, params: Mapping[str, Any], batch_stats: Mappi
 
     Batches and keys as in `per_sample_metrics`, so two systems see the same noise draws.
     """
-    batch_size = min(batch_size, len(images))
-    indices, mask = padded_batches(len(images), batch_size)
-    rows: dict[str, list[np.ndarray]] = {}
-    for batch_index, (batch, valid) in enumerate(zip(indices, mask)):
-        out = _forward_outputs(system, params, batch_stats, images[batch],
-                               jax.random.fold_in(key, batch_index))
-        for name, value in out.items():
-            rows.setdefault(name, []).append(np.asarray(value)[valid > 0])
-    return {name: np.concatenate(parts) for name, parts in rows.items()}
+    return _in_batches(_forward_outputs, system, params, batch_stats, images,
+                       batch_size=batch_size, key=key)
 
 
 def roc_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
