@@ -13,11 +13,11 @@ Run:
   scu-pipeline --config=configs/mnist.py --workdir=runs/pipeline --seeds=0,1,2
   scu-train --config=configs/mnist.py:smoke --workdir=/tmp/smoke      # 1,024 images, ~15 s
 
-Measured on a 2-core CPU (seeds 0, 1, 2; README "Results"): training 51-62 s of steps per seed
-(~2,000 steps/s) plus ~3 s compilation; the original system reaches backdoor 91.9 ± 0.3 %,
+Measured on a 2-core CPU (seeds 0, 1, 2; README "Results"): training 60-67 s of steps per seed
+(~1,800 steps/s) plus 2.6 s compilation; the original system reaches backdoor 91.9 ± 0.3 %,
 D_clean accuracy 76.8 ± 1.7 %, test accuracy 81.0 ± 0.3 %, MSE clean 8.02 ± 0.07. SCU: backdoor
-9.5 ± 1.0 %, D_clean accuracy 95.6 ± 0.1 %, MSE clean 7.78 ± 0.08 in 0.56 ± 0.02 s; retraining
-takes 56 ± 8 s. The whole 3-seed pipeline takes 9 minutes.
+9.5 ± 1.0 %, D_clean accuracy 95.6 ± 0.1 %, MSE clean 7.78 ± 0.08 in 0.59 ± 0.07 s; retraining
+takes 52.7 ± 1.4 s. The whole 3-seed pipeline takes 11.5 minutes.
 """
 
 import ml_collections

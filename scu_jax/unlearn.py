@@ -108,7 +108,6 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     out = _check_workdirs(config, init_path, out_path)
     split, system, image_shape = build_for(config)
-    params, batch_stats, _ = load_variables(init_path, system, config, image_shape)
 
     saved_meta = out.saved_config() if out.latest_step() is not None else None
     if saved_meta is not None:
@@ -116,6 +115,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         params, batch_stats, _ = load_variables(out_path, system, config, image_shape)
         run_info = saved_meta["run"]
     else:
+        params, batch_stats, _ = load_variables(init_path, system, config, image_shape)
         params, batch_stats, run_info = _run_method(method, system, config, split, params,
                                                     batch_stats, out_path, image_shape)
         try:
