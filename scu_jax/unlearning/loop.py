@@ -103,9 +103,11 @@ def erased_backdoor_accuracy(system: System, state: UnlearnState, split: Erasure
                              config: ml_collections.ConfigDict) -> float:
     """Receiver backdoor accuracy on all of D_e, in evaluation mode, with the stopping key."""
     batches, mask = _erased_eval_batches(split, config)
-    return float(jax.jit(target_rate, static_argnums=(0, 5))(
-        system, state.params, state.batch_stats, batches, mask, split.target_class,
-        _stopping_key(config)))
+    return float(_target_rate(system, state.params, state.batch_stats, batches, mask,
+                              split.target_class, _stopping_key(config)))
+
+
+_target_rate = jax.jit(target_rate, static_argnums=(0, 5))
 
 
 def _stopping_key(config: ml_collections.ConfigDict) -> jax.Array:
