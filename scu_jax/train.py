@@ -185,7 +185,8 @@ def make_block_runner(step: StepFn):
     """Jits a `lax.scan` over a block of batches: many steps, one dispatch, state donated.
 
     The returned function takes `(state, images, labels, batch_indices, key)` where `images` and
-    `labels` are the whole device-resident training set and `batch_indices` is (steps, B).
+    `labels` are the whole device-resident training set and `batch_indices` is (steps, B), and
+    returns `(state, stacked step metrics, whether every parameter is finite)`.
     """
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -193,7 +194,12 @@ def make_block_runner(step: StepFn):
         def body(carry, indices):
             return step(carry, images[indices], labels[indices], key)
 
-        return jax.lax.scan(body, state, batch_indices)
+        state, metrics = jax.lax.scan(body, state, batch_indices)
+        # A step can leave NaN parameters behind a finite loss (the loss is computed before the
+        # update); checked here, on device, so no non-finite state is ever checkpointed.
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))
+                                      for leaf in jax.tree.leaves((state.params, state.batch_stats))]))
+        return state, metrics, finite
 
     return run_block
 
@@ -310,12 +316,13 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
             indices = permutation[first:first + block]
             run_block = executable(phase, indices)
             started = time.perf_counter()
-            state, metrics = run_block(state, images, labels, indices, step_key)
+            state, metrics, finite = run_block(state, images, labels, indices, step_key)
             loss = np.asarray(metrics.loss)
-            if not np.all(np.isfinite(loss)):
-                bad = int(np.argmin(np.isfinite(loss)))
+            if not np.all(np.isfinite(loss)) or not bool(finite):
+                bad = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
+                what = "loss" if not np.all(np.isfinite(loss)) else "parameters"
                 raise NonFiniteError(
-                    f"{name}: {phase} loss became non-finite at step "
+                    f"{name}: {phase} {what} became non-finite at step "
                     f"{epoch * steps_per_epoch + first + bad} (epoch {epoch + 1}); the last good "
                     f"checkpoint (epoch {epoch}) is kept"
                 )

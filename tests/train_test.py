@@ -55,9 +55,10 @@ def test_receiver_step_learns_and_leaves_codec_untouched():
     runner = train.make_block_runner(train.make_receiver_step(system, config))
     images, labels = jnp.asarray(split.train_images), jnp.asarray(split.train_labels)
     indices = np.arange(512, dtype=np.int32).reshape(32, 16)
-    state, first = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+    state, first, finite = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+    assert bool(finite)
     for _ in range(3):
-        state, last = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+        state, last, finite = runner(state, images, labels, indices, jax.random.PRNGKey(0))
     assert float(last.loss.mean()) < 0.5 * float(first.loss.mean())
     assert float(last.accuracy.mean()) > 0.8
     chex.assert_trees_all_equal(codec_before, jax.tree.map(np.asarray, state.params["codec"]))
@@ -142,6 +143,28 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
     # Steps 192–255 are the first codec epoch: the three receiver epochs stay saved, nothing more.
     assert Checkpoints(tmp_path).latest_step() == 3
     assert not (tmp_path / "results.json").exists()
+
+
+def test_non_finite_parameters_behind_a_finite_loss_are_caught(tmp_path, monkeypatch):
+    real_codec_step = train.make_codec_step
+
+    def nan_weights_at_step_255(system, config):
+        step = real_codec_step(system, config)
+
+        def poisoned(state, images, labels, key):
+            new_state, metrics = step(state, images, labels, key)
+            params = jax.tree.map(lambda p: jnp.where(state.step == 255, jnp.nan, p), new_state.params)
+            return new_state.replace(params=params), metrics  # the loss stays finite
+
+        return poisoned
+
+    monkeypatch.setattr(train, "make_codec_step", nan_weights_at_step_255)
+    config = _smoke_config()
+    config.train.epochs = 2  # steps 192–319; 255 is the last step of the first codec epoch
+    with pytest.raises(train.NonFiniteError,
+                       match=r"^train: codec parameters became non-finite at step 255 \(epoch 4\)"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert Checkpoints(tmp_path).latest_step() == 3  # nothing non-finite was saved
 
 
 @pytest.mark.parametrize("dataset,variant", [("mnist", "mnist"), ("cifar10", "cifar")])
