@@ -13,7 +13,6 @@ from typing import Any
 import chex
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from scu_jax.checkpointing import CheckpointMismatchError, Checkpoints, write_json_atomic

@@ -1,7 +1,6 @@
 """Orbax round trip, config mismatch detection, unreadable checkpoints, atomic JSON writes."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """Unlearning losses by hand, HVP vs finite differences, the shared loop, the methods end to end."""
 
 import json
-import pathlib
 
 import chex
 import jax

@@ -6,7 +6,6 @@ and stopping rules as SCU.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
