@@ -123,20 +123,24 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
     assert sorted(p.name for p in (full / "checkpoints").iterdir()) == before
 
 
-def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def _poison_codec_step(monkeypatch, poison):
+    """Makes training use the real codec step followed by `poison(old_state, new_state, metrics)`."""
     real_codec_step = train.make_codec_step
 
     def poisoned_codec_step(system, config):
         step = real_codec_step(system, config)
 
-        def nan_from_step_200(state, images, labels, key):
-            new_state, metrics = step(state, images, labels, key)
-            loss = jnp.where(state.step >= 200, jnp.nan, metrics.loss)
-            return new_state, metrics._replace(loss=loss)
+        def poisoned(state, images, labels, key):
+            return poison(state, *step(state, images, labels, key))
 
-        return nan_from_step_200
+        return poisoned
 
     monkeypatch.setattr(train, "make_codec_step", poisoned_codec_step)
+
+
+def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    _poison_codec_step(monkeypatch, lambda old, new, metrics: (
+        new, metrics._replace(loss=jnp.where(old.step >= 200, jnp.nan, metrics.loss))))
     with pytest.raises(train.NonFiniteError,
                        match=r"^train: codec loss became non-finite at step 200 \(epoch 4\)"):
         train.train_and_evaluate(_smoke_config(), str(tmp_path))
@@ -146,19 +150,11 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatc
 
 
 def test_non_finite_parameters_behind_a_finite_loss_are_caught(tmp_path, monkeypatch):
-    real_codec_step = train.make_codec_step
+    def nan_weights_at_step_255(old, new, metrics):  # the loss stays finite
+        params = jax.tree.map(lambda p: jnp.where(old.step == 255, jnp.nan, p), new.params)
+        return new.replace(params=params), metrics
 
-    def nan_weights_at_step_255(system, config):
-        step = real_codec_step(system, config)
-
-        def poisoned(state, images, labels, key):
-            new_state, metrics = step(state, images, labels, key)
-            params = jax.tree.map(lambda p: jnp.where(state.step == 255, jnp.nan, p), new_state.params)
-            return new_state.replace(params=params), metrics  # the loss stays finite
-
-        return poisoned
-
-    monkeypatch.setattr(train, "make_codec_step", nan_weights_at_step_255)
+    _poison_codec_step(monkeypatch, nan_weights_at_step_255)
     config = _smoke_config()
     config.train.epochs = 2  # steps 192–319; 255 is the last step of the first codec epoch
     with pytest.raises(train.NonFiniteError,
