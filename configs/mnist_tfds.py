@@ -14,11 +14,4 @@ from scu_jax import config as config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = config_lib.default_config()
-    config.dataset = "mnist"
-    # The paper's recipe as it stands on the full 60,000 images.
-    config.train.epochs, config.train.receiver_epochs = 20, 10
-    config.unlearning.learning_rate, config.unlearning.max_epochs = 1e-4, 20
-    config.unlearning.finetune_epochs = 2
-    config.eval_batch_size = 1000
-    return config_lib.apply_variant(config, arg)
+    return config_lib.apply_variant(config_lib.mnist_tfds_config(), arg)

@@ -91,7 +91,7 @@ class Checkpoints:
         if difference:
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint of a different configuration ({difference});"
-                " use another --workdir"
+                " use another --workdir, or --overwrite to replace it"
             )
 
     def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
@@ -131,6 +131,19 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def remove_run_outputs(workdir: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Deletes the named entries of a run directory (for `--overwrite`), and nothing else in it."""
+    import shutil
+
+    root = pathlib.Path(workdir)
+    for name in names:
+        path = root / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:

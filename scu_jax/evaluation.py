@@ -179,6 +179,18 @@ def never_trained_triggered(split: ErasureSplit) -> np.ndarray:
     return add_trigger(split.test_images[split.test_labels == split.base_class])
 
 
+def membership_scores(system: System, params, batch_stats, split: ErasureSplit,
+                      config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+    """The attack's scores, −(per-image reconstruction SSE), of D_e and of never-seen look-alikes."""
+    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 10)
+    members = per_sample_metrics(system, params, batch_stats, split.erased_images,
+                                 batch_size=config.eval_batch_size, key=key)["sse"]
+    outsiders = per_sample_metrics(system, params, batch_stats, never_trained_triggered(split),
+                                   batch_size=config.eval_batch_size,
+                                   key=jax.random.fold_in(key, 1))["sse"]
+    return -members, -outsiders
+
+
 def membership_inference_auc(system: System, params, batch_stats, split: ErasureSplit,
                              config: ml_collections.ConfigDict) -> float:
     """AUC of a loss-based membership-inference attack separating D_e from never-seen look-alikes.
@@ -187,13 +199,24 @@ def membership_inference_auc(system: System, params, batch_stats, split: Erasure
     unseen triggered images (AUC > ½). A forgotten set scores like the retrained system's (≈ ½);
     below ½ the erased set is reconstructed WORSE than unseen data, itself a tell-tale.
     """
-    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 10)
-    members = per_sample_metrics(system, params, batch_stats, split.erased_images,
-                                 batch_size=config.eval_batch_size, key=key)["sse"]
-    outsiders = per_sample_metrics(system, params, batch_stats, never_trained_triggered(split),
-                                   batch_size=config.eval_batch_size,
-                                   key=jax.random.fold_in(key, 1))["sse"]
-    return roc_auc(-members, -outsiders)
+    return roc_auc(*membership_scores(system, params, batch_stats, split, config))
+
+
+def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
+                   config: ml_collections.ConfigDict, *, count: int = 8) -> dict[str, np.ndarray]:
+    """What the report draws for one system: the reconstructions of the first `count` D_clean and
+    D_e images (one fixed channel draw, the same for every system) and the attack's scores."""
+    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 40)
+    samples: dict[str, np.ndarray] = {}
+    for index, (name, images) in enumerate((("clean", split.clean_images[:count]),
+                                            ("erased", split.erased_images[:count]))):
+        out = system_outputs(system, params, batch_stats, images, batch_size=count,
+                             key=jax.random.fold_in(key, index))
+        samples[f"input_{name}"] = np.asarray(images)
+        samples[f"x_hat_{name}"] = np.clip(out["x_hat"], 0.0, 1.0).astype(np.float32)
+    samples["mia_members"], samples["mia_outsiders"] = membership_scores(
+        system, params, batch_stats, split, config)
+    return samples
 
 
 def posterior_kl_per_sample(mu_q, logvar_q, mu_p, logvar_p) -> np.ndarray:
@@ -238,7 +261,7 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
         out = system_outputs(system, params, batch_stats, images, batch_size=config.eval_batch_size,
                              key=jax.random.fold_in(key, index))
         results[f"mi_upper_{name}"] = float(mi.variational_upper_bound(out["mu"], out["logvar"]))
-        if config.evaluation.mi_steps:
+        if config.evaluation.mi_steps and name in config.evaluation.mi_sets:
             x = np.asarray(to_unit_interval(images)).reshape(len(images), -1)
             z = out["z"].reshape(len(images), -1)
             # The estimators hold out 20 % for the estimate; batches come from the other 80 %.

@@ -56,8 +56,12 @@ def _existing(workdir: pathlib.Path) -> dict[str, Any] | None:
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequence[int],
-                 methods: Sequence[str] = METHODS) -> dict[str, Any]:
-    """Runs (or resumes) the whole comparison; returns and writes the aggregated table."""
+                 methods: Sequence[str] = METHODS, overwrite: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) the whole comparison; returns and writes the aggregated table.
+
+    With `overwrite`, stages of another configuration found in `workdir` are replaced instead of
+    refused (and the original systems' cached evaluations are recomputed).
+    """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
@@ -68,16 +72,16 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     for seed in seeds:
         seed_dir = root / f"seed_{seed}"
         train_dir = seed_dir / "train"
-        train_and_evaluate(_seed_config(config, seed), str(train_dir))
+        train_and_evaluate(_seed_config(config, seed), str(train_dir), overwrite=overwrite)
         reference = str(seed_dir / "retrain") if "retrain" in methods else None
         for method in ordered:
             out = seed_dir / method
             result = unlearn_and_evaluate(_seed_config(config, seed, method), str(train_dir),
                                           str(out), reference_workdir=None if method == "retrain"
-                                          else reference)
+                                          else reference, overwrite=overwrite)
             rows.setdefault(method, []).append(result)
         original_file = seed_dir / "original.json"
-        original = (json.loads(original_file.read_text()) if original_file.exists() else
+        original = (json.loads(original_file.read_text()) if original_file.exists() and not overwrite else
                     evaluate_workdir(str(train_dir), reference_workdir=reference,
                                      output=str(original_file)))
         rows["original"].append({**original, **_existing(train_dir)})

@@ -26,7 +26,8 @@ import optax
 from absl import logging
 
 from scu_jax import losses
-from scu_jax.checkpointing import Checkpoints, write_json_atomic
+from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
+                                   Checkpoints, remove_run_outputs, write_json_atomic)
 from scu_jax.config import validate_config
 from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
 from scu_jax.data.batching import epoch_permutation
@@ -341,7 +342,9 @@ def fit_with_checkpoints(system: System, config: ml_collections.ConfigDict, work
                          images: np.ndarray, labels: np.ndarray, *, kind: str,
                          image_shape: tuple[int, ...], subdir: str = "checkpoints"
                          ) -> tuple[TrainState, FitReport]:
-    """`fit` from scratch in `workdir`, saving every epoch and resuming from its latest checkpoint.
+    """`fit` from scratch in `workdir`, resuming from its latest checkpoint.
+
+    Saves every `config.checkpoint_every_epochs` epochs and at the end of each phase.
 
     Returns the final state and a `FitReport` whose times are summed over every (resumed) run.
     """
@@ -362,7 +365,11 @@ def fit_with_checkpoints(system: System, config: ml_collections.ConfigDict, work
                          previous.compile_seconds + report.compile_seconds,
                          previous.steps + report.steps)
 
+    phase_ends = (config.train.receiver_epochs, config.train.receiver_epochs + config.train.epochs)
+
     def save(epochs_done: int, epoch_state: TrainState, report: FitReport) -> None:
+        if epochs_done % config.checkpoint_every_epochs and epochs_done not in phase_ends:
+            return
         so_far = total(report)
         checkpoints.save(epochs_done, epoch_state, config,
                          {"train_seconds": so_far.seconds, "compile_seconds": so_far.compile_seconds,
@@ -384,16 +391,24 @@ def build_for(config: ml_collections.ConfigDict) -> tuple[ErasureSplit, System, 
     return split, build_system(config, image_shape, num_classes), image_shape
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> TrainState:
     """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
 
     The original system trains on the poisoned training set D_e ∪ D_r. Returns the final
     `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one (raising
-    `CheckpointMismatchError` before any work if it belongs to another configuration).
+    `CheckpointMismatchError` before any work if it belongs to another configuration, unless
+    `overwrite`: then that run's checkpoints and results are deleted first).
     """
     validate_config(config)
     workdir_path = pathlib.Path(workdir)
-    Checkpoints(workdir_path).check_compatible(config)
+    try:
+        Checkpoints(workdir_path).check_compatible(config)
+    except (CheckpointMismatchError, CheckpointReadError):
+        if not overwrite:
+            raise
+        logging.warning("--overwrite: deleting the run of another configuration in %s", workdir_path)
+        remove_run_outputs(workdir_path, (CHECKPOINT_DIR, RESULTS_FILE))
     split, system, image_shape = build_for(config)
     logging.info("training on %s: %s", config.dataset, split.summary())
     state, report = fit_with_checkpoints(system, config, workdir_path, split.train_images,

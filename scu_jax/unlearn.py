@@ -15,7 +15,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from scu_jax.checkpointing import CheckpointMismatchError, Checkpoints, write_json_atomic
+from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
+                                   Checkpoints, remove_run_outputs, write_json_atomic)
 from scu_jax.config import config_from_json, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation
 from scu_jax.models import System, init_system
@@ -59,7 +60,7 @@ def load_variables(workdir: str | pathlib.Path, system: System, config: ml_colle
 
 
 def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
-                    workdir: pathlib.Path) -> Checkpoints:
+                    workdir: pathlib.Path, overwrite: bool = False) -> Checkpoints:
     init_resolved, out_resolved = init_workdir.resolve(), workdir.resolve()
     if out_resolved == init_resolved or init_resolved in out_resolved.parents:
         raise ValueError(f"--workdir={workdir} is (inside) --init_workdir={init_workdir}; the "
@@ -77,6 +78,19 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
     if trained.latest_step() != total_epochs:
         raise ValueError(f"training in --init_workdir={init_workdir} is unfinished (epoch "
                          f"{trained.latest_step()} of {total_epochs}); rerun scu-train to finish it")
+    try:
+        _check_reusable(config, workdir)
+    except (CheckpointMismatchError, CheckpointReadError):
+        if not overwrite:
+            raise
+        logging.warning("--overwrite: deleting the unlearning result of another configuration in %s",
+                        workdir)
+        remove_run_outputs(workdir, (CHECKPOINT_DIR, RETRAIN_PROGRESS_DIR, RESULTS_FILE))
+    return Checkpoints(workdir)
+
+
+def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """Raises unless `workdir` is empty or holds (progress of) this very method and config."""
     out = Checkpoints(workdir)
     if out.latest_step() is not None:
         saved = out.saved_config()
@@ -84,12 +98,15 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
         if (saved.get("method"), saved.get("unlearning_fingerprint")) != (config.unlearning.method, wanted):
             raise CheckpointMismatchError(
                 f"{workdir} already holds an unlearning result of another method or configuration "
-                f"(method {saved.get('method')!r}); use another --workdir")
-    return out
+                f"(method {saved.get('method')!r}); use another --workdir, or --overwrite to "
+                "replace it")
+    if config.unlearning.method == "retrain":
+        Checkpoints(workdir, subdir=RETRAIN_PROGRESS_DIR).check_compatible(config)
 
 
 def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, workdir: str, *,
-                         reference_workdir: str | None = None) -> dict[str, Any]:
+                         reference_workdir: str | None = None,
+                         overwrite: bool = False) -> dict[str, Any]:
     """Unlearns D_e from the system trained in `init_workdir`; saves and evaluates in `workdir`.
 
     Args:
@@ -98,6 +115,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
       workdir: where the unlearned system, its progress and results.json go. A rerun with the same
         config reuses a finished result (and resumes an interrupted `retrain`).
       reference_workdir: optional workdir of the `retrain` result; adds the distance to it.
+      overwrite: a `workdir` holding another method's or configuration's result is emptied
+        (its checkpoints and results only) instead of refused.
 
     Returns:
       The results dict written to `workdir/results.json`.
@@ -105,7 +124,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     validate_config(config)
     method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
-    out = _check_workdirs(config, init_path, out_path)
+    out = _check_workdirs(config, init_path, out_path, overwrite)
     split, system, image_shape = build_for(config)
 
     saved_meta = out.saved_config() if out.latest_step() is not None else None
@@ -151,7 +170,7 @@ def _run_method(method: str, system: System, config: ml_collections.ConfigDict, 
         return state.params, state.batch_stats, info
     recipe = TRAINING_METHODS[method](config, system)
     if method == "retrain":
-        # Exact unlearning: the original recipe from scratch on D_r, checkpointed every epoch.
+        # Exact unlearning: the original recipe from scratch on D_r, checkpointed as training is.
         state, report = fit_with_checkpoints(system, recipe.config, workdir, split.remain_images,
                                              split.remain_labels, kind="retrain",
                                              image_shape=image_shape, subdir=RETRAIN_PROGRESS_DIR)

@@ -60,6 +60,8 @@ BAD_VALUES = [
     ("train.epochs", -1, "in [0"),
     ("model.name", "vit", "must be one of"),
     ("eval_batch_size", 0, "in [1"),
+    ("checkpoint_every_epochs", 0, "in [1"),
+    ("evaluation.mi_sets", ("erased", "test"), "must be a subset of: erased, remain"),
 ]
 
 

@@ -92,3 +92,40 @@ def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
     assert Checkpoints(workdir).latest_step() == latest
     state = train.train_and_evaluate(config, str(workdir))  # resumes; nothing left to train
     assert int(state.step) == 4 * 64
+
+
+@pytest.mark.slow
+def test_sigkill_during_unlearning_by_retraining_then_rerun_matches(tmp_path):
+    """`scu-unlearn` with the `retrain` method is checkpointed as training is: kill it after its
+    second epoch's checkpoint, rerun the same command, and compare with an uninterrupted run."""
+    trained = tmp_path / "trained"
+    subprocess.run(_command(trained), cwd=REPO, env=_env(), check=True, capture_output=True)
+
+    def unlearn(workdir):
+        return [sys.executable, "-m", "scu_jax.binaries.unlearn", SMOKE,
+                "--config.unlearning.method=retrain", "--config.evaluation.mi_steps=0",
+                f"--init_workdir={trained}", f"--workdir={workdir}"]
+
+    reference = tmp_path / "reference"
+    subprocess.run(unlearn(reference), cwd=REPO, env=_env(), check=True, capture_output=True)
+    expected = json.loads((reference / "results.json").read_text())
+
+    workdir = tmp_path / "killed"
+    progress = workdir / "retrain_checkpoints"
+    process = subprocess.Popen(unlearn(workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (progress.exists() and len([p for p in progress.iterdir() if p.name.isdigit()]) >= 2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the run ended before the kill point was reached")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (workdir / "results.json").exists()
+    rerun = subprocess.run(unlearn(workdir), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    results = json.loads((workdir / "results.json").read_text())
+    for name in METRICS:
+        assert results[name] == pytest.approx(expected[name], abs=1e-6), name
+    assert results["steps"] == expected["steps"]

@@ -180,3 +180,21 @@ def test_train_and_evaluate_on_tfds_mock_data(mock_tfds, tmp_path, dataset, vari
     chex.assert_tree_all_finite(state.params)
     if variant == "cifar":
         assert jax.tree.leaves(state.batch_stats)  # BatchNorm running averages were kept
+
+
+def test_checkpoints_every_n_epochs_and_at_phase_ends(tmp_path, monkeypatch):
+    config = _smoke_config()
+    config.checkpoint_every_epochs = 3
+    config.train.epochs, config.train.receiver_epochs = 4, 2  # phases end at epochs 2 and 6
+    saved = []
+    original_save = Checkpoints.save
+
+    def recording_save(self, step, *args, **kwargs):
+        saved.append(step)
+        return original_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "save", recording_save)
+    split, system, _ = _setup(config)
+    train.fit_with_checkpoints(system, config, tmp_path, split.train_images, split.train_labels,
+                               kind="train", image_shape=split.train_images.shape[1:])
+    assert saved == [2, 3, 6]

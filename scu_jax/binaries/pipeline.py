@@ -20,6 +20,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the whole com
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds (each trains its own system).")
 _METHODS = flags.DEFINE_list("methods", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"],
                              "Comma-separated unlearning methods.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
+    "and results only) instead of refusing.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,7 +41,8 @@ def _main(argv: list[str]) -> None:
         from scu_jax.pipeline import markdown_table, run_pipeline
 
         print(markdown_table(run_pipeline(config, _WORKDIR.value, seeds=seeds,
-                                          methods=_METHODS.value)), end="")
+                                          methods=_METHODS.value, overwrite=_OVERWRITE.value)),
+              end="")
 
     common.run_guarded(PROGRAM, body)
 

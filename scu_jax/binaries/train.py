@@ -16,6 +16,9 @@ PROGRAM = "scu-train"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints and results.json.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
+    "and results only) instead of refusing.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -28,7 +31,7 @@ def _main(argv: list[str]) -> None:
     def body() -> None:
         from scu_jax.train import train_and_evaluate
 
-        train_and_evaluate(config, _WORKDIR.value)
+        train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
     common.run_guarded(PROGRAM, body)
 

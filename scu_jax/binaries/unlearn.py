@@ -22,6 +22,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for the unlear
 _REFERENCE = flags.DEFINE_string("reference_workdir", None,
                                  "Optional: the workdir of a `retrain` result, to report the "
                                  "distance to exact unlearning.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
+    "and results only) instead of refusing.")
 flags.mark_flags_as_required(["config", "init_workdir", "workdir"])
 
 
@@ -34,7 +37,7 @@ def _main(argv: list[str]) -> None:
         from scu_jax.unlearn import unlearn_and_evaluate
 
         unlearn_and_evaluate(config, _INIT_WORKDIR.value, _WORKDIR.value,
-                             reference_workdir=_REFERENCE.value)
+                             reference_workdir=_REFERENCE.value, overwrite=_OVERWRITE.value)
 
     common.run_guarded(PROGRAM, body)
 
