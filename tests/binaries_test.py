@@ -172,3 +172,69 @@ def test_common_quiet_filter_drops_orbax_chatter_only():
     assert not quiet.filter(record("/x/orbax/a.py", logging.WARNING, "Given directory is read only=d"))
     assert quiet.filter(record("/x/orbax/a.py", logging.WARNING, "disk is full"))
     assert quiet.filter(record("/x/scu_jax/train.py", logging.INFO, "epoch 1"))
+
+
+EDR_SWEEP = str(REPO / "configs" / "experiments" / "edr_sweep.py")
+EXPERIMENT_BAD_INPUTS = [
+    ([f"--config={EDR_SWEEP}:imagenet"], "unknown experiment config argument 'imagenet'"),
+    ([f"--config={EDR_SWEEP}:smoke", "--config.grid.edr=(0.02,0.9)"],
+     "config.grid.edr=(0.02, 0.9): must be numbers in (0, 0.5]"),
+    ([f"--config={EDR_SWEEP}:smoke", "--config.grid.methods=('scu','forget_all')"],
+     "config.grid.methods=('scu', 'forget_all'): must be distinct values from"),
+    ([f"--config={EDR_SWEEP}:smoke", "--config.grid.seeds=(1,1)"], "config.grid.seeds=(1, 1)"),
+    ([f"--config={EDR_SWEEP}:smoke", "--config.bases.mnist5k.channel.k_factor=-1"],
+     "config.bases.mnist5k.channel.k_factor=-1.0: must be a finite number in [0.0"),
+    ([f"--config={EDR_SWEEP}:smoke", "--workers=-2"], "--workers=-2: must be >= 0"),
+    ([f"--config={EDR_SWEEP}:smoke", "NOT_AN_EXPERIMENT"], "exists and is not an experiment directory"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,message", EXPERIMENT_BAD_INPUTS)
+def test_experiment_bad_input_is_one_line_exit_2(tmp_path, extra, message):
+    workdir = tmp_path / "sweep"
+    if "NOT_AN_EXPERIMENT" in extra:
+        extra = [arg for arg in extra if arg != "NOT_AN_EXPERIMENT"]
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("mine")
+    before = _tree_digest(tmp_path)
+    result = _run(*extra, f"--workdir={workdir}", binary="experiment")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("scu-experiment: error:") and message in last, last
+    assert _tree_digest(tmp_path) == before  # nothing written, nothing removed
+
+
+@pytest.mark.slow
+def test_report_of_a_non_experiment_directory_is_one_line_exit_2(tmp_path):
+    result = _run(f"--workdir={tmp_path}", binary="report")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("scu-report: error:") and "not an scu-experiment directory" in last
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_the_other_run_and_nothing_else(trained, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    (workdir / "notes.txt").write_text("mine")
+    result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}", "--config.channel.snr_db=12",
+                  "--overwrite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (workdir / "notes.txt").read_text() == "mine"
+    saved = json.loads(max((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))
+                       .joinpath("config", "metadata").read_text())
+    assert saved["training"]["channel"]["snr_db"] == 12.0
+
+    out = tmp_path / "unlearned"
+    common = [f"--config={MNIST}:smoke", "--config.evaluation.mi_steps=0", f"--init_workdir={trained[0]}",
+              f"--workdir={out}"]
+    assert _run(*common, "--config.unlearning.method=vbu", binary="unlearn").returncode == 0
+    refused = _run(*common, "--config.unlearning.method=scu", binary="unlearn")
+    assert refused.returncode == 2 and "--overwrite to replace it" in refused.stderr
+    replaced = _run(*common, "--config.unlearning.method=scu", "--overwrite", binary="unlearn")
+    assert replaced.returncode == 0, replaced.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["method"] == "scu"

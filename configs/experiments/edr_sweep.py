@@ -1,0 +1,26 @@
+"""The paper's EDR sweep: every method at EDR 2, 4, 6, 8, 10 % (AWGN, paper family), 3 seeds.
+
+Argument: datasets (`mnist5k`, the default embedded MNIST; `mnist`, `cifar10`, `cifar100`, or
+`tfds` for all three through tfds) and optionally `smoke` (2 EDRs × 4 methods × 1 seed on tiny
+systems, for tests). Each base system is the dataset's preset (configs/mnist.py, ...); the sweep
+runs MINE on D_e only, with 500 steps.
+
+Measured on the 2-core CPU (no GPU), embedded MNIST, 3 seeds, `--workers=2`: 105 cells (15
+original systems, each with its retraining and 5 methods) in 25 min 38 s from scratch. SCU
+forgets at every EDR (backdoor 70.7–95.7 % → 9.1–10.1 %) with D_clean accuracy 94.7–96.8 % (the
+original's 76.8–85.4 %), 53–88× faster than retraining; README "Experiments" has the table.
+
+Run:
+  scu-experiment --config=configs/experiments/edr_sweep.py --workdir=runs/edr_sweep
+  scu-experiment --config=configs/experiments/edr_sweep.py:tfds --config.bases.mnist.data_dir=DIR \
+      --workdir=runs/edr_sweep_tfds
+  scu-report --workdir=runs/edr_sweep
+"""
+
+import ml_collections
+
+from scu_jax import experiment
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    return experiment.experiment_config("edr_sweep", arg)

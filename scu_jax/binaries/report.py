@@ -1,0 +1,37 @@
+"""`scu-report`: the figures and REPORT.md of an experiment directory, from its results.
+
+  scu-report --workdir=runs/edr
+
+Reads WORKDIR/results.jsonl and the saved samples; writes WORKDIR/figures/*.{png,pdf} and
+WORKDIR/REPORT.md (each through a temporary file and a rename). Needs no JAX computation.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from scu_jax.binaries import common
+
+PROGRAM = "scu-report"
+_WORKDIR = flags.DEFINE_string("workdir", None, "An scu-experiment directory.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from scu_jax.report import write_report
+
+        print(f"report: {write_report(_WORKDIR.value)}")
+
+    common.run_guarded(PROGRAM, body)
+
+
+def run() -> None:
+    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+
+
+if __name__ == "__main__":
+    run()
