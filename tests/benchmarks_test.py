@@ -1,0 +1,72 @@
+"""The PyTorch reference computes what scu_jax computes (same architecture, channel and losses),
+so the benchmark compares the same arithmetic; and the benchmark harness runs end to end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")  # the `bench` extra; installed with `dev`
+
+from benchmarks import torch_reference  # noqa: E402
+from scu_jax import config as config_lib, losses  # noqa: E402
+from scu_jax.models import build_system, init_system  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair():
+    config = config_lib.default_config()
+    system = build_system(config, (28, 28, 1), 10)
+    variables = init_system(system, jax.random.PRNGKey(3), (28, 28, 1))
+    reference = torch_reference.Reference()
+    torch_reference.load_jax_params(reference, variables["params"])
+    x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+    return system, variables, reference, x
+
+
+def test_same_encoder_decoder_and_receiver(pair):
+    system, variables, reference, x = pair
+    codec = {"params": variables["params"]["codec"]}
+    mu, logvar = system.codec.apply(codec, jnp.asarray(x), method="encode")
+    mu_t, logvar_t = reference.codec.encode(torch.from_numpy(x))
+    np.testing.assert_allclose(mu_t.detach().numpy(), mu, atol=1e-5)
+    np.testing.assert_allclose(logvar_t.detach().numpy(), logvar, atol=1e-5)
+    z = np.random.default_rng(1).standard_normal((16, 20)).astype(np.float32)
+    decoded = system.codec.apply(codec, jnp.asarray(z), method=lambda m, z: m.decoder(z))
+    decoded_t = torch.sigmoid(reference.codec.decoder(torch.from_numpy(z)))
+    np.testing.assert_allclose(decoded_t.detach().numpy(), np.asarray(decoded).reshape(16, -1), atol=1e-5)
+    logits = system.receiver.apply({"params": variables["params"]["receiver"]}, jnp.asarray(x))
+    np.testing.assert_allclose(reference.receiver(torch.from_numpy(x)).numpy(), logits, atol=1e-5)
+
+
+def test_same_losses():
+    rng = np.random.default_rng(2)
+    a, b, c, d = (rng.standard_normal((16, 20)).astype(np.float32) for _ in range(4))
+    t = [torch.from_numpy(v) for v in (a, b, c, d)]
+    assert float(torch_reference.kl_to_prior(t[0], t[1])) == pytest.approx(float(losses.kl_to_prior(a, b)), rel=1e-5)
+    assert float(torch_reference.gaussian_kl(*t)) == pytest.approx(float(losses.gaussian_kl(a, b, c, d)), rel=1e-5)
+    assert float(torch_reference.contrastive_compensation(t[0], t[1], t[2])) == pytest.approx(
+        float(losses.contrastive_compensation(a, b, c)), rel=1e-5)
+
+
+def test_paper_awgn_channel_measured_snr():
+    codec = torch_reference.Codec(snr_db=10.0)
+    z = torch.randn(4096, 20)
+    torch.manual_seed(0)
+    noise = codec.channel(z) - z
+    snr_db = 10 * np.log10(float(z.pow(2).mean() / noise.pow(2).mean()))
+    assert snr_db == pytest.approx(10.0, abs=0.2)
+
+
+def test_reference_steps_lower_their_losses():
+    reference = torch_reference.Reference(learning_rate=1e-3)
+    patterns = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32) > 0.7
+    x = torch.from_numpy(np.repeat(patterns.astype(np.float32), 16, axis=0))  # learnable
+    torch.manual_seed(0)
+    before = float(reference.train_loss(x))
+    for _ in range(100):
+        reference.train_step(x)
+    torch.manual_seed(0)
+    assert float(reference.train_loss(x)) < 0.7 * before
+    loss = reference.scu_step(x[:16], x[16:32])
+    assert np.isfinite(float(loss))
