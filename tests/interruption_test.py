@@ -45,10 +45,15 @@ def _kill_when(workdir: pathlib.Path, condition, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def reference_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("kill") / "reference"
     subprocess.run(_command(workdir), cwd=REPO, env=_env(), check=True, capture_output=True)
-    return json.loads((workdir / "results.json").read_text())
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(reference_workdir):
+    return json.loads((reference_workdir / "results.json").read_text())
 
 
 @pytest.mark.slow
@@ -95,11 +100,10 @@ def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_unlearning_by_retraining_then_rerun_matches(tmp_path):
+def test_sigkill_during_unlearning_by_retraining_then_rerun_matches(reference_workdir, tmp_path):
     """`scu-unlearn` with the `retrain` method is checkpointed as training is: kill it after its
     second epoch's checkpoint, rerun the same command, and compare with an uninterrupted run."""
-    trained = tmp_path / "trained"
-    subprocess.run(_command(trained), cwd=REPO, env=_env(), check=True, capture_output=True)
+    trained = reference_workdir  # opened read-only by scu-unlearn
 
     def unlearn(workdir):
         return [sys.executable, "-m", "scu_jax.binaries.unlearn", SMOKE,
