@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Any, Callable
@@ -42,7 +41,6 @@ def _best(fn: Callable[[], Any], repeats: int) -> float:
 def matmul_flops(repeats: int, size: int = 1024) -> dict[str, float]:
     """Measured float32 matrix-multiply FLOP/s (2n³ per product), JAX and (if present) PyTorch."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32))
@@ -180,18 +178,9 @@ def torch_step_throughput(method: str, batch_size: int, repeats: int) -> dict[st
 
 
 def _machine() -> dict[str, Any]:
-    import jax
+    from scu_jax.experiment import machine_info
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "jax": jax.__version__, "devices": [str(d) for d in jax.devices()]}
+    info = machine_info()
     if _TORCH.value:
         import torch
 

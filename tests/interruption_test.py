@@ -24,15 +24,16 @@ def _env():
     return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def _finished_steps(workdir: pathlib.Path) -> list[int]:
-    directory = workdir / "checkpoints"
+def _finished_steps(workdir: pathlib.Path, subdir: str = "checkpoints") -> list[int]:
+    directory = workdir / subdir
     if not directory.exists():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def _kill_when(workdir: pathlib.Path, condition, timeout=240):
-    process = subprocess.Popen(_command(workdir), cwd=REPO, env=_env(),
+def _kill_when(workdir: pathlib.Path, condition, timeout=240, command=None):
+    """Starts `command` (scu-train on `workdir` by default); SIGKILLs it once `condition(workdir)`."""
+    process = subprocess.Popen(command or _command(workdir), cwd=REPO, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not condition(workdir):
@@ -115,17 +116,8 @@ def test_sigkill_during_unlearning_by_retraining_then_rerun_matches(reference_wo
     expected = json.loads((reference / "results.json").read_text())
 
     workdir = tmp_path / "killed"
-    progress = workdir / "retrain_checkpoints"
-    process = subprocess.Popen(unlearn(workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (progress.exists() and len([p for p in progress.iterdir() if p.name.isdigit()]) >= 2):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the run ended before the kill point was reached")
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    _kill_when(workdir, lambda w: len(_finished_steps(w, "retrain_checkpoints")) >= 2,
+               command=unlearn(workdir))
     assert not (workdir / "results.json").exists()
     rerun = subprocess.run(unlearn(workdir), cwd=REPO, env=_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

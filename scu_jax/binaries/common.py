@@ -32,6 +32,13 @@ class _QuietLibraries(std_logging.Filter):
         return "read only" not in message and "read_only=True" not in message
 
 
+def define_overwrite_flag():
+    """`--overwrite`, which every binary that writes a workdir shares."""
+    return flags.DEFINE_boolean(
+        "overwrite", False, "Replace a run of another configuration found in --workdir (its "
+        "checkpoints and results only) instead of refusing.")
+
+
 def quiet_library_logs() -> None:
     std_logging.getLogger("absl").addFilter(_QuietLibraries())
 

@@ -20,9 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the whole com
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds (each trains its own system).")
 _METHODS = flags.DEFINE_list("methods", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"],
                              "Comma-separated unlearning methods.")
-_OVERWRITE = flags.DEFINE_boolean(
-    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
-    "and results only) instead of refusing.")
+_OVERWRITE = common.define_overwrite_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -16,9 +16,7 @@ PROGRAM = "scu-train"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints and results.json.")
-_OVERWRITE = flags.DEFINE_boolean(
-    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
-    "and results only) instead of refusing.")
+_OVERWRITE = common.define_overwrite_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -22,9 +22,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory for the unlear
 _REFERENCE = flags.DEFINE_string("reference_workdir", None,
                                  "Optional: the workdir of a `retrain` result, to report the "
                                  "distance to exact unlearning.")
-_OVERWRITE = flags.DEFINE_boolean(
-    "overwrite", False, "Replace a run of another configuration found in --workdir (its checkpoints "
-    "and results only) instead of refusing.")
+_OVERWRITE = common.define_overwrite_flag()
 flags.mark_flags_as_required(["config", "init_workdir", "workdir"])
 
 
