@@ -10,7 +10,6 @@ both compute the same losses.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -142,29 +141,3 @@ def load_jax_params(reference: Reference, params: dict[str, Any]) -> None:
     dense(reference.receiver.out, params["receiver"]["mlp"]["out"])
     reference.optimizer = torch.optim.Adam(reference.codec.parameters(),
                                            lr=reference.optimizer.param_groups[0]["lr"])
-
-
-def flops_per_sample(image_size: int = 784, latent_dim: int = 20, hidden: int = 96) -> dict[str, float]:
-    """Multiply-add FLOPs (2 per MAC) of the dense layers per sample: forward, and a training step
-    counted as forward + backward ≈ 3 × forward."""
-    encoder = image_size * hidden + hidden * 2 * latent_dim
-    decoder = latent_dim * hidden + hidden * image_size
-    receiver = image_size * hidden + hidden * 10
-    forward = 2 * (encoder + decoder)
-    return {"codec_forward": forward, "train_step": 3 * forward,
-            # SCU: erased pass + remaining pass + re-encoding + θ_o encoding, backward through the
-            # three trained passes, receiver forward on x̂_e.
-            "scu_step_pair": 3 * (2 * forward + 2 * encoder) + 2 * encoder + 2 * receiver}
-
-
-def seconds_per_step(step, batches: list, repeats: int) -> float:
-    """Best-of-`repeats` mean time of one `step(*batch)` over `batches` (eager, one thread pool)."""
-    import time
-
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for batch in batches:
-            step(*batch)
-        best = min(best, (time.perf_counter() - started) / len(batches))
-    return best

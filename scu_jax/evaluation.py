@@ -219,6 +219,19 @@ def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
     return samples
 
 
+def save_samples(system: System, params, batch_stats, split: ErasureSplit,
+                 config: ml_collections.ConfigDict, path: str) -> None:
+    """Writes `sample_outputs` to an .npz file (a temporary file renamed into place)."""
+    import os
+    import pathlib
+
+    final = pathlib.Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp.npz")
+    np.savez_compressed(tmp, **sample_outputs(system, params, batch_stats, split, config))
+    os.replace(tmp, final)
+
+
 def posterior_kl_per_sample(mu_q, logvar_q, mu_p, logvar_p) -> np.ndarray:
     """KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) per sample, summed over latent dimensions (nats)."""
     kl = 0.5 * (logvar_p - logvar_q + (np.exp(logvar_q) + (mu_q - mu_p) ** 2) / np.exp(logvar_p) - 1)

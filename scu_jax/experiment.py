@@ -170,12 +170,6 @@ class Cell:
         return {**dataclasses.asdict(self.group), "method": self.method, "beta_u": self.beta_u}
 
 
-def _path_of(node: ml_collections.ConfigDict, dotted: str):
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"config.{field}={value!r}: {allowed}")
@@ -334,19 +328,6 @@ def _group_dir(workdir: pathlib.Path, group: Group) -> pathlib.Path:
     return workdir / "runs" / group.id
 
 
-def _system_samples(config: ml_collections.ConfigDict, system_dir: str, output: pathlib.Path) -> None:
-    from scu_jax.evaluation import sample_outputs
-    from scu_jax.train import build_for
-    from scu_jax.unlearn import load_variables
-
-    split, system, image_shape = build_for(config)
-    params, batch_stats, _ = load_variables(system_dir, system, config, image_shape)
-    samples = sample_outputs(system, params, batch_stats, split, config)
-    tmp = output.with_name(f".{output.stem}.tmp.npz")
-    np.savez_compressed(tmp, **samples)
-    os.replace(tmp, output)
-
-
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Runs one task: `train` (a group's original system) or `cell`; returns what it produced."""
     from scu_jax.train import NonFiniteError, RESULTS_FILE, train_and_evaluate
@@ -363,16 +344,15 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     try:
         if method == ORIGINAL:
             results = evaluate_workdir(train_dir, reference_workdir=task["reference_dir"],
-                                       output=str(out_dir / RESULTS_FILE))
+                                       output=str(out_dir / RESULTS_FILE),
+                                       samples_file=str(out_dir / SAMPLES_FILE))
             trained = json.loads((pathlib.Path(train_dir) / RESULTS_FILE).read_text())
             results.update({key: trained[key] for key in
                             ("train_seconds", "compile_seconds", "epochs", "steps")})
-            system_dir = train_dir
         else:
             results = unlearn_and_evaluate(config, train_dir, str(out_dir),
-                                           reference_workdir=task["reference_dir"])
-            system_dir = str(out_dir)
-        _system_samples(config, system_dir, out_dir / SAMPLES_FILE)
+                                           reference_workdir=task["reference_dir"],
+                                           samples_file=str(out_dir / SAMPLES_FILE))
         results = {key: value for key, value in results.items() if key != "history"}
         results["status"] = "ok"
     except NonFiniteError as error:

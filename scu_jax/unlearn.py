@@ -18,7 +18,7 @@ from absl import logging
 from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
                                    Checkpoints, remove_run_outputs, write_json_atomic)
 from scu_jax.config import config_from_json, training_fingerprint, validate_config
-from scu_jax.evaluation import full_evaluation
+from scu_jax.evaluation import full_evaluation, save_samples
 from scu_jax.models import System, init_system
 from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
 from scu_jax.unlearning import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
@@ -105,8 +105,8 @@ def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
 
 
 def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, workdir: str, *,
-                         reference_workdir: str | None = None,
-                         overwrite: bool = False) -> dict[str, Any]:
+                         reference_workdir: str | None = None, overwrite: bool = False,
+                         samples_file: str | None = None) -> dict[str, Any]:
     """Unlearns D_e from the system trained in `init_workdir`; saves and evaluates in `workdir`.
 
     Args:
@@ -117,6 +117,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
       reference_workdir: optional workdir of the `retrain` result; adds the distance to it.
       overwrite: a `workdir` holding another method's or configuration's result is emptied
         (its checkpoints and results only) instead of refused.
+      samples_file: optional .npz for the report's reconstructions and membership scores.
 
     Returns:
       The results dict written to `workdir/results.json`.
@@ -150,6 +151,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
     results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    if samples_file is not None:
+        save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset})
     write_json_atomic(out_path / RESULTS_FILE, results)
@@ -184,7 +187,7 @@ def _run_method(method: str, system: System, config: ml_collections.ConfigDict, 
 
 
 def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
-                     output: str | None = None) -> dict[str, Any]:
+                     output: str | None = None, samples_file: str | None = None) -> dict[str, Any]:
     """Evaluates the system saved in `workdir` under the config stored with it (read only).
 
     Args:
@@ -192,6 +195,7 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
       reference_workdir: optional `retrain` result to measure the distance to.
       output: optional JSON file for the results (written atomically; never inside `workdir`'s
         checkpoints).
+      samples_file: optional .npz for the report's reconstructions and membership scores.
     """
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
@@ -206,6 +210,8 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
     results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    if samples_file is not None:
+        save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
                     "checkpoint_step": checkpoints.latest_step()})
     if output is not None:

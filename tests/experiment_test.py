@@ -231,3 +231,37 @@ def test_cifar10_sweep_through_mock_tfds_draws_colour_samples(mock_tfds, tmp_pat
     report.write_report(tmp_path)
     assert (tmp_path / "figures" / "reconstructions.png").stat().st_size > 5_000
     assert "| original | 1 |" in (tmp_path / report.REPORT_FILE).read_text()
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
+    config = experiment.experiment_config("edr_sweep", "smoke")
+    # What a running scu-experiment of the same config has written and holds.
+    (tmp_path / experiment.EXPERIMENT_FILE).write_text(json.dumps(
+        {"fingerprint": experiment._result_fingerprint(config), "runs": []}))
+    with experiment._exclusive(tmp_path):
+        with pytest.raises(FileExistsError, match="another scu-experiment is running in"):
+            experiment.run_experiment(config, tmp_path, workers=0)
+    assert not (tmp_path / experiment.ROWS_FILE).exists()
+
+
+def test_a_diverging_method_is_a_row_not_a_failure(monkeypatch, tmp_path):
+    from scu_jax import train, unlearn
+
+    def diverge(*args, **kwargs):
+        raise train.NonFiniteError("vbu: loss became non-finite at unlearning step 3 (epoch 1)")
+
+    monkeypatch.setattr(unlearn, "unlearn_and_evaluate", diverge)
+    config = experiment.experiment_config("edr_sweep", "smoke").bases.mnist5k
+    out = experiment.run_task({"kind": "cell", "method": "vbu", "config": config.to_dict(),
+                               "train_dir": str(tmp_path / "train"), "out_dir": str(tmp_path / "vbu"),
+                               "reference_dir": None})
+    assert out["status"] == "non-finite" and "unlearning step 3" in out["error"]
+    rows = [{"cell": f"g/{m}", "group": "g", "method": m, "dataset": "mnist5k", "channel": "awgn",
+             "family": "paper", "snr_db": 5.0, "edr": 0.06, "beta_u": None, "seed": 0,
+             "status": status, "backdoor_accuracy": 0.1}
+            for m, status in (("scu", "ok"), ("vbu", "non-finite"))]
+    summary = report.aggregate(rows)
+    by_method = {key[-1]: entry for key, entry in summary.items()}
+    assert by_method["vbu"]["diverged"] == 1 and by_method["vbu"]["seeds"] == 0
+    assert "backdoor_accuracy" not in by_method["vbu"]
+    assert "(+1 diverged)" in report.results_tables(summary)
