@@ -118,6 +118,10 @@ def default_config() -> ml_collections.ConfigDict:
     # phase; a killed run resumes from the latest. An Orbax save of the MNIST state takes ~0.1 s
     # on 2 cores, so saving all 450 epochs would add ~45 s to a 60 s training run.
     config.checkpoint_every_epochs = 10
+    # Data parallelism (scu_jax.parallel): devices on the mesh's `data` axis. 1 = one device, no
+    # mesh; n = the first n devices; 0 = every device of every process (multi-host runs).
+    config.parallel = ml_collections.ConfigDict()
+    config.parallel.devices = 1
     config.log_every_seconds = 5.0  # Progress lines at most this often (and at phase ends).
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
     # Channel realisations per evaluated image; metrics average over them. At 5 dB one draw
@@ -311,6 +315,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "log_every_seconds", 0.0)
     _number(config, "checkpoint_every_epochs", 1, 10000, integer=True)
     _number(config, "eval_draws", 1, 1000, integer=True)
+    _number(config, "parallel.devices", 0, 65536, integer=True)
     from scu_jax.unlearning import METHODS  # Late: the unlearning package imports this module.
 
     _choice(config, "unlearning.method", METHODS)

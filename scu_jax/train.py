@@ -11,7 +11,6 @@ resumed run repeats the uninterrupted one exactly.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
 import time
@@ -33,6 +32,7 @@ from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
 from scu_jax.data.batching import epoch_permutation
 from scu_jax.evaluation import evaluate_system
 from scu_jax.models import System, build_system, init_system, to_unit_interval
+from scu_jax.parallel import DataParallel, barrier, data_parallel, is_primary
 
 RESULTS_FILE = "results.json"
 
@@ -182,18 +182,20 @@ def make_codec_step(system: System, config: ml_collections.ConfigDict) -> StepFn
     return step
 
 
-def make_block_runner(step: StepFn):
+def make_block_runner(step: StepFn, parallel: DataParallel = DataParallel()):
     """Jits a `lax.scan` over a block of batches: many steps, one dispatch, state donated.
 
     The returned function takes `(state, images, labels, batch_indices, key)` where `images` and
     `labels` are the whole device-resident training set and `batch_indices` is (steps, B), and
-    returns `(state, stacked step metrics, whether every parameter is finite)`.
+    returns `(state, stacked step metrics, whether every parameter is finite)`. On a mesh
+    (`parallel`), pass `batch_indices` sharded on its batch axis (`parallel.shard_batches`) and
+    the rest replicated: every step's batch stays split over the devices.
     """
 
-    @functools.partial(jax.jit, donate_argnums=0)
     def run_block(state, images, labels, batch_indices, key):
         def body(carry, indices):
-            return step(carry, images[indices], labels[indices], key)
+            return step(carry, parallel.constrain(images[indices]),
+                        parallel.constrain(labels[indices]), key)
 
         state, metrics = jax.lax.scan(body, state, batch_indices)
         # A step can leave NaN parameters behind a finite loss (the loss is computed before the
@@ -202,7 +204,7 @@ def make_block_runner(step: StepFn):
                                       for leaf in jax.tree.leaves((state.params, state.batch_stats))]))
         return state, metrics, finite
 
-    return run_block
+    return parallel.jit(run_block, donate_argnums=0)
 
 
 def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
@@ -292,10 +294,14 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
     steps_per_epoch = num_train // train.batch_size
     total_epochs = train.receiver_epochs + train.epochs
     step_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    images, labels = jax.device_put(images), jax.device_put(labels)
+    parallel = data_parallel(config)
+    if parallel.mesh is None:
+        images, labels = jax.device_put(images), jax.device_put(labels)
+    else:
+        images, labels, state, step_key = parallel.replicate((images, labels, state, step_key))
     runners = {
-        "receiver": make_block_runner(make_receiver_step(system, config)),
-        "codec": make_block_runner(make_codec_step(system, config)),
+        "receiver": make_block_runner(make_receiver_step(system, config), parallel),
+        "codec": make_block_runner(make_codec_step(system, config), parallel),
     }
     block = train.steps_per_dispatch or steps_per_epoch
     progress = _Progress(total_epochs * steps_per_epoch, config.log_every_seconds)
@@ -314,7 +320,7 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
         phase = "receiver" if epoch < train.receiver_epochs else "codec"
         permutation = epoch_permutation(config.seed, epoch, num_train, train.batch_size)
         for first in range(0, steps_per_epoch, block):
-            indices = permutation[first:first + block]
+            indices = parallel.shard_batches(permutation[first:first + block])
             run_block = executable(phase, indices)
             started = time.perf_counter()
             state, metrics, finite = run_block(state, images, labels, indices, step_key)
@@ -401,6 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `overwrite`: then that run's checkpoints and results are deleted first).
     """
     validate_config(config)
+    data_parallel(config)  # the mesh's errors before any work
     workdir_path = pathlib.Path(workdir)
     try:
         Checkpoints(workdir_path).check_compatible(config)
@@ -408,15 +415,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if not overwrite:
             raise
         logging.warning("--overwrite: deleting the run of another configuration in %s", workdir_path)
-        remove_run_outputs(workdir_path, (CHECKPOINT_DIR, RESULTS_FILE))
+        if is_primary():
+            remove_run_outputs(workdir_path, (CHECKPOINT_DIR, RESULTS_FILE))
+        barrier("overwrite")
     split, system, image_shape = build_for(config)
     logging.info("training on %s: %s", config.dataset, split.summary())
     state, report = fit_with_checkpoints(system, config, workdir_path, split.train_images,
                                          split.train_labels, kind="train", image_shape=image_shape)
-    results = evaluate_system(system, state.params, state.batch_stats, split, config)
+    # Evaluated on each process's default device from host copies: the mesh is for the steps.
+    params, batch_stats = jax.device_get((state.params, state.batch_stats))
+    results = evaluate_system(system, params, batch_stats, split, config)
     results.update({"train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
-                    "steps": int(state.step), "dataset": config.dataset})
-    write_json_atomic(workdir_path / RESULTS_FILE, results)
+                    "steps": int(state.step), "dataset": config.dataset,
+                    "devices": data_parallel(config).size, "processes": jax.process_count()})
+    if is_primary():
+        write_json_atomic(workdir_path / RESULTS_FILE, results)
     logging.info("results: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()})
     return state

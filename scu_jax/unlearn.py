@@ -20,6 +20,7 @@ from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, Chec
 from scu_jax.config import config_from_json, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation, save_samples
 from scu_jax.models import System, init_system
+from scu_jax.parallel import barrier, data_parallel, is_primary
 from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
 from scu_jax.unlearning import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
 
@@ -85,7 +86,9 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
             raise
         logging.warning("--overwrite: deleting the unlearning result of another configuration in %s",
                         workdir)
-        remove_run_outputs(workdir, (CHECKPOINT_DIR, RETRAIN_PROGRESS_DIR, RESULTS_FILE))
+        if is_primary():
+            remove_run_outputs(workdir, (CHECKPOINT_DIR, RETRAIN_PROGRESS_DIR, RESULTS_FILE))
+        barrier("overwrite")
     return Checkpoints(workdir)
 
 
@@ -123,6 +126,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
       The results dict written to `workdir/results.json`.
     """
     validate_config(config)
+    data_parallel(config)  # the mesh's errors before any work
     method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     out = _check_workdirs(config, init_path, out_path, overwrite)
@@ -145,6 +149,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
                  {"kind": "unlearned", "method": method, "run": run_info,
                   "unlearning_fingerprint": _unlearning_fingerprint(config)})
     out.close()
+    # Evaluated on each process's default device from host copies: the mesh is for the steps.
+    params, batch_stats = jax.device_get((params, batch_stats))
 
     reference = None
     if reference_workdir is not None:
@@ -154,8 +160,10 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     if samples_file is not None:
         save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
-                    "history": run_info.get("history", []), "dataset": config.dataset})
-    write_json_atomic(out_path / RESULTS_FILE, results)
+                    "history": run_info.get("history", []), "dataset": config.dataset,
+                    "devices": data_parallel(config).size, "processes": jax.process_count()})
+    if is_primary():
+        write_json_atomic(out_path / RESULTS_FILE, results)
     logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s compile)",
                  method, results["backdoor_accuracy"], results["accuracy_clean"],
                  results["mse_clean"], results["unlearn_seconds"], results["compile_seconds"])

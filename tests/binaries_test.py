@@ -54,6 +54,14 @@ BAD_INPUTS = [
     (["--config.train.batch_size=0"], "config.train.batch_size=0: must be an integer in [1"),
     (["--config.train.batch_size=abc"], "batch_size"),
     (["extra_positional"], "unexpected arguments: extra_positional"),
+    (["--config.parallel.devices=3"], "config.parallel.devices=3: only 1 cpu device(s) are visible"),
+    (["--num_processes=2"], "--coordinator_address, --num_processes and --process_id go together"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2",
+      "--config.parallel.devices=0"], "--process_id=2: must be in [0, 2)"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=0"],
+     "add --config.parallel.devices=0"),
+    (["--coordinator_address=localhost", "--num_processes=1", "--process_id=0"],
+     "--coordinator_address='localhost': must be HOST:PORT"),
 ]
 
 
@@ -222,7 +230,7 @@ def test_overwrite_replaces_the_other_run_and_nothing_else(trained, tmp_path):
     shutil.copytree(trained[0], workdir)
     (workdir / "notes.txt").write_text("mine")
     result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}", "--config.channel.snr_db=12",
-                  "--overwrite")
+                  "--config.train.epochs=1", "--config.evaluation.mi_steps=0", "--overwrite")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (workdir / "notes.txt").read_text() == "mine"
     saved = json.loads(max((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))

@@ -39,6 +39,33 @@ def define_overwrite_flag():
         "checkpoints and results only) instead of refusing.")
 
 
+def define_distributed_flags():
+    """The flags `jax.distributed.initialize` needs, for a run over several processes (hosts).
+
+    Start one process per host with the same command, the same `--coordinator_address` (process
+    0's host and a free port) and `--num_processes`, and its own `--process_id`; set
+    `--config.parallel.devices=0` so the mesh spans every device of every process.
+    """
+    return (
+        flags.DEFINE_string("coordinator_address", None,
+                            "Multi-host: HOST:PORT of process 0, which coordinates the run."),
+        flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes take part."),
+        flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 .. "
+                             "num_processes - 1."),
+    )
+
+
+def initialize_distributed(program: str, holders, config: "ml_collections.ConfigDict") -> None:
+    """Joins the multi-process run the distributed flags describe (a bad set: one line, exit 2)."""
+    from scu_jax.parallel import initialize_distributed as join
+
+    coordinator, processes, process_id = (holder.value for holder in holders)
+    try:
+        join(coordinator, processes, process_id, config.parallel.devices)
+    except ValueError as error:
+        fail(program, error)
+
+
 def quiet_library_logs() -> None:
     std_logging.getLogger("absl").addFilter(_QuietLibraries())
 

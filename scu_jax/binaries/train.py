@@ -17,6 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints and results.json.")
 _OVERWRITE = common.define_overwrite_flag()
+_DISTRIBUTED = common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,6 +26,7 @@ def _main(argv: list[str]) -> None:
         common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
 
     config = common.config_or_fail(PROGRAM, _CONFIG)
+    common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
         from scu_jax.train import train_and_evaluate

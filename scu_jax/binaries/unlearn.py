@@ -23,6 +23,7 @@ _REFERENCE = flags.DEFINE_string("reference_workdir", None,
                                  "Optional: the workdir of a `retrain` result, to report the "
                                  "distance to exact unlearning.")
 _OVERWRITE = common.define_overwrite_flag()
+_DISTRIBUTED = common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "init_workdir", "workdir"])
 
 
@@ -30,6 +31,7 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     config = common.config_or_fail(PROGRAM, _CONFIG)
+    common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
         from scu_jax.unlearn import unlearn_and_evaluate

@@ -14,7 +14,6 @@ measured in the same dispatch either way and kept in the history.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 
@@ -24,10 +23,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from scu_jax.config import ConfigError
 from scu_jax.data import ErasureSplit
 from scu_jax.data.batching import padded_batches
 from scu_jax.evaluation import target_rate
 from scu_jax.models import System
+from scu_jax.parallel import DataParallel, data_parallel
 from scu_jax.train import NonFiniteError
 from scu_jax.unlearning.base import Batch, UnlearnState, UnlearningMethod
 
@@ -55,21 +56,21 @@ def epoch_indices(seed: int, epoch: int, num_erased: int, num_remain: int,
 
 
 def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, batch_stop: float,
-               target: int):
+               target: int, parallel: DataParallel = DataParallel()):
     """The jitted epoch: a `lax.scan` of `method.step` that skips the steps after an early stop,
     followed by the backdoor accuracy on all of D_e in evaluation mode, in the same dispatch.
 
     The returned function takes `(state, erased_idx, remain_idx, data, key, eval_batches,
-    eval_mask, eval_key)` and returns `(state, step_metrics, active, erased_backdoor)`.
+    eval_mask, eval_key)` and returns `(state, step_metrics, active, erased_backdoor)`. On a mesh
+    (`parallel`), the index arrays come sharded on their batch axis and the rest replicated.
     """
 
-    @functools.partial(jax.jit, donate_argnums=0)
     def epoch(state: UnlearnState, erased_idx, remain_idx, data: Batch, key: jax.Array,
               eval_batches, eval_mask, eval_key):
         def run(current, indices):
             e, r = indices
-            batch = Batch(data.erased_images[e], data.erased_targets[e],
-                          data.remain_images[r], data.remain_labels[r])
+            batch = parallel.constrain(Batch(data.erased_images[e], data.erased_targets[e],
+                                             data.remain_images[r], data.remain_labels[r]))
             return method.step(current, batch, key)
 
         metrics_shape = jax.eval_shape(run, state, (erased_idx[0], remain_idx[0]))[1]
@@ -89,7 +90,7 @@ def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, ba
                                target, eval_key)
         return state, metrics, active, backdoor
 
-    return epoch
+    return parallel.jit(epoch, donate_argnums=0)
 
 
 def _erased_eval_batches(split: ErasureSplit, config: ml_collections.ConfigDict):
@@ -125,26 +126,37 @@ def run_erased_loop(method: UnlearningMethod, name: str, system: System, state: 
     """
     u = config.unlearning
     batch_size = min(u.batch_size, len(split.erased_images))
+    parallel = data_parallel(config)
+    if batch_size % parallel.size:
+        raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
+                          f"{len(split.erased_images)} images) does not split evenly over the "
+                          f"{parallel.size} devices of config.parallel.devices")
     data = Batch(*(jax.device_put(a) for a in (split.erased_images, split.erased_labels,
                                                split.remain_images, split.remain_labels)))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     epoch_fn = make_epoch(method, system, early_stop=u.early_stop, batch_stop=u.batch_stop,
-                          target=split.target_class)
+                          target=split.target_class, parallel=parallel)
     eval_batches, eval_mask = _erased_eval_batches(split, config)
     eval_key = _stopping_key(config)
+    if parallel.mesh is not None:
+        state, data, key, eval_batches, eval_mask, eval_key = parallel.replicate(
+            (state, data, key, eval_batches, eval_mask, eval_key))
     report = LoopReport()
 
+    def indices_of(epoch: int):
+        erased_idx, remain_idx = epoch_indices(config.seed, epoch, len(split.erased_images),
+                                               len(split.remain_images), batch_size)
+        return parallel.shard_batches(erased_idx), parallel.shard_batches(remain_idx)
+
     started = time.perf_counter()
-    erased_idx, remain_idx = epoch_indices(config.seed, 0, len(split.erased_images),
-                                           len(split.remain_images), batch_size)
+    erased_idx, remain_idx = indices_of(0)
     compiled = epoch_fn.lower(state, erased_idx, remain_idx, data, key, eval_batches, eval_mask,
                               eval_key).compile()
     report.compile_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     for epoch in range(u.max_epochs):
-        erased_idx, remain_idx = epoch_indices(config.seed, epoch, len(split.erased_images),
-                                               len(split.remain_images), batch_size)
+        erased_idx, remain_idx = indices_of(epoch)
         state, metrics, active, backdoor = compiled(state, erased_idx, remain_idx, data, key,
                                                     eval_batches, eval_mask, eval_key)
         active = np.asarray(active)
