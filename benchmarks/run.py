@@ -2,8 +2,9 @@
 PyTorch eager reference, side by side in one process, with achieved FLOP/s against the machine's
 measured matrix-multiply FLOP/s.
 
-  python -m benchmarks.run --out=runs/benchmark.json                 # MNIST codec, batch 16/128/1024
-  python -m benchmarks.run --batches=16 --methods=train,scu --repeats=5
+  python -m benchmarks.run --out=runs/benchmark.json   # MNIST codec 16/128/1024, CIFAR codec 16/128
+  python -m benchmarks.run --batches=16 --methods=train,scu --repeats=5 --cifar_batches=
+  python -m benchmarks.run --cifar_dtype=bfloat16          # the CIFAR ResNet codec in bf16 (GPU)
 
 Every number is the best of `--repeats` timed runs after a warm-up (compilation is timed apart).
 Throughput does not depend on pixel values, so the images are synthetic uint8 noise.
@@ -27,6 +28,15 @@ _METHODS = flags.DEFINE_list("methods", ["train", "scu", "scu_no_cc", "vbu", "hb
 _STEPS = flags.DEFINE_integer("steps", 250, "Steps per timed run (one scan block).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement; the best is kept.")
 _TORCH = flags.DEFINE_boolean("torch", True, "Time the PyTorch eager reference too.")
+_CIFAR_BATCHES = flags.DEFINE_list("cifar_batches", ["16", "128"],
+                                   "Batch sizes for the CIFAR ResNet codec (empty: none).")
+_CIFAR_METHODS = flags.DEFINE_list("cifar_methods", ["train", "scu"],
+                                   "Steps to time on the CIFAR codec.")
+_CIFAR_STEPS = flags.DEFINE_integer("cifar_steps", 3, "Steps per timed CIFAR run (one scan block).")
+_CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Timed runs per CIFAR measurement (a "
+                                      "ResNet SCU step at batch 128 takes seconds on a CPU).")
+_CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
+                                 "Compute dtype of the CIFAR ResNet codec.")
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> float:
@@ -63,7 +73,7 @@ def matmul_flops(repeats: int, size: int = 1024) -> dict[str, float]:
     return result
 
 
-def _setup(batch_size: int):
+def _setup(codec: str, batch_size: int, steps: int):
     import jax
     import numpy as np
 
@@ -71,27 +81,34 @@ def _setup(batch_size: int):
     from scu_jax.models import build_system
     from scu_jax.train import initial_state
 
-    config = config_lib.default_config()
+    if codec == "mnist":
+        config, shape = config_lib.default_config(), (28, 28, 1)
+    else:  # the paper's CIFAR-10 system: ResNet encoder and decoder, joint receiver
+        config, shape = config_lib.cifar_config("cifar10"), (32, 32, 3)
+        config.model.dtype = _CIFAR_DTYPE.value
     config.train.batch_size = config.unlearning.batch_size = batch_size
-    system = build_system(config, (28, 28, 1), 10)
-    state = initial_state(system, config, (28, 28, 1))
+    system = build_system(config, shape, 10)
+    state = initial_state(system, config, shape)
     rng = np.random.default_rng(0)
-    steps = _STEPS.value
-    images = rng.integers(0, 256, (steps, batch_size, 28, 28, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, (steps, batch_size, *shape), dtype=np.uint8)
     labels = rng.integers(0, 10, (steps, batch_size)).astype(np.int32)
     return config, system, state, jax.device_put(images), jax.device_put(labels)
 
 
-def jax_step_throughput(method: str, batch_size: int, repeats: int) -> dict[str, float]:
+def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str = "mnist",
+                        steps: int = 250) -> dict[str, float]:
     """Samples/s of one method's step: per-step dispatch (one jitted call per step) and one
-    `lax.scan` block of `--steps` steps; compile times; XLA's FLOP count of a step."""
+    `lax.scan` block of `steps` steps; compile times; XLA's FLOP count of a step."""
     import jax
     import jax.numpy as jnp
 
-    from scu_jax.train import make_codec_step
+    from scu_jax.train import convolutions_slow_in_loops, make_codec_step
     from scu_jax.unlearning import ERASED_LOOP_METHODS, Batch
 
-    config, system, train_state, images, labels = _setup(batch_size)
+    config, system, train_state, images, labels = _setup(codec, batch_size, steps)
+    # As `train.fit` does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
+    # the block is unrolled (one dispatch, no loop).
+    unroll = convolutions_slow_in_loops(config)
     key = jax.random.PRNGKey(0)
     if method == "train":
         step = make_codec_step(system, config)
@@ -117,7 +134,8 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int) -> dict[str,
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
 
     def run_block(s):
-        return jax.lax.scan(lambda c, i: (one(c, i)[0], None), s, jnp.arange(images.shape[0]))[0]
+        return jax.lax.scan(lambda c, i: (one(c, i)[0], None), s, jnp.arange(images.shape[0]),
+                            unroll=unroll)[0]
 
     block = jax.jit(run_block, donate_argnums=0)
     started = time.perf_counter()
@@ -140,7 +158,8 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int) -> dict[str,
     per_step = _best(dispatch, repeats) / len(indices)
     fused()
     per_step_fused = _best(fused, repeats) / len(indices)
-    return {"method": method, "batch_size": batch_size,
+    return {"codec": codec if codec == "mnist" else f"cifar10 ({_CIFAR_DTYPE.value})",
+            "method": method, "batch_size": batch_size, "scan_unrolled": unroll,
             "dispatch_samples_per_s": batch_size / per_step,
             "scan_samples_per_s": batch_size / per_step_fused,
             "dispatch_step_ms": 1e3 * per_step, "scan_step_ms": 1e3 * per_step_fused,
@@ -189,17 +208,17 @@ def _machine() -> dict[str, Any]:
 
 
 def _table(rows: list[dict[str, Any]], peak: float) -> str:
-    lines = ["| step | batch | JAX per-step dispatch samples/s | JAX scan-fused samples/s | "
+    lines = ["| codec | step | batch | JAX per-step dispatch samples/s | JAX scan-fused samples/s | "
              "PyTorch eager samples/s | scan / PyTorch | dispatch / PyTorch | compile s (step, scan) "
              "| achieved GFLOP/s (scan) | of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         torch_rate = r.get("torch_samples_per_s")
         ratio = (lambda x: f"{x / torch_rate:.1f}×") if torch_rate else (lambda x: "–")
         achieved = r.get("scan_flops_per_s")
         lines.append(
-            f"| {r['method']} | {r['batch_size']} | {r['dispatch_samples_per_s']:,.0f} | "
-            f"{r['scan_samples_per_s']:,.0f} | "
+            f"| {r['codec']} | {r['method']} | {r['batch_size']} | {r['dispatch_samples_per_s']:,.0f} | "
+            f"{r['scan_samples_per_s']:,.0f}{' (unrolled)' if r.get('scan_unrolled') else ''} | "
             f"{f'{torch_rate:,.0f}' if torch_rate else '–'} | {ratio(r['scan_samples_per_s'])} | "
             f"{ratio(r['dispatch_samples_per_s'])} | {r['compile_step_s']:.2f}, {r['compile_scan_s']:.2f} | "
             f"{f'{achieved / 1e9:.2f}' if achieved else '–'} | "
@@ -212,25 +231,29 @@ def main(argv: list[str]) -> None:
         sys.exit(f"benchmarks.run: error: unexpected arguments: {' '.join(argv[1:])}")
     try:
         batches = [int(b) for b in _BATCHES.value]
+        cifar_batches = [int(b) for b in _CIFAR_BATCHES.value]
     except ValueError:
-        sys.exit(f"benchmarks.run: error: --batches={','.join(_BATCHES.value)}: must be integers")
+        sys.exit("benchmarks.run: error: --batches and --cifar_batches must be integers")
     known = ("train", "scu", "scu_no_cc", "vbu", "hbu")
-    if not set(_METHODS.value) <= set(known) or min(batches) < 1 or _STEPS.value < 2:
-        sys.exit(f"benchmarks.run: error: --methods from {', '.join(known)}, --batches >= 1 and "
-                 "--steps >= 2")
+    if (not set(_METHODS.value) | set(_CIFAR_METHODS.value) <= set(known)
+            or min(batches + cifar_batches, default=1) < 1 or min(_STEPS.value, _CIFAR_STEPS.value) < 2):
+        sys.exit(f"benchmarks.run: error: --methods and --cifar_methods from {', '.join(known)}, "
+                 "batches >= 1 and --steps, --cifar_steps >= 2")
     repeats = _REPEATS.value
     results: dict[str, Any] = {"machine": _machine(), **matmul_flops(repeats)}
     rows = []
-    for batch_size in batches:
-        for method in _METHODS.value:
-            row = jax_step_throughput(method, batch_size, repeats)
-            if _TORCH.value:
-                row.update(torch_step_throughput(method, batch_size, repeats) or {})
-            rows.append(row)
-            print(f"{method} batch {batch_size}: scan {row['scan_samples_per_s']:,.0f}/s, dispatch "
-                  f"{row['dispatch_samples_per_s']:,.0f}/s"
-                  + (f", torch {row['torch_samples_per_s']:,.0f}/s" if "torch_samples_per_s" in row else ""),
-                  file=sys.stderr, flush=True)
+    plan = ([("mnist", b, m, _STEPS.value, repeats) for b in batches for m in _METHODS.value]
+            + [("cifar", b, m, _CIFAR_STEPS.value, max(_CIFAR_REPEATS.value, 1))
+               for b in cifar_batches for m in _CIFAR_METHODS.value])
+    for codec, batch_size, method, steps, times in plan:
+        row = jax_step_throughput(method, batch_size, times, codec, steps)
+        if _TORCH.value and codec == "mnist":  # the reference mirrors the MNIST codec only
+            row.update(torch_step_throughput(method, batch_size, repeats) or {})
+        rows.append(row)
+        print(f"{codec} {method} batch {batch_size}: scan {row['scan_samples_per_s']:,.0f}/s, "
+              f"dispatch {row['dispatch_samples_per_s']:,.0f}/s"
+              + (f", torch {row['torch_samples_per_s']:,.0f}/s" if "torch_samples_per_s" in row else ""),
+              file=sys.stderr, flush=True)
     results["steps"] = rows
     out = pathlib.Path(_OUT.value)
     out.parent.mkdir(parents=True, exist_ok=True)

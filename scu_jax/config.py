@@ -71,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.receiver_epochs = 150  # Receiver first, then frozen (MNIST); 0 for CIFAR.
     config.train.receiver_learning_rate = 1e-4
     config.train.augment = False  # Random crop with 4-pixel padding (CIFAR).
-    # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch).
+    # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch; one step
+    # for the ResNet codec on a CPU, where XLA runs convolutions slower inside loops).
     config.train.steps_per_dispatch = 0
 
     # Unlearning (spec §5, §6): which method, its hyper-parameters and the stopping rules.

@@ -182,14 +182,28 @@ def make_codec_step(system: System, config: ml_collections.ConfigDict) -> StepFn
     return step
 
 
-def make_block_runner(step: StepFn, parallel: DataParallel = DataParallel()):
+def convolutions_slow_in_loops(config: ml_collections.ConfigDict) -> bool:
+    """Whether XLA's CPU backend runs this codec's step slower inside a `lax.scan` loop.
+
+    Measured (benchmarks/run.py, XLA CPU, JAX 0.10.2): inside a while loop XLA's layout
+    assignment gives the ResNet's weight-gradient convolutions non-canonical layouts
+    (`f01b_i01o->01bf`), which the CPU runtime runs on its slow generic path: a scan-fused step
+    is 6× (widths 8–16) to 20× (the paper's widths) slower than the same step dispatched alone.
+    The MLP codec has no convolutions; GPUs are not affected.
+    """
+    return config.model.name == "resnet18" and jax.default_backend() == "cpu"
+
+
+def make_block_runner(step: StepFn, parallel: DataParallel = DataParallel(), *,
+                      unroll: bool = False):
     """Jits a `lax.scan` over a block of batches: many steps, one dispatch, state donated.
 
     The returned function takes `(state, images, labels, batch_indices, key)` where `images` and
     `labels` are the whole device-resident training set and `batch_indices` is (steps, B), and
     returns `(state, stacked step metrics, whether every parameter is finite)`. On a mesh
     (`parallel`), pass `batch_indices` sharded on its batch axis (`parallel.shard_batches`) and
-    the rest replicated: every step's batch stays split over the devices.
+    the rest replicated: every step's batch stays split over the devices. `unroll` unrolls the
+    scan fully (no loop: for blocks of one step, see `convolutions_slow_in_loops`).
     """
 
     def run_block(state, images, labels, batch_indices, key):
@@ -197,7 +211,7 @@ def make_block_runner(step: StepFn, parallel: DataParallel = DataParallel()):
             return step(carry, parallel.constrain(images[indices]),
                         parallel.constrain(labels[indices]), key)
 
-        state, metrics = jax.lax.scan(body, state, batch_indices)
+        state, metrics = jax.lax.scan(body, state, batch_indices, unroll=unroll)
         # A step can leave NaN parameters behind a finite loss (the loss is computed before the
         # update); checked here, on device, so no non-finite state is ever checkpointed.
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf))
@@ -299,11 +313,13 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
         images, labels = jax.device_put(images), jax.device_put(labels)
     else:
         images, labels, state, step_key = parallel.replicate((images, labels, state, step_key))
+    # 0 = a whole epoch per dispatch, except where XLA runs the step slower in a loop.
+    unroll = not train.steps_per_dispatch and convolutions_slow_in_loops(config)
+    block = train.steps_per_dispatch or (1 if unroll else steps_per_epoch)
     runners = {
-        "receiver": make_block_runner(make_receiver_step(system, config), parallel),
-        "codec": make_block_runner(make_codec_step(system, config), parallel),
+        "receiver": make_block_runner(make_receiver_step(system, config), parallel, unroll=unroll),
+        "codec": make_block_runner(make_codec_step(system, config), parallel, unroll=unroll),
     }
-    block = train.steps_per_dispatch or steps_per_epoch
     progress = _Progress(total_epochs * steps_per_epoch, config.log_every_seconds)
     report = FitReport()
     compiled: dict[tuple[str, int], Any] = {}

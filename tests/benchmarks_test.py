@@ -102,4 +102,4 @@ def test_end_to_end_summary_gives_speedups_over_retraining():
     assert summary["retrain"]["0.06"]["seconds"] == pytest.approx(50.0)
     assert "original" not in summary
     table = end_to_end.markdown(summary)
-    assert "| scu | 0.50 s, **100×** (backdoor 10.0 %) | 0.40 s, **125×**" in table
+    assert "| scu | 0.50 s, **100×** (backdoor 10.0 %, D_clean acc 90.0 %) | 0.40 s, **125×**" in table

@@ -200,11 +200,11 @@ def _assert_same_run(single: pathlib.Path, multi: pathlib.Path, config,
 def test_two_processes_train_and_unlearn_as_one(tmp_path):
     overrides = ["--config.train.epochs=1", "--config.train.receiver_epochs=1",
                  "--config.evaluation.mi_steps=0", "--config.max_train_examples=512",
-                 "--config.max_test_examples=64", "--config.eval_draws=1"]
+                 "--config.eval_draws=1"]
     config = config_lib.apply_variant(config_lib.default_config(), "smoke")
     config.train.epochs = config.train.receiver_epochs = 1
     config.evaluation.mi_steps, config.max_train_examples = 0, 512
-    config.max_test_examples, config.eval_draws = 64, 1
+    config.eval_draws = 1
     config.unlearning.early_stop, config.unlearning.max_epochs = False, 2
     smoke = f"--config={REPO / 'configs' / 'mnist.py'}:smoke"
 

@@ -14,6 +14,7 @@ measured in the same dispatch either way and kept in the history.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 
@@ -29,7 +30,7 @@ from scu_jax.data.batching import padded_batches
 from scu_jax.evaluation import target_rate
 from scu_jax.models import System
 from scu_jax.parallel import DataParallel, data_parallel
-from scu_jax.train import NonFiniteError
+from scu_jax.train import NonFiniteError, convolutions_slow_in_loops
 from scu_jax.unlearning.base import Batch, UnlearnState, UnlearningMethod
 
 
@@ -55,18 +56,13 @@ def epoch_indices(seed: int, epoch: int, num_erased: int, num_remain: int,
             remain.reshape(steps, batch_size).astype(np.int32))
 
 
-def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, batch_stop: float,
-               target: int, parallel: DataParallel = DataParallel()):
-    """The jitted epoch: a `lax.scan` of `method.step` that skips the steps after an early stop,
-    followed by the backdoor accuracy on all of D_e in evaluation mode, in the same dispatch.
+def _epoch_parts(method: UnlearningMethod, system: System, *, early_stop: bool,
+                 batch_stop: float, target: int, parallel: DataParallel):
+    """The two pure halves of an epoch: `run_steps` (a `lax.scan` of `method.step` that skips the
+    steps after an early stop) and `evaluate` (the backdoor accuracy on all of D_e)."""
 
-    The returned function takes `(state, erased_idx, remain_idx, data, key, eval_batches,
-    eval_mask, eval_key)` and returns `(state, step_metrics, active, erased_backdoor)`. On a mesh
-    (`parallel`), the index arrays come sharded on their batch axis and the rest replicated.
-    """
-
-    def epoch(state: UnlearnState, erased_idx, remain_idx, data: Batch, key: jax.Array,
-              eval_batches, eval_mask, eval_key):
+    def run_steps(state: UnlearnState, done, erased_idx, remain_idx, data: Batch, key: jax.Array,
+                  unroll: bool = False):
         def run(current, indices):
             e, r = indices
             batch = parallel.constrain(Batch(data.erased_images[e], data.erased_targets[e],
@@ -84,13 +80,72 @@ def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, ba
                 done = jnp.logical_or(done, metrics.backdoor < batch_stop)
             return (new_state, done), (metrics, active)
 
-        (state, _), (metrics, active) = jax.lax.scan(body, (state, jnp.zeros((), bool)),
-                                                    (erased_idx, remain_idx))
-        backdoor = target_rate(system, state.params, state.batch_stats, eval_batches, eval_mask,
-                               target, eval_key)
-        return state, metrics, active, backdoor
+        (state, done), (metrics, active) = jax.lax.scan(body, (state, done),
+                                                        (erased_idx, remain_idx), unroll=unroll)
+        return state, done, metrics, active
+
+    def evaluate(state: UnlearnState, eval_batches, eval_mask, eval_key):
+        return target_rate(system, state.params, state.batch_stats, eval_batches, eval_mask,
+                           target, eval_key)
+
+    return run_steps, evaluate
+
+
+def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, batch_stop: float,
+               target: int, parallel: DataParallel = DataParallel(), per_step: bool = False):
+    """The jitted epoch: a `lax.scan` of `method.step` that skips the steps after an early stop,
+    followed by the backdoor accuracy on all of D_e in evaluation mode, in the same dispatch.
+
+    The returned function takes `(state, erased_idx, remain_idx, data, key, eval_batches,
+    eval_mask, eval_key)` and returns `(state, step_metrics, active, erased_backdoor)`. On a mesh
+    (`parallel`), the index arrays come sharded on their batch axis and the rest replicated.
+    `per_step` dispatches each step on its own instead (the same computation, for codecs that XLA
+    runs slower inside loops: `train.convolutions_slow_in_loops`); it has the same `lower(...)
+    .compile()` interface.
+    """
+    run_steps, evaluate = _epoch_parts(method, system, early_stop=early_stop,
+                                       batch_stop=batch_stop, target=target, parallel=parallel)
+    if per_step:
+        return _SteppedEpoch(parallel.jit(functools.partial(run_steps, unroll=True),
+                                          donate_argnums=0), parallel.jit(evaluate))
+
+    def epoch(state: UnlearnState, erased_idx, remain_idx, data: Batch, key: jax.Array,
+              eval_batches, eval_mask, eval_key):
+        state, _, metrics, active = run_steps(state, jnp.zeros((), bool), erased_idx, remain_idx,
+                                              data, key)
+        return state, metrics, active, evaluate(state, eval_batches, eval_mask, eval_key)
 
     return parallel.jit(epoch, donate_argnums=0)
+
+
+class _SteppedEpoch:
+    """An epoch as one dispatch per step plus one for the evaluation (see `make_epoch`)."""
+
+    def __init__(self, step, evaluate):
+        self._step, self._evaluate = step, evaluate
+        self._compiled = None
+
+    def lower(self, state, erased_idx, remain_idx, data, key, eval_batches, eval_mask, eval_key):
+        done = jnp.zeros((), bool)
+        self._compiled = (
+            self._step.lower(state, done, erased_idx[:1], remain_idx[:1], data, key).compile(),
+            self._evaluate.lower(state, eval_batches, eval_mask, eval_key).compile())
+        return self
+
+    def compile(self):
+        return self
+
+    def __call__(self, state, erased_idx, remain_idx, data, key, eval_batches, eval_mask, eval_key):
+        step, evaluate = self._compiled
+        done, metrics, active = jnp.zeros((), bool), [], []
+        for t in range(erased_idx.shape[0]):
+            state, done, step_metrics, step_active = step(
+                state, done, erased_idx[t:t + 1], remain_idx[t:t + 1], data, key)
+            metrics.append(step_metrics)
+            active.append(step_active)
+        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)
+        return (state, stacked, jnp.concatenate(active),
+                evaluate(state, eval_batches, eval_mask, eval_key))
 
 
 def _erased_eval_batches(split: ErasureSplit, config: ml_collections.ConfigDict):
@@ -135,7 +190,8 @@ def run_erased_loop(method: UnlearningMethod, name: str, system: System, state: 
                                                split.remain_images, split.remain_labels)))
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     epoch_fn = make_epoch(method, system, early_stop=u.early_stop, batch_stop=u.batch_stop,
-                          target=split.target_class, parallel=parallel)
+                          target=split.target_class, parallel=parallel,
+                          per_step=convolutions_slow_in_loops(config))
     eval_batches, eval_mask = _erased_eval_batches(split, config)
     eval_key = _stopping_key(config)
     if parallel.mesh is not None:
