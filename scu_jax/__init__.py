@@ -37,8 +37,11 @@ from scu_jax.models import SemanticCodec
 from scu_jax.models import System
 from scu_jax.models import build_system
 from scu_jax.models import init_system
+from scu_jax.parallel import DataParallel
+from scu_jax.parallel import data_parallel
 from scu_jax.train import TrainState
 from scu_jax.train import create_train_state
+from scu_jax.train import make_block_runner
 from scu_jax.train import make_codec_step
 from scu_jax.train import make_receiver_step
 from scu_jax.train import train_and_evaluate
@@ -60,6 +63,7 @@ __all__ = (
     "Channel",
     "Checkpoints",
     "ConfigError",
+    "DataParallel",
     "ErasureSplit",
     "SemanticCodec",
     "System",
@@ -72,6 +76,7 @@ __all__ = (
     "cosine_similarity",
     "create_train_state",
     "cross_entropy",
+    "data_parallel",
     "default_config",
     "estimate_infonce",
     "estimate_mine",
@@ -85,6 +90,7 @@ __all__ = (
     "init_system",
     "kl_to_prior",
     "load_dataset",
+    "make_block_runner",
     "make_codec_step",
     "make_erasure_split",
     "make_receiver_step",

@@ -423,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `overwrite`: then that run's checkpoints and results are deleted first).
     """
     validate_config(config)
-    data_parallel(config)  # the mesh's errors before any work
+    parallel = data_parallel(config)  # the mesh's errors before any work
     workdir_path = pathlib.Path(workdir)
     try:
         Checkpoints(workdir_path).check_compatible(config)
@@ -444,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results.update({"train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset,
-                    "devices": data_parallel(config).size, "processes": jax.process_count()})
+                    "devices": parallel.size, "processes": jax.process_count()})
     if is_primary():
         write_json_atomic(workdir_path / RESULTS_FILE, results)
     logging.info("results: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()})

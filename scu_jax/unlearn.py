@@ -126,7 +126,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
       The results dict written to `workdir/results.json`.
     """
     validate_config(config)
-    data_parallel(config)  # the mesh's errors before any work
+    parallel = data_parallel(config)  # the mesh's errors before any work
     method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     out = _check_workdirs(config, init_path, out_path, overwrite)
@@ -161,7 +161,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
-                    "devices": data_parallel(config).size, "processes": jax.process_count()})
+                    "devices": parallel.size, "processes": jax.process_count()})
     if is_primary():
         write_json_atomic(out_path / RESULTS_FILE, results)
     logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s compile)",

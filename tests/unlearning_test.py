@@ -11,7 +11,6 @@ import pytest
 from scu_jax import config as config_lib
 from scu_jax import losses, train, unlearn
 from scu_jax.checkpointing import Checkpoints
-from scu_jax.unlearning import loop as loop_lib
 from scu_jax.unlearning import (ERASED_LOOP_METHODS, Batch, hessian_vector_product,
                                 hutchinson_diagonal, loop)
 
@@ -155,6 +154,27 @@ def test_one_scu_epoch_lowers_backdoor_accuracy(trained):
     assert report.steps == int(np.ceil(len(split.erased_images) / 16)) and report.epochs == 1
 
 
+def test_per_step_epochs_equal_the_scan_fused_epoch(trained, monkeypatch):
+    """`make_epoch(per_step=True)` (one dispatch per step, as the ResNet runs on a CPU) gives the
+    scan-fused epoch's steps, early stops, stopping evaluations and parameters."""
+    config, workdir = trained
+    config = _method_config(config, "scu", max_epochs=2)
+    split, system, params, batch_stats = _setup(config, workdir)
+    method = ERASED_LOOP_METHODS["scu"](config, system)
+    params, batch_stats = jax.device_get((params, batch_stats))  # each run donates its state
+    runs = {}
+    for per_step in (False, True):
+        monkeypatch.setattr(loop, "convolutions_slow_in_loops", lambda config, p=per_step: p)
+        state, report = loop.run_erased_loop(method, "scu", system, method.init(params, batch_stats),
+                                             split, config)
+        runs[per_step] = (jax.device_get(state.params), report)
+    assert runs[True][1].steps == runs[False][1].steps > 0
+    for fused, stepped in zip(runs[False][1].history, runs[True][1].history):
+        assert stepped["steps"] == fused["steps"]
+        assert stepped["erased_backdoor"] == pytest.approx(fused["erased_backdoor"], abs=1e-6)
+    chex.assert_trees_all_close(runs[True][0], runs[False][0], atol=1e-5)
+
+
 def test_batch_early_stop_skips_rest_of_epoch(trained):
     config, workdir = trained
     # Every batch of the smoke system is below 100 % backdoor accuracy, so each epoch stops early.
@@ -228,9 +248,8 @@ def test_refuses_to_write_into_the_trained_workdir_or_reuse_another_method(train
 
 
 @pytest.mark.slow
-def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path, monkeypatch):
-    """The ResNet codec (BatchNorm, joint receiver) through training and SCU's CE objective; on a
-    CPU one dispatch per step, which equals the scan-fused epoch."""
+def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path):
+    """The ResNet codec (BatchNorm, joint receiver) through training and SCU's CE objective."""
     config = config_lib.apply_variant(config_lib.cifar_config("cifar10"), "smoke")
     config.max_train_examples, config.max_test_examples = 64, 32
     config.erasure.edr = 0.1
@@ -250,16 +269,6 @@ def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path
                                                          jax.tree.leaves(unlearned[part])))
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(batch_stats),
                                                      jax.tree.leaves(unlearned_stats)))
-    # The CPU path above dispatched each step alone (XLA runs the ResNet slower in loops); the
-    # scan-fused epoch gives the same system.
+    # On a CPU the ResNet's epochs dispatch one step at a time (XLA runs its convolutions slower
+    # in loops); test_per_step_epochs_equal_the_scan_fused_epoch checks that path.
     assert train.convolutions_slow_in_loops(scu_config)
-    monkeypatch.setattr(loop_lib, "convolutions_slow_in_loops", lambda config: False)
-    algorithm = ERASED_LOOP_METHODS["scu"](scu_config, system)
-    fused, report = loop_lib.run_erased_loop(algorithm, "scu", system,
-                                             algorithm.init(params, batch_stats), split, scu_config)
-    assert report.steps == results["steps"]
-    assert report.history[-1]["erased_backdoor"] == pytest.approx(
-        results["history"][-1]["erased_backdoor"], abs=1e-6)
-    for a, b in zip(jax.tree.leaves((unlearned, unlearned_stats)),
-                    jax.tree.leaves((fused.params, fused.batch_stats))):
-        np.testing.assert_allclose(np.asarray(b), a, atol=1e-4)
