@@ -186,15 +186,16 @@ def run_erased_loop(method: UnlearningMethod, name: str, system: System, state: 
         raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
                           f"{len(split.erased_images)} images) does not split evenly over the "
                           f"{parallel.size} devices of config.parallel.devices")
-    data = Batch(*(jax.device_put(a) for a in (split.erased_images, split.erased_labels,
-                                               split.remain_images, split.remain_labels)))
+    data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     epoch_fn = make_epoch(method, system, early_stop=u.early_stop, batch_stop=u.batch_stop,
                           target=split.target_class, parallel=parallel,
                           per_step=convolutions_slow_in_loops(config))
     eval_batches, eval_mask = _erased_eval_batches(split, config)
     eval_key = _stopping_key(config)
-    if parallel.mesh is not None:
+    if parallel.mesh is None:
+        data = jax.device_put(data)
+    else:
         state, data, key, eval_batches, eval_mask, eval_key = parallel.replicate(
             (state, data, key, eval_batches, eval_mask, eval_key))
     report = LoopReport()
