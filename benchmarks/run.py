@@ -5,6 +5,7 @@ measured matrix-multiply FLOP/s.
   python -m benchmarks.run --out=runs/benchmark.json   # MNIST codec 16/128/1024, CIFAR codec 16/128
   python -m benchmarks.run --batches=16 --methods=train,scu --repeats=5 --cifar_batches=
   python -m benchmarks.run --cifar_dtype=bfloat16          # the CIFAR ResNet codec in bf16 (GPU)
+  python -m benchmarks.run --batches= --cifar_batches=16 --cifar_methods=train --rolled_scan
 
 Every number is the best of `--repeats` timed runs after a warm-up (compilation is timed apart).
 Throughput does not depend on pixel values, so the images are synthetic uint8 noise.
@@ -35,6 +36,8 @@ _CIFAR_METHODS = flags.DEFINE_list("cifar_methods", ["train", "scu"],
 _CIFAR_STEPS = flags.DEFINE_integer("cifar_steps", 3, "Steps per timed CIFAR run (one scan block).")
 _CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Timed runs per CIFAR measurement (a "
                                       "ResNet SCU step at batch 128 takes seconds on a CPU).")
+_ROLLED = flags.DEFINE_boolean("rolled_scan", False, "Keep every scan a loop, even where "
+                               "train.convolutions_slow_in_loops unrolls it (to measure why).")
 _CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
                                  "Compute dtype of the CIFAR ResNet codec.")
 
@@ -108,7 +111,7 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
     config, system, train_state, images, labels = _setup(codec, batch_size, steps)
     # As `train.fit` does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
     # the block is unrolled (one dispatch, no loop).
-    unroll = convolutions_slow_in_loops(config)
+    unroll = convolutions_slow_in_loops(config) and not _ROLLED.value
     key = jax.random.PRNGKey(0)
     if method == "train":
         step = make_codec_step(system, config)
