@@ -18,10 +18,19 @@ code. With ``P = mean(z ** 2)`` taken over the whole batch tensor:
   ``Y ~ N(0, s2)``, ``y = z + sqrt(X ** 2 + Y ** 2)`` -- again no fading; the
   noise is a positive, Rice-distributed offset.
 
-Deviation from the reference: it drew ONE noise scalar and broadcast it over
-the batch, which is a constant shift rather than noise. Here every element gets
-an i.i.d. draw, which is what the formulas describe. With a per-sample SNR the
-noise variance of sample ``i`` uses ``snr_i`` but the same batch-wide ``P``.
+Two draws of that noise (``draw``):
+
+* ``"element"`` (the default): every element gets an i.i.d. draw, which is
+  what the formulas describe; the noise scale is differentiable through ``P``.
+* ``"scalar"``: what the reference code actually ran. ``P`` is 0-dimensional,
+  so each ``torch.normal(mean, std)`` call returned ONE scalar, added to every
+  element of every sample of the batch (for Rician, one scalar each for X and
+  Y), and ``torch.normal`` passes no gradient to its std: the noise scale is
+  ``stop_gradient``-ed. One draw per call, so a constant shift of the whole
+  batch; the published numbers were produced with it (spec §2).
+
+With a per-sample SNR the noise of sample ``i`` uses ``snr_i`` but the same
+batch-wide ``P`` (and, with ``draw="scalar"``, the same standard-normal draw).
 
 ``family="physical"`` is a complex-baseband link. Each sample is flattened to
 ``n`` reals (zero-padded to even length) and consecutive pairs form complex
@@ -50,6 +59,7 @@ Array = jax.Array
 SnrDb = Union[float, Array]
 
 FAMILIES = ("paper", "physical")
+DRAWS = ("element", "scalar")
 FADINGS = ("block", "symbol")
 EQUALIZERS = ("mmse", "zf")
 _FADING_KINDS = ("awgn", "rayleigh", "rician")
@@ -126,23 +136,29 @@ def fading_coefficients(key: Array, shape: tuple[int, ...], *, kind: str,
     return (line_of_sight + jnp.sqrt(1.0 / (k_factor + 1.0)) * scattered).astype(jnp.complex64)
 
 
-def _paper(key: Array, z: Array, snr_db: SnrDb, kind: str, k_factor: float) -> Array:
-    """The reference's additive noise with per-element draws."""
+def _paper(key: Array, z: Array, snr_db: SnrDb, kind: str, k_factor: float,
+           draw: str = "element") -> Array:
+    """The reference's additive noise, drawn per element or as one scalar per call."""
     dtype = _compute_dtype(z)
     x = z.astype(dtype)
     snr = _linear_snr(snr_db, x, dtype)
-    # Batch-wide power, gradients flowing, as in the reference.
+    # Batch-wide power. Per element, gradients flow through it; the reference's scalar draw
+    # (torch.normal) passes none to its std.
     power = jnp.mean(x ** 2)
+    if draw == "scalar":
+        power = jax.lax.stop_gradient(power)
+    # One standard-normal value per element, or one for the whole batch (broadcast).
+    shape = x.shape if draw == "element" else ()
     if kind == "rician":
         _check_concrete("k_factor", k_factor, non_negative=True)
         sigma = _safe_sqrt(power / ((k_factor + 1.0) * snr))
-        in_phase, quadrature = jax.random.normal(key, (2, *x.shape), dtype)
+        in_phase, quadrature = jax.random.normal(key, (2, *shape), dtype)
         in_phase = sigma * (jnp.sqrt(k_factor) + in_phase)
         quadrature = sigma * quadrature
         noise = _safe_sqrt(in_phase ** 2 + quadrature ** 2)
     else:
         variance = power / snr if kind == "awgn" else power / (2.0 * snr)
-        noise = _safe_sqrt(variance) * jax.random.normal(key, x.shape, dtype)
+        noise = _safe_sqrt(variance) * jax.random.normal(key, shape, dtype)
     return (x + noise).astype(z.dtype)
 
 
@@ -181,17 +197,21 @@ def _physical(key: Array, z: Array, snr_db: SnrDb, kind: str, k_factor: float,
 
 
 def _channel(key: Array, z: Array, snr_db: SnrDb, *, kind: str, family: str,
-             k_factor: float, fading: str, equalizer: str) -> Array:
+             k_factor: float, fading: str, equalizer: str, draw: str) -> Array:
     _check_choice("family", family, FAMILIES)
     _check_choice("fading", fading, FADINGS)
     _check_choice("equalizer", equalizer, EQUALIZERS)
+    _check_choice("draw", draw, DRAWS)
     if family == "paper":
-        return _paper(key, z, snr_db, kind, k_factor)
+        return _paper(key, z, snr_db, kind, k_factor, draw)
+    if draw != "element":
+        raise ValueError("draw='scalar' is the reference's quirk of the paper family; the "
+                         "physical family draws its noise per symbol")
     return _physical(key, z, snr_db, kind, k_factor, fading, equalizer)
 
 
 def awgn(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
-         equalizer: str = "mmse") -> Array:
+         equalizer: str = "mmse", draw: str = "element") -> Array:
     """Additive white Gaussian noise channel.
 
     ``paper``: ``y = z + n``, ``n ~ N(0, mean(z^2) / snr)``.
@@ -204,16 +224,18 @@ def awgn(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
       snr_db: SNR in dB, scalar or shape ``(B,)``.
       family: ``"paper"`` or ``"physical"`` (see module docstring).
       equalizer: ``"mmse"`` or ``"zf"``; physical family only.
+      draw: ``"element"`` or ``"scalar"`` (the reference's one draw per call);
+        paper family only.
 
     Returns:
       Received latents, same shape and dtype as ``z``.
     """
     return _channel(key, z, snr_db, kind="awgn", family=family, k_factor=0.0,
-                    fading="block", equalizer=equalizer)
+                    fading="block", equalizer=equalizer, draw=draw)
 
 
 def rayleigh(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
-             fading: str = "block", equalizer: str = "mmse") -> Array:
+             fading: str = "block", equalizer: str = "mmse", draw: str = "element") -> Array:
     """Rayleigh fading channel.
 
     ``paper``: ``y = z + n``, ``n ~ N(0, mean(z^2) / (2 snr))`` (no fading).
@@ -228,17 +250,18 @@ def rayleigh(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
       fading: ``"block"`` (one ``h`` per sample) or ``"symbol"`` (one per
         complex symbol); physical family only.
       equalizer: ``"mmse"`` or ``"zf"``; physical family only.
+      draw: ``"element"`` or ``"scalar"``; paper family only.
 
     Returns:
       Received latents, same shape and dtype as ``z``.
     """
     return _channel(key, z, snr_db, kind="rayleigh", family=family, k_factor=0.0,
-                    fading=fading, equalizer=equalizer)
+                    fading=fading, equalizer=equalizer, draw=draw)
 
 
 def rician(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
            k_factor: float = 2.0, fading: str = "block",
-           equalizer: str = "mmse") -> Array:
+           equalizer: str = "mmse", draw: str = "element") -> Array:
     """Rician fading channel with K-factor ``k_factor``.
 
     ``paper``: ``s2 = mean(z^2) / ((K+1) snr)``, ``X ~ N(sqrt(K s2), s2)``,
@@ -255,12 +278,14 @@ def rician(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
       k_factor: line-of-sight to scattered power ratio ``K >= 0``.
       fading: ``"block"`` or ``"symbol"``; physical family only.
       equalizer: ``"mmse"`` or ``"zf"``; physical family only.
+      draw: ``"element"`` or ``"scalar"`` (one X and one Y per call); paper
+        family only.
 
     Returns:
       Received latents, same shape and dtype as ``z``.
     """
     return _channel(key, z, snr_db, kind="rician", family=family, k_factor=k_factor,
-                    fading=fading, equalizer=equalizer)
+                    fading=fading, equalizer=equalizer, draw=draw)
 
 
 def identity(key: Array, z: Array, snr_db: SnrDb, **unused: Any) -> Array:
@@ -297,6 +322,7 @@ class Channel(nn.Module):
       k_factor: Rician K-factor.
       fading: ``"block"`` or ``"symbol"``.
       equalizer: ``"mmse"`` or ``"zf"``.
+      draw: ``"element"`` or ``"scalar"`` (paper family).
     """
     channel: str = "awgn"
     family: str = "physical"
@@ -304,6 +330,7 @@ class Channel(nn.Module):
     k_factor: float = 2.0
     fading: str = "block"
     equalizer: str = "mmse"
+    draw: str = "element"
 
     @nn.compact
     def __call__(self, z: Array, snr_db: SnrDb | None = None, *,
@@ -312,7 +339,7 @@ class Channel(nn.Module):
         if deterministic or self.channel == "none":
             return z
         snr_db = self.snr_db if snr_db is None else snr_db
-        options = {"family": self.family, "equalizer": self.equalizer}
+        options = {"family": self.family, "equalizer": self.equalizer, "draw": self.draw}
         if self.channel != "awgn":
             options["fading"] = self.fading
         if self.channel == "rician":

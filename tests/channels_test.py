@@ -232,3 +232,75 @@ def test_linen_layer_matches_function(latents):
         rician_layer.apply({}, z, 12.0, rngs={"channel": _key()}),
         channels.rician(layer_key, z, 12.0, k_factor=4.0, fading="symbol", equalizer="zf"))
     np.testing.assert_array_equal(channels.Channel(channel="none").apply({}, z), z)
+
+
+# --- The reference's scalar draw (spec §2) -------------------------------------------------------
+
+_SCALAR_CALLS = 4000
+
+
+def _scalar_noise(name, z, snr_db, **options):
+    """One call per key, vmapped: the (calls, B, d) noise `channel(z) − z` of `_SCALAR_CALLS` calls."""
+    keys = jax.random.split(_key(7), _SCALAR_CALLS)
+    fn = channels.get_channel(name)
+    received = jax.jit(jax.vmap(lambda k: fn(k, z, snr_db, family="paper", draw="scalar", **options)))(keys)
+    return received - z[None]
+
+
+@pytest.mark.parametrize("name,share", [("awgn", 1.0), ("rayleigh", 0.5)])
+def test_scalar_draw_is_one_value_per_call_with_the_formula_variance(name, share):
+    z = _normal(SMALL, seed=3)
+    snr_db = 5.0
+    noise = _scalar_noise(name, z, snr_db)
+    per_call = noise[:, 0, 0]
+    # One value per call, added to every element of every sample.
+    np.testing.assert_allclose(noise, per_call[:, None, None] * jnp.ones_like(noise), atol=1e-5)
+    expected = share * float(jnp.mean(z ** 2)) / _linear(snr_db)
+    # The variance across calls is the formula's (4,000 calls: a relative standard error of 2.2 %).
+    assert abs(float(jnp.var(per_call)) / expected - 1.0) < 0.08
+    assert abs(float(jnp.mean(per_call))) < 4 * np.sqrt(expected / _SCALAR_CALLS)
+
+
+def test_scalar_rician_draws_one_x_and_one_y_per_call():
+    z = _normal(SMALL, seed=4)
+    snr_db, k = 6.0, 2.0
+    noise = _scalar_noise("rician", z, snr_db, k_factor=k)
+    per_call = noise[:, 0, 0]
+    np.testing.assert_allclose(noise, per_call[:, None, None] * jnp.ones_like(noise), atol=1e-5)
+    s2 = float(jnp.mean(z ** 2)) / ((k + 1.0) * _linear(snr_db))
+    # sqrt(X² + Y²) with X ~ N(√K s, s²), Y ~ N(0, s²): positive, E[n²] = (K + 2) s².
+    assert float(jnp.min(per_call)) >= 0.0
+    assert abs(float(jnp.mean(per_call ** 2)) / ((k + 2.0) * s2) - 1.0) < 0.06
+
+
+@pytest.mark.parametrize("name", NOISY_CHANNELS)
+def test_scalar_draw_passes_no_gradient_through_the_noise_scale(name):
+    z = _normal(SMALL, seed=5)
+
+    def total(draw):
+        fn = channels.get_channel(name)
+        return jax.grad(lambda x: jnp.sum(fn(_key(), x, 0.0, family="paper", draw=draw)))(z)
+
+    # torch.normal detaches its std: d(sum y)/dz is exactly 1 per element.
+    np.testing.assert_array_equal(total("scalar"), jnp.ones_like(z))
+    # Per element, the scale mean(z²) carries a gradient (the check above can fail).
+    assert float(jnp.max(jnp.abs(total("element") - 1.0))) > 1e-3
+
+
+def test_scalar_draw_with_per_sample_snr_and_in_the_linen_layer():
+    z = _normal(SMALL, seed=6)
+    snr = jnp.linspace(0.0, 30.0, SMALL[0])
+    noise = channels.awgn(_key(), z, snr, family="paper", draw="scalar") - z
+    # One standard-normal value, scaled per sample by its own SNR.
+    unit = noise[:, 0] / jnp.sqrt(jnp.mean(z ** 2) / _linear(snr))
+    np.testing.assert_allclose(unit, unit[0] * jnp.ones_like(unit), rtol=1e-4)
+    layer = channels.Channel(channel="awgn", family="paper", snr_db=5.0, draw="scalar")
+    received = layer.apply({}, z, rngs={"channel": _key()})
+    assert float(jnp.std(received - z)) < 1e-5 and float(jnp.abs(jnp.mean(received - z))) > 0
+
+
+def test_scalar_draw_of_the_physical_family_is_refused():
+    with pytest.raises(ValueError, match="paper family"):
+        channels.awgn(_key(), _normal(SMALL), 5.0, family="physical", draw="scalar")
+    with pytest.raises(ValueError, match="unknown draw"):
+        channels.awgn(_key(), _normal(SMALL), 5.0, family="paper", draw="batch")
