@@ -81,13 +81,14 @@ def _setup(codec: str, batch_size: int, steps: int):
     import numpy as np
 
     from scu_jax import config as config_lib
+    from scu_jax import presets
     from scu_jax.models import build_system
     from scu_jax.train import initial_state
 
     if codec == "mnist":
         config, shape = config_lib.default_config(), (28, 28, 1)
     else:  # the paper's CIFAR-10 system: ResNet encoder and decoder, joint receiver
-        config, shape = config_lib.cifar_config("cifar10"), (32, 32, 3)
+        config, shape = presets.cifar_config("cifar10"), (32, 32, 3)
         config.model.dtype = _CIFAR_DTYPE.value
     config.train.batch_size = config.unlearning.batch_size = batch_size
     system = build_system(config, shape, 10)

@@ -15,11 +15,15 @@ from scu_jax.channels import rician
 from scu_jax.checkpointing import Checkpoints
 from scu_jax.config import ConfigError
 from scu_jax.config import default_config
+from scu_jax.config import method_config
 from scu_jax.config import validate_config
+from scu_jax.presets import use_reference_protocol
 from scu_jax.data import ErasureSplit
+from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.data import load_dataset
 from scu_jax.data import make_erasure_split
 from scu_jax.evaluation import evaluate_system
+from scu_jax.evaluation import system_for_evaluation
 from scu_jax.losses import adaptive_weights
 from scu_jax.losses import codec_loss
 from scu_jax.losses import contrastive_compensation
@@ -37,6 +41,7 @@ from scu_jax.models import SemanticCodec
 from scu_jax.models import System
 from scu_jax.models import build_system
 from scu_jax.models import init_system
+from scu_jax.models import without_channel
 from scu_jax.parallel import DataParallel
 from scu_jax.parallel import data_parallel
 from scu_jax.train import TrainState
@@ -75,6 +80,7 @@ __all__ = (
     "contrastive_compensation",
     "cosine_similarity",
     "create_train_state",
+    "crop_keeping_trigger",
     "cross_entropy",
     "data_parallel",
     "default_config",
@@ -95,6 +101,7 @@ __all__ = (
     "make_erasure_split",
     "make_receiver_step",
     "measured_snr_db",
+    "method_config",
     "per_image_sse",
     "rayleigh",
     "reconstruction_mse",
@@ -103,9 +110,12 @@ __all__ = (
     "scu",
     "scu_loss",
     "scu_no_cc",
+    "system_for_evaluation",
     "train_and_evaluate",
     "unlearn_and_evaluate",
+    "use_reference_protocol",
     "validate_config",
     "variational_upper_bound",
     "vbu",
+    "without_channel",
 )

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from scu_jax.config import training_fingerprint
+from scu_jax.config import config_from_json, training_fingerprint
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -86,7 +86,9 @@ class Checkpoints:
         """Raises `CheckpointMismatchError` if the latest checkpoint is of another training config."""
         if self.latest_step() is None:
             return
-        saved = self.saved_config().get("training", {})
+        # Rebuilt on today's schema: a field added since the checkpoint was written takes its
+        # default, which is the behaviour the checkpoint was trained with.
+        saved = training_fingerprint(config_from_json(self.saved_config().get("training", {})))
         difference = _describe_difference(saved, training_fingerprint(config))
         if difference:
             raise CheckpointMismatchError(
@@ -131,6 +133,25 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def check_workdir(path: str | os.PathLike, flag: str = "--workdir") -> None:
+    """Raises `ValueError` unless `path` is a directory, or could be created as one, writable.
+
+    Creates nothing: a run checks its output directory before any work, so a path that is a file,
+    or under a file, or in a directory it may not write, is refused in one line.
+    """
+    path = pathlib.Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag}={path} exists and is not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag}={path} cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag}={path} cannot be {'written' if existing == path else 'created'}: "
+                         f"no write permission on {existing}")
 
 
 def remove_run_outputs(workdir: str | os.PathLike, names: tuple[str, ...]) -> None:

@@ -1,7 +1,8 @@
-"""Config schema, the paper's presets and validation.
+"""Config schema, per-method resolution and validation.
 
-The files under `configs/` are thin: each `get_config(arg)` picks a preset from here and the
-`smoke` variant, so every binary and test shares one schema and one validator.
+`default_config()` is the whole schema (with the paper's MNIST settings on the embedded data);
+`scu_jax.presets` derives every dataset's preset and variant from it, so every binary and test
+shares one schema and one validator.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from typing import Any
 
 import ml_collections
 
-from scu_jax.channels import CHANNELS, EQUALIZERS, FADINGS, FAMILIES
+from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
 from scu_jax.data import DATASETS
-from scu_jax.models import MODELS
+from scu_jax.models import INITS, MODELS
 
-VARIANTS = ("smoke",)
+# The unlearning methods, by name (`scu_jax.unlearning` holds one factory for each; named here so
+# that validation needs no import of the methods).
+METHODS = ("scu", "scu_no_cc", "vbu", "hbu", "finetune", "retrain")
+ERASED_OBJECTIVES = ("mse", "ce", "mse+ce")
+EVALUATION_CHANNELS = ("train", "none")
+RECEIVERS = ("original", "own")
 
 # The config fields that define a trained system: a checkpoint made under different values of
 # these cannot be resumed or reused.
@@ -40,6 +46,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.erasure.edr = 0.06
     config.erasure.base_class = 1
     config.erasure.target_class = 2
+    # |D_r|: "rest" = N − |D_e| (the training set keeps N images); "requested" = N − EDR·N, the
+    # reference's, which trains on fewer images where D_e is capped at its class (CIFAR-100).
+    config.erasure.remain_size = "rest"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -47,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.hidden = 96
     config.model.widths = (64, 64, 128, 128, 256, 256, 512, 512)  # ResNet only.
     config.model.dtype = "float32"  # ResNet compute dtype: float32 or bfloat16.
+    config.model.init = "flax"  # parameter initialisers: "flax" or "torch" (the reference's)
 
     config.channel = ml_collections.ConfigDict()
     config.channel.name = "awgn"
@@ -55,6 +65,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.channel.k_factor = 2.0
     config.channel.fading = "block"
     config.channel.equalizer = "mmse"
+    # "element": i.i.d. noise per latent element (the formulas); "scalar": one draw per call,
+    # broadcast over the batch, its std detached (what the reference ran; paper family only).
+    config.channel.draw = "element"
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16
@@ -70,7 +83,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.ce_weight = 0.0  # > 0 trains the receiver jointly with the codec (CIFAR).
     config.train.receiver_epochs = 150  # Receiver first, then frozen (MNIST); 0 for CIFAR.
     config.train.receiver_learning_rate = 1e-4
-    config.train.augment = False  # Random crop with 4-pixel padding (CIFAR).
+    # Random crop with 4-pixel padding (CIFAR): a fresh crop every step, the trigger re-stamped at
+    # its fixed position; with `crop_once`, every training image is cropped once when the data
+    # set is built, before the trigger is stamped (the reference).
+    config.train.augment = False
+    config.train.crop_once = False
+    # A fresh Adam state at the start of every training epoch (the reference builds one per epoch).
+    config.train.reset_optimizer_each_epoch = False
     # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch; one step
     # for the ResNet codec on a CPU, where XLA runs convolutions slower inside loops).
     config.train.steps_per_dispatch = 0
@@ -99,10 +118,22 @@ def default_config() -> ml_collections.ConfigDict:
     # over the epoch's erased batches as the steps saw them (the reference; one noisy draw, so it
     # stops early on lucky draws: measured final backdoor 10-17 % over 3 seeds).
     config.unlearning.stop_on = "eval"
-    # "mse": forget by ascending the erased reconstruction error (MNIST); "ce": by descending the
-    # receiver's confidence in the backdoor target, −CE(receiver(x̂_e), y_target)/30 (CIFAR).
+    # The erased term F_e that L_unl = λ_kl·KL_eo − β_u·F_e ascends: "mse", the erased
+    # reconstruction error (MNIST); "ce", the receiver's CE on the backdoor target times
+    # train.ce_weight; "mse+ce", both, `MSE + CE/30` (the reference's CIFAR scripts).
     config.unlearning.erased_objective = "mse"
     config.unlearning.stop_weight_gradient = False  # reference: gradients flow through a and b
+    # The reference's CIFAR quirk: the adaptive weights a, b see |L_ss| with 1·MSE while the loss
+    # carries mse_weight·MSE.
+    config.unlearning.unit_mse_in_weights = False
+    # "wrap": the last erased batch of an epoch wraps around D_e (⌈|D_e|/B⌉ steps); "drop": it is
+    # skipped (⌊|D_e|/B⌋ steps, the reference's CIFAR SCU/VBU loops).
+    config.unlearning.partial_batch = "wrap"
+    config.unlearning.augment_remain = False  # a fresh random crop of every D_r batch (CIFAR ref.)
+    config.unlearning.hbu_fixed_probe = False  # HBU reuses one Rademacher probe (the reference)
+    # Per-method values of the fields above, e.g. `per_method.hbu.early_stop = True`: a method's
+    # run takes config.unlearning with its entry applied (`method_config`).
+    config.unlearning.per_method = ml_collections.ConfigDict()
     config.unlearning.finetune_epochs = 20  # epochs over D_r for the `finetune` baseline
 
     # What the evaluation adds beyond the protocol metrics.
@@ -113,6 +144,14 @@ def default_config() -> ml_collections.ConfigDict:
     # Which sets get the MINE / InfoNCE estimates ("erased" is the paper's metric; the upper bound
     # is computed on both whatever this says).
     config.evaluation.mi_sets = ("erased", "remain")
+    # Where x̂ is read: through the training channel ("train"), or with the channel switched off
+    # ("none": the decoder reads the clean latent sample, as the reference's MNIST script does).
+    config.evaluation.channel = "train"
+    # Which receiver reads every system's x̂: the original trained system's, frozen ("original":
+    # one instrument for every row), or each system's own ("own": the reference's CIFAR scripts,
+    # whose receiver is unlearned along with the codec). Results also carry the other one's
+    # accuracies where the two receivers differ.
+    config.evaluation.receiver = "original"
 
     config.eval_batch_size = 500
     # Training and retraining save a checkpoint every this many epochs and at the end of each
@@ -133,84 +172,33 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def cifar_config(dataset: str) -> ml_collections.ConfigDict:
-    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting (spec §3, §4)."""
-    config = default_config()
-    config.dataset = dataset
-    config.train.epochs = 20  # CIFAR's 50,000 images: the paper's epochs are its step budget.
-    config.model.name = "resnet18"
-    config.channel.snr_db = 20.0
-    config.train.learning_rate = 5e-4
-    config.train.mse_weight = 30.0
-    config.train.ce_weight = 1.0 / 30.0
-    config.train.receiver_epochs = 0
-    config.train.augment = True
-    config.unlearning.learning_rate = 5e-4
-    config.unlearning.max_epochs = 20  # 50,000 images: the paper's epochs are its step budget
-    config.unlearning.beta_u = 10.0
-    config.unlearning.rho = 100.0
-    config.unlearning.erased_objective = "ce"
-    config.unlearning.finetune_epochs = 2
-    config.eval_batch_size = 250
-    config.eval_draws = 1
-    config.checkpoint_every_epochs = 1  # an epoch of 50,000 images is worth keeping
-    if dataset == "cifar100":
-        config.erasure.base_class = 18
-        config.unlearning.lambda_kl = 1e-4
-        config.unlearning.rho = 10.0
-    return config
+# The unlearning fields a `per_method` entry may set.
+_PER_METHOD_FIELDS = ("beta_u", "lambda_kl", "rho", "learning_rate", "grad_clip", "batch_size",
+                      "max_epochs", "early_stop", "batch_stop", "epoch_stop", "stop_on",
+                      "erased_objective", "stop_weight_gradient", "unit_mse_in_weights",
+                      "partial_batch", "augment_remain", "hbu_fixed_probe", "finetune_epochs")
 
 
-def mnist_tfds_config() -> ml_collections.ConfigDict:
-    """The paper's recipe as it stands on the full 60,000 MNIST images through tfds."""
-    config = default_config()
-    config.dataset = "mnist"
-    config.train.epochs, config.train.receiver_epochs = 20, 10
-    config.unlearning.learning_rate, config.unlearning.max_epochs = 1e-4, 20
-    config.unlearning.finetune_epochs = 2
-    config.eval_batch_size = 1000
-    return config
+def method_config(config: ml_collections.ConfigDict, method: str | None = None
+                  ) -> ml_collections.ConfigDict:
+    """A copy of `config` for one method's run: `unlearning.per_method[method]` applied.
 
-
-def preset(dataset: str) -> ml_collections.ConfigDict:
-    """The paper's setting for `dataset` (the embedded subset, MNIST, CIFAR-10 or CIFAR-100)."""
-    if dataset == "mnist5k":
-        return default_config()
-    if dataset == "mnist":
-        return mnist_tfds_config()
-    if dataset in ("cifar10", "cifar100"):
-        return cifar_config(dataset)
-    raise ConfigError(f"config.dataset={dataset!r}: must be one of: {', '.join(sorted(DATASETS))}")
-
-
-def apply_variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies a named variant (`smoke`: a tiny CPU run that finishes in under a minute)."""
-    if not arg:
-        return config
-    if arg not in VARIANTS:
-        raise ConfigError(f"unknown config variant {arg!r}; choose one of: {', '.join(VARIANTS)}")
-    # Ten times the paper's learning rates so that a few hundred steps visibly train (and the
-    # receiver learns the backdoor, which the unlearning tests need).
-    config.train.epochs = 4
-    config.train.receiver_epochs = min(config.train.receiver_epochs, 3)
-    config.train.learning_rate *= 10
-    config.train.receiver_learning_rate *= 10
-    config.log_every_seconds = 0.0
-    config.checkpoint_every_epochs = 1
-    config.unlearning.max_epochs = 3
-    config.unlearning.finetune_epochs = 1
-    config.evaluation.mi_steps = 200
-    config.evaluation.mi_max_examples = 256
-    config.max_train_examples = 1024
-    config.max_test_examples = 256
-    if config.model.name == "resnet18":
-        config.model.widths = (8, 8, 16, 16)
-        config.train.epochs = 1
-        config.train.batch_size = 8
-        config.max_train_examples = 128
-        config.max_test_examples = 64
-        config.eval_batch_size = 64
-    return config
+    `method` defaults to `config.unlearning.method`. The copy's `per_method` is emptied, so a run's
+    config says, field by field, what the method ran with.
+    """
+    resolved = config.copy_and_resolve_references()
+    method = method or resolved.unlearning.method
+    resolved.unlearning.method = method
+    overrides = resolved.unlearning.per_method.get(method)
+    with resolved.unlocked():
+        for field, value in (overrides or {}).items():
+            try:
+                resolved.unlearning[field] = value
+            except (TypeError, KeyError, ValueError) as error:
+                raise ConfigError(f"config.unlearning.per_method.{method}.{field}={value!r}: "
+                                  f"{error}") from None
+        resolved.unlearning.per_method = ml_collections.ConfigDict()
+    return resolved
 
 
 def config_from_json(stored: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -225,7 +213,9 @@ def config_from_json(stored: dict[str, Any]) -> ml_collections.ConfigDict:
         for key, value in values.items():
             if key not in node:
                 continue
-            if isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            if key == "per_method" and isinstance(value, dict):
+                node[key] = ml_collections.ConfigDict(value)  # open-ended: every entry counts
+            elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
                 merge(node[key], value)
             else:
                 node[key] = tuple(value) if isinstance(node[key], tuple) else value
@@ -283,10 +273,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "dataset", DATASETS)
     _choice(config, "model.name", MODELS)
     _choice(config, "model.dtype", ("float32", "bfloat16"))
+    _choice(config, "model.init", INITS)
     _choice(config, "channel.name", CHANNELS)
     _choice(config, "channel.family", FAMILIES)
     _choice(config, "channel.fading", FADINGS)
     _choice(config, "channel.equalizer", EQUALIZERS)
+    _choice(config, "channel.draw", DRAWS)
+    _check(config.channel.draw == "element" or config.channel.family == "paper", "channel.draw",
+           config.channel.draw, "'scalar' is the reference's draw of the paper family; the physical "
+           "family draws per symbol")
     _number(config, "seed", 0, 2**31 - 1, integer=True)
     _number(config, "eval_seed", 0, 2**31 - 1, integer=True)
     _number(config, "max_train_examples", 0, integer=True)
@@ -294,6 +289,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "erasure.edr", 0.0, 0.5, low_open=True)
     _number(config, "erasure.base_class", 0, integer=True)
     _number(config, "erasure.target_class", 0, integer=True)
+    _choice(config, "erasure.remain_size", ("rest", "requested"))
     _check(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
            config.erasure.target_class, "must differ from erasure.base_class")
     _number(config, "model.latent_dim", 1, integer=True)
@@ -312,16 +308,45 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "train.mse_weight", 0.0)
     _number(config, "train.ce_weight", 0.0)
     _number(config, "train.steps_per_dispatch", 0, integer=True)
+    _check(not config.train.crop_once or config.train.augment, "train.crop_once",
+           config.train.crop_once, "needs train.augment=True (it says when to crop)")
     _number(config, "eval_batch_size", 1, 65536, integer=True)
     _number(config, "log_every_seconds", 0.0)
     _number(config, "checkpoint_every_epochs", 1, 10000, integer=True)
     _number(config, "eval_draws", 1, 1000, integer=True)
     _number(config, "parallel.devices", 0, 65536, integer=True)
-    from scu_jax.unlearning import METHODS  # Late: the unlearning package imports this module.
-
     _choice(config, "unlearning.method", METHODS)
-    _choice(config, "unlearning.erased_objective", ("mse", "ce"))
+    _choice(config, "evaluation.channel", EVALUATION_CHANNELS)
+    _choice(config, "evaluation.receiver", RECEIVERS)
+    unknown = sorted(set(config.unlearning.per_method) - set(METHODS))
+    _check(not unknown, "unlearning.per_method", unknown, f"names methods from: {', '.join(METHODS)}")
+    for method, overrides in config.unlearning.per_method.items():
+        fields = sorted(set(overrides) - set(_PER_METHOD_FIELDS))
+        _check(not fields, f"unlearning.per_method.{method}", fields,
+               f"may set only: {', '.join(_PER_METHOD_FIELDS)}")
+    _validate_unlearning(config)
+    for method in config.unlearning.per_method:
+        # The base fields passed: what fails now is a value this entry sets.
+        try:
+            _validate_unlearning(method_config(config, method))
+        except ConfigError as error:
+            raise ConfigError(str(error).replace("config.unlearning.",
+                                                 f"config.unlearning.per_method.{method}.", 1)) from None
+    _number(config, "evaluation.mi_steps", 0, 10**7, integer=True)
+    _number(config, "evaluation.mi_batch_size", 2, 65536, integer=True)
+    _number(config, "evaluation.mi_max_examples", 2, integer=True)
+    _check(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
+           config.evaluation.mi_sets, "must be a subset of: erased, remain")
+
+
+def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
+    """The `config.unlearning` fields of one method's run (after `method_config`)."""
+    _choice(config, "unlearning.erased_objective", ERASED_OBJECTIVES)
+    _check(config.unlearning.erased_objective == "mse" or config.train.ce_weight > 0,
+           "unlearning.erased_objective", config.unlearning.erased_objective,
+           "needs the receiver's CE term (train.ce_weight > 0), or the forget term is 0: use 'mse'")
     _choice(config, "unlearning.stop_on", ("epoch_batches", "eval"))
+    _choice(config, "unlearning.partial_batch", ("wrap", "drop"))
     _number(config, "unlearning.beta_u", 0.0, 1e6)
     _number(config, "unlearning.lambda_kl", 0.0, 1e6)
     _number(config, "unlearning.rho", 0.0, 1e6)
@@ -332,8 +357,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "unlearning.batch_stop", 0.0, 1.0)
     _number(config, "unlearning.epoch_stop", 0.0, 1.0)
     _number(config, "unlearning.finetune_epochs", 1, 10000, integer=True)
-    _number(config, "evaluation.mi_steps", 0, 10**7, integer=True)
-    _number(config, "evaluation.mi_batch_size", 2, 65536, integer=True)
-    _number(config, "evaluation.mi_max_examples", 2, integer=True)
-    _check(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
-           config.evaluation.mi_sets, "must be a subset of: erased, remain")
+    for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
+                  "hbu_fixed_probe"):
+        value = config.unlearning[field]
+        _check(isinstance(value, bool), f"unlearning.{field}", value, "must be true or false")

@@ -1,9 +1,12 @@
-"""Evaluation of a semantic communication system through its channel (spec §4).
+"""Evaluation of a semantic communication system (spec §4).
 
 Every image set passes through encoder → channel → decoder → receiver with a FIXED evaluation key
 (`config.eval_seed`), so two systems (original, unlearned, retrained) see the same latent and
 channel noise draws; each image is sent `config.eval_draws` times and the metrics average over
-the draws. Metrics:
+the draws. `config.evaluation.channel` says whether x̂ is read through the training channel
+("train", our default) or with the channel off ("none", the reference's MNIST evaluation), and
+`config.evaluation.receiver` which receiver reads every system: the original trained one, frozen
+(our default: one instrument for every row), or each system's own. Metrics:
   * `mse_*`: per-image SUM of squared errors, averaged over images (the reference's "MSE");
   * `psnr_*`, `ssim_*`: dm-pix PSNR and SSIM of x̂ clipped to [0, 1];
   * `accuracy_clean` / `accuracy_test`: receiver accuracy on x̂ against the true label;
@@ -24,7 +27,28 @@ import numpy as np
 from scu_jax.data import ErasureSplit, add_trigger
 from scu_jax.data.batching import padded_batches
 from scu_jax.losses import per_image_sse
-from scu_jax.models import System, to_unit_interval
+from scu_jax.models import System, to_unit_interval, without_channel
+
+
+def system_for_evaluation(system: System, config: ml_collections.ConfigDict) -> System:
+    """The system as `config.evaluation.channel` reads it: as trained, or with the channel off."""
+    return without_channel(system) if config.evaluation.channel == "none" else system
+
+
+def describe_protocol(config: ml_collections.ConfigDict) -> str:
+    """One line saying how the numbers of a run were read (for results files and tables)."""
+    c = config.channel
+    if c.name == "none":
+        channel = "no channel"
+    else:
+        draw = "one noise scalar per call" if c.draw == "scalar" else "noise per element"
+        kind = f"{c.name} (K = {c.k_factor:g})" if c.name == "rician" else c.name
+        channel = f"{kind}, {c.family} family, {c.snr_db:g} dB, {draw}"
+    where = ("without the channel" if config.evaluation.channel == "none"
+             else "through the training channel")
+    receiver = ("the original system's receiver" if config.evaluation.receiver == "original"
+                else "each system's own receiver")
+    return f"trained through {channel}; evaluated {where}, read by {receiver}"
 
 
 def evaluation_pass(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
@@ -103,14 +127,18 @@ def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray
 
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
                     split: ErasureSplit, config: ml_collections.ConfigDict) -> dict[str, float]:
-    """The evaluation protocol of spec §4 on D_clean, D_e and the test split."""
+    """The evaluation protocol of spec §4 on D_clean, D_e and the test split.
+
+    `params["receiver"]` reads x̂; the channel is `config.evaluation.channel`'s.
+    """
+    system = system_for_evaluation(system, config)
     key = jax.random.PRNGKey(config.eval_seed)
     sets = {
         "clean": (split.clean_images, split.clean_labels),
         "erased": (split.erased_images, split.clean_labels),
         "test": (split.test_images, split.test_labels),
     }
-    metrics: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
     draws = config.eval_draws
     for index, (name, (images, true_labels)) in enumerate(sets.items()):
         # Each image goes through the channel `eval_draws` times (independent noise): at low SNR
@@ -130,6 +158,7 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
             metrics["backdoor_accuracy"] = float((rows["prediction"] == target).mean())
             metrics["input_backdoor_accuracy"] = float((rows["input_prediction"] == target).mean())
     metrics["eval_draws"] = int(draws)
+    metrics["evaluation_channel"] = config.evaluation.channel
     metrics["num_erased"] = int(len(split.erased_images))
     metrics["num_remain"] = int(len(split.remain_images))
     metrics["num_test"] = int(len(split.test_images))
@@ -182,6 +211,7 @@ def never_trained_triggered(split: ErasureSplit) -> np.ndarray:
 def membership_scores(system: System, params, batch_stats, split: ErasureSplit,
                       config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     """The attack's scores, −(per-image reconstruction SSE), of D_e and of never-seen look-alikes."""
+    system = system_for_evaluation(system, config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 10)
     members = per_sample_metrics(system, params, batch_stats, split.erased_images,
                                  batch_size=config.eval_batch_size, key=key)["sse"]
@@ -206,6 +236,7 @@ def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
                    config: ml_collections.ConfigDict, *, count: int = 8) -> dict[str, np.ndarray]:
     """What the report draws for one system: the reconstructions of the first `count` D_clean and
     D_e images (one fixed channel draw, the same for every system) and the attack's scores."""
+    system = system_for_evaluation(system, config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 40)
     samples: dict[str, np.ndarray] = {}
     for index, (name, images) in enumerate((("clean", split.clean_images[:count]),
@@ -246,6 +277,7 @@ def distance_to_reference(system: System, params, batch_stats, reference_params,
     `kl_to_retrain`: mean over D_e of KL(q_θ(z|x) ‖ q_ref(z|x)) summed over latent dimensions;
     `mse_to_retrain`: mean per-image SSE between the two systems' reconstructions.
     """
+    system = system_for_evaluation(system, config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 20)
     ours = system_outputs(system, params, batch_stats, split.erased_images,
                           batch_size=config.eval_batch_size, key=key)
@@ -288,11 +320,37 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
     return results
 
 
+RECEIVER_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test")
+
+
+def _same_tree(a, b) -> bool:
+    return all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+
 def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
-                    config: ml_collections.ConfigDict, *, reference=None) -> dict[str, float]:
+                    config: ml_collections.ConfigDict, *, reference=None,
+                    original_receiver=None) -> dict[str, Any]:
     """The protocol metrics plus membership inference, MI and (given `reference`, a
-    `(params, batch_stats)` pair of the retrained system) the distance to retraining."""
-    metrics = evaluate_system(system, params, batch_stats, split, config)
+    `(params, batch_stats)` pair of the retrained system) the distance to retraining.
+
+    `original_receiver`: the trained system's receiver parameters (None: the system's own is the
+    original). `config.evaluation.receiver` picks the receiver of every metric ("original" or
+    "own"); where the two differ (retraining's receiver, trained on D_r; a CIFAR receiver
+    unlearned with the codec) the other one's accuracies are added as
+    `own_receiver_<metric>` or `original_receiver_<metric>`.
+    """
+    own = params["receiver"]
+    original = own if original_receiver is None else original_receiver
+    chosen = config.evaluation.receiver
+    reading, other, other_name = ((original, own, "own") if chosen == "original"
+                                  else (own, original, "original"))
+    metrics: dict[str, Any] = evaluate_system(system, {**params, "receiver": reading}, batch_stats,
+                                              split, config)
+    metrics["receiver"] = chosen
+    if not _same_tree(reading, other):
+        extra = evaluate_system(system, {**params, "receiver": other}, batch_stats, split, config)
+        metrics.update({f"{other_name}_receiver_{name}": extra[name] for name in RECEIVER_METRICS})
+    metrics["protocol"] = describe_protocol(config)
     metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, config)
     metrics.update(mutual_information(system, params, batch_stats, split, config))
     if reference is not None:

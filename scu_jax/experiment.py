@@ -41,8 +41,9 @@ import ml_collections
 import numpy as np
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 from scu_jax.channels import CHANNELS, FAMILIES
-from scu_jax.checkpointing import CheckpointMismatchError, write_json_atomic
+from scu_jax.checkpointing import CheckpointMismatchError, check_workdir, write_json_atomic
 from scu_jax.config import ConfigError
 from scu_jax.data import DATASETS
 
@@ -65,16 +66,17 @@ def experiment_config(name: str, arg: str | None = None) -> ml_collections.Confi
     """The paper's sweep `name` for the datasets and variant named in `arg`.
 
     `arg` is a comma-separated list of datasets (`mnist5k`, the default; `mnist`, `cifar10`,
-    `cifar100`; `tfds` for all three tfds datasets) and optionally `smoke` (a tiny grid on tiny
-    systems, for tests).
+    `cifar100`; `tfds` for all three tfds datasets) and optionally `reference` (every base system
+    under the authors' protocol, `presets.use_reference_protocol`, each on its own channel and
+    SNR) and `smoke` (a tiny grid on tiny systems, for tests).
     """
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
     tokens = [token.strip() for token in (arg or "").split(",") if token.strip()]
-    smoke = "smoke" in tokens
+    smoke, reference = "smoke" in tokens, "reference" in tokens
     datasets: list[str] = []
     for token in tokens:
-        if token == "smoke":
+        if token in ("smoke", "reference"):
             continue
         if token == "tfds":
             datasets += ["mnist", "cifar10", "cifar100"]
@@ -82,14 +84,16 @@ def experiment_config(name: str, arg: str | None = None) -> ml_collections.Confi
             datasets.append(token)
         else:
             raise ConfigError(f"unknown experiment config argument {token!r}; use datasets from: "
-                              f"{', '.join(DATASETS)}, tfds, and optionally smoke")
+                              f"{', '.join(DATASETS)}, tfds, and optionally reference, smoke")
     datasets = list(dict.fromkeys(datasets or ["mnist5k"]))
 
     config = ml_collections.ConfigDict()
     config.name = name
     config.bases = ml_collections.ConfigDict()
     for dataset in datasets:
-        base = config_lib.preset(dataset)
+        base = presets.preset(dataset)
+        if reference:
+            base = presets.use_reference_protocol(base)
         # Sweeps evaluate hundreds of systems: MINE on D_e only (the paper's MI metric), with a
         # third of the steps (measured: 1,500 → 500 steps cuts MI time per system 7.3 → 1.2 s).
         base.evaluation.mi_steps = 500
@@ -98,15 +102,16 @@ def experiment_config(name: str, arg: str | None = None) -> ml_collections.Confi
             # 45 systems (3 channels × 5 SNRs × 3 seeds) plus their retraining must fit in an
             # hour on 2 cores: a third of the main job's step budget (100 + 50 epochs).
             base.train.epochs, base.train.receiver_epochs = 100, 50
-        base = config_lib.apply_variant(base, "smoke" if smoke else None)
+        base = presets.apply_variant(base, "smoke" if smoke else None)
         if smoke:
             base.evaluation.mi_steps = 0  # MINE's compilation alone would double a smoke sweep
         config.bases[dataset] = base
 
     grid = ml_collections.ConfigDict()
-    grid.channels = ("awgn",)
-    grid.families = ("paper",)
-    grid.snr_db = ()  # () = each base's own
+    # The reference protocol keeps each base's own channel (MNIST: Rician 6 dB; CIFAR: AWGN 20 dB).
+    grid.channels = () if reference else ("awgn",)  # () = each base's own
+    grid.families = () if reference else ("paper",)
+    grid.snr_db = ()
     grid.edr = ()
     grid.beta_u = ()
     grid.methods = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune")
@@ -115,6 +120,7 @@ def experiment_config(name: str, arg: str | None = None) -> ml_collections.Confi
         grid.edr = (0.02, 0.04, 0.06, 0.08, 0.10)
     elif name == "snr_sweep":
         grid.channels = ("awgn", "rayleigh", "rician")
+        grid.families = grid.families or ("paper",)
         grid.snr_db = (5.0, 10.0, 15.0, 20.0, 25.0)
     else:
         grid.beta_u = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -126,6 +132,7 @@ def experiment_config(name: str, arg: str | None = None) -> ml_collections.Confi
             grid.edr = (0.04, 0.08)
         elif name == "snr_sweep":
             grid.channels, grid.snr_db = ("awgn", "rayleigh"), (5.0, 20.0)
+            grid.families = grid.families or ("paper",)
         else:
             grid.beta_u = (0.01, 1.0)
     config.grid = grid
@@ -210,11 +217,13 @@ def validate_experiment(config: ml_collections.ConfigDict) -> list[Cell]:
     _check(config.name in EXPERIMENTS, "name", config.name, f"must be one of: {', '.join(EXPERIMENTS)}")
     _check(len(config.bases) > 0, "bases", dict(config.bases), "must name at least one dataset")
     grid = config.grid
-    for field, choices in (("channels", CHANNELS), ("families", FAMILIES),
-                           ("methods", (ORIGINAL,) + METHODS)):
+    for field, choices, may_be_empty in (("channels", CHANNELS, True), ("families", FAMILIES, True),
+                                         ("methods", (ORIGINAL,) + METHODS, False)):
         values = tuple(grid[field])
-        _check(len(values) > 0 and set(values) <= set(choices) and len(set(values)) == len(values),
-               f"grid.{field}", values, f"must be distinct values from: {', '.join(choices)}")
+        _check((may_be_empty or len(values) > 0) and set(values) <= set(choices)
+               and len(set(values)) == len(values), f"grid.{field}", values,
+               f"must be distinct values from: {', '.join(choices)}"
+               + (" (or empty: the base's)" if may_be_empty else ""))
     _check(_numbers(grid.snr_db, -50.0, 100.0), "grid.snr_db", tuple(grid.snr_db),
            "must be finite numbers in [-50, 100] dB (or empty: the base's)")
     _check(_numbers(grid.edr, 0.0, 0.5, low_open=True), "grid.edr", tuple(grid.edr),
@@ -247,8 +256,8 @@ def expand(config: ml_collections.ConfigDict) -> list[Cell]:
     methods = sorted(grid.methods, key=lambda m: (m != "retrain", m == ORIGINAL))
     cells = []
     for dataset, base in config.bases.items():
-        for channel in grid.channels:
-            for family in grid.families:
+        for channel in tuple(grid.channels) or (base.channel.name,):
+            for family in tuple(grid.families) or (base.channel.family,):
                 for snr_db in tuple(grid.snr_db) or (base.channel.snr_db,):
                     for edr in tuple(grid.edr) or (base.erasure.edr,):
                         for seed in grid.seeds:
@@ -524,6 +533,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     cells = validate_experiment(config)
     if workers < 0:
         raise ValueError(f"--workers={workers}: must be >= 0 (0 runs every task in this process)")
+    check_workdir(workdir)
     root = pathlib.Path(workdir)
     experiment_file = root / EXPERIMENT_FILE
     fingerprint = _result_fingerprint(config)

@@ -5,10 +5,13 @@
 WORKDIR/seed_<s>/train           the original system (scu-train)
 WORKDIR/seed_<s>/original.json   its full evaluation (MIA, MI, distance to retrain)
 WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json (scu-unlearn)
-WORKDIR/comparison.json, .md     mean ± std over seeds, per method
+WORKDIR/comparison.json, .md     mean ± std over seeds, per method, and the protocol
 ```
 Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
 `retrain` runs first so that every other method reports its distance to exact unlearning.
+Every row is read by the receiver `config.evaluation.receiver` names (the original system's by
+default); a system whose own receiver differs (retraining's, trained on D_r) gets an extra row,
+`<method> (own receiver)`, with the accuracies its own receiver reads.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from scu_jax.checkpointing import write_json_atomic
-from scu_jax.train import RESULTS_FILE, train_and_evaluate
+from scu_jax.checkpointing import check_workdir, write_json_atomic
+from scu_jax.evaluation import RECEIVER_METRICS, describe_protocol
+from scu_jax.train import RESULTS_FILE, NonFiniteError, train_and_evaluate
 from scu_jax.unlearn import evaluate_workdir, unlearn_and_evaluate
 from scu_jax.unlearning import METHODS
 
+COMPARISON_TABLE = "comparison.md"
 COLUMNS = (  # (results key, header, scale, decimals)
     ("backdoor_accuracy", "backdoor %", 100, 1),
     ("accuracy_clean", "acc clean %", 100, 1),
@@ -65,6 +70,7 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+    check_workdir(workdir)
     root = pathlib.Path(workdir)
     ordered = sorted(methods, key=lambda m: m != "retrain")  # retrain first: the reference
     rows: dict[str, list[dict[str, Any]]] = {"original": []}
@@ -76,36 +82,59 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
         reference = str(seed_dir / "retrain") if "retrain" in methods else None
         for method in ordered:
             out = seed_dir / method
-            result = unlearn_and_evaluate(_seed_config(config, seed, method), str(train_dir),
-                                          str(out), reference_workdir=None if method == "retrain"
-                                          else reference, overwrite=overwrite)
+            try:
+                result = unlearn_and_evaluate(_seed_config(config, seed, method), str(train_dir),
+                                              str(out), reference_workdir=None if method == "retrain"
+                                              else reference, overwrite=overwrite)
+            except NonFiniteError as error:
+                # A diverging baseline is a result of the comparison, not a reason to stop it.
+                logging.warning("seed %d: %s", seed, error)
+                result = {"status": "non-finite", "error": str(error)}
+            result["seed"] = seed
             rows.setdefault(method, []).append(result)
+            other = other_receiver_row(result)
+            if other is not None:
+                rows.setdefault(f"{method} ({other['receiver']} receiver)", []).append(
+                    {**other, "seed": seed})
         original_file = seed_dir / "original.json"
         original = (json.loads(original_file.read_text()) if original_file.exists() and not overwrite else
                     evaluate_workdir(str(train_dir), reference_workdir=reference,
                                      output=str(original_file)))
         rows["original"].append({**original, **_existing(train_dir)})
     summary = summarise(rows)
-    write_json_atomic(root / "comparison.json", summary)
-    table = markdown_table(summary)
-    (root / "comparison.md.tmp").write_text(table)
-    (root / "comparison.md.tmp").replace(root / "comparison.md")
+    protocol = describe_protocol(config)
+    write_json_atomic(root / "comparison.json", {"protocol": protocol, "methods": summary})
+    table = f"Protocol: {protocol}.\n\n" + markdown_table(summary)
+    (root / f"{COMPARISON_TABLE}.tmp").write_text(table)
+    (root / f"{COMPARISON_TABLE}.tmp").replace(root / COMPARISON_TABLE)
     logging.info("comparison over seeds %s:\n%s", list(seeds), table)
     return summary
 
 
+def other_receiver_row(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The accuracies read by the receiver the table does not use, as a row of their own (None
+    where the system's two receivers are the same)."""
+    for other in ("own", "original"):
+        prefix = f"{other}_receiver_"
+        if any(prefix + name in result for name in RECEIVER_METRICS):
+            return {"receiver": other, **{name: result[prefix + name] for name in RECEIVER_METRICS
+                                          if prefix + name in result}}
+    return None
+
+
 def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Mean and std over seeds of every column, per method; speed-up against retrain's time."""
-    retrain_seconds = [r["unlearn_seconds"] for r in rows.get("retrain", [])]
+    """Mean and std over seeds of every column, per method; speed-up against the same seed's
+    retraining. A run that diverged (`status: non-finite`) counts in `diverged`, not in the means."""
+    retrain_seconds = {r.get("seed"): r["unlearn_seconds"] for r in rows.get("retrain", [])
+                       if "unlearn_seconds" in r}
     summary: dict[str, Any] = {}
-    for method, results in rows.items():
-        entry: dict[str, Any] = {"seeds": len(results)}
+    for method, all_results in rows.items():
+        results = [r for r in all_results if r.get("status") != "non-finite"]
+        entry: dict[str, Any] = {"seeds": len(results), "diverged": len(all_results) - len(results)}
         for key, *_ in COLUMNS:
             if key == "speedup":
-                if retrain_seconds and method != "original":
-                    values = [t / r["unlearn_seconds"] for t, r in zip(retrain_seconds, results)]
-                else:
-                    continue
+                values = [retrain_seconds[r.get("seed")] / r["unlearn_seconds"] for r in results
+                          if "unlearn_seconds" in r and r.get("seed") in retrain_seconds]
             else:
                 values = [r[key] for r in results if key in r and r[key] is not None]
             if values:
@@ -127,5 +156,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
             mean, std = entry[key]["mean"] * scale, entry[key]["std"] * scale
             cells.append(f"{mean:.{decimals}f} ± {std:.{decimals}f}" if entry["seeds"] > 1
                          else f"{mean:.{decimals}f}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        diverged = entry.get("diverged", 0)
+        name = method if not diverged else f"{method} ({diverged} of {diverged + entry['seeds']} diverged)"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -86,9 +86,12 @@ PAPER = {
                 "mse_erased": (58.9, 64.8, 61.3, 57.6, 78.5)},
     },
 }
-# Which of our datasets and channel settings the published tables were measured in.
-PAPER_SETTINGS = {"mnist5k": ("mnist", (5.0, 6.0)), "mnist": ("mnist", (5.0, 6.0)),
-                  "cifar10": ("cifar10", (20.0,))}
+# Which of our datasets and (channel, SNR) settings the published tables were measured in. MNIST:
+# the table equals the AWGN SNR sweep's 5 dB column, while the shipped script trains through
+# Rician K = 2 at 6 dB (spec §7); both are shown.
+PAPER_SETTINGS = {"mnist5k": ("mnist", (("awgn", 5.0), ("rician", 6.0))),
+                  "mnist": ("mnist", (("awgn", 5.0), ("rician", 6.0))),
+                  "cifar10": ("cifar10", (("awgn", 20.0),))}
 PAPER_COLUMNS = (("accuracy_clean", "acc clean %", 100, 1), ("backdoor_accuracy", "backdoor %", 100, 1),
                  ("mse_clean", "MSE clean", 1, 2), ("mse_erased", "MSE erased", 1, 2))
 
@@ -400,6 +403,12 @@ def results_tables(summary) -> str:
             name = method if beta_u is None else f"{method} (β_u {beta_u:g})"
             seeds = f"{entry['seeds']}" + (f" (+{entry['diverged']} diverged)" if entry["diverged"] else "")
             out.append(f"| {name} | {seeds} | " + " | ".join(_fmt(entry, *c[0:1], *c[2:]) for c in columns) + " |")
+            for other in ("own", "original"):
+                readings = {c[0]: entry[f"{other}_receiver_{c[0]}"] for c in columns
+                            if f"{other}_receiver_{c[0]}" in entry}
+                if readings:
+                    out.append(f"| {name} ({other} receiver) | {seeds} | "
+                               + " | ".join(_fmt(readings, *c[0:1], *c[2:]) for c in columns) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -410,12 +419,12 @@ def paper_comparison(summary, bases: dict[str, Any]) -> tuple[str, list[dict[str
     lines, gaps = [], []
     for key, entry in summary.items():
         dataset, channel, family, snr_db, edr, beta_u, method = key
-        if dataset not in PAPER_SETTINGS or channel != "awgn" or family != "paper":
+        if dataset not in PAPER_SETTINGS or family != "paper":
             continue
         if bases[dataset]["max_train_examples"]:  # a cut-down (smoke) system: not the paper's
             continue
-        paper_name, snrs = PAPER_SETTINGS[dataset]
-        if snr_db not in snrs or method not in PAPER[paper_name]:
+        paper_name, settings = PAPER_SETTINGS[dataset]
+        if (channel, snr_db) not in settings or method not in PAPER[paper_name]:
             continue
         if beta_u is not None and beta_u != bases[dataset]["unlearning"]["beta_u"]:
             continue
@@ -435,10 +444,11 @@ def paper_comparison(summary, bases: dict[str, Any]) -> tuple[str, list[dict[str
                     gaps.append({"dataset": dataset, "method": method, "metric": metric,
                                  "label": label, "edr": edr, "ours": mine, "paper": theirs,
                                  "decimals": decimals})
-        lines.append(f"| {dataset} | {100 * edr:g} % | {snr_db:g} dB | {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {dataset} | {100 * edr:g} % | {channel} {snr_db:g} dB | {method} | "
+                     + " | ".join(cells) + " |")
     if not lines:
         return "", gaps
-    header = ("| dataset | EDR | SNR | method | " + " | ".join(f"{c[1]} ours / paper" for c in PAPER_COLUMNS)
+    header = ("| dataset | EDR | channel | method | " + " | ".join(f"{c[1]} ours / paper" for c in PAPER_COLUMNS)
               + " |\n|---|---|---|---|" + "---|" * len(PAPER_COLUMNS) + "\n")
     return header + "\n".join(lines) + "\n", gaps
 
@@ -468,9 +478,29 @@ REASONS = {
 }
 
 
-def gap_lines(gaps: Sequence[dict[str, Any]]) -> list[str]:
+# Why, under the authors' own protocol (`reference`), a published number and ours still differ.
+REFERENCE_REASONS = {
+    ("vbu", "accuracy_clean"): "gradient ascent with no compensation, 20 epochs with no stop, "
+    "collapses the decoder; the paper's own values range from 0.8 to 76.7 %",
+    ("vbu", "mse_clean"): "the collapsed decoder; the paper's own VBU/HBU values span 6.7–285",
+    ("vbu", "mse_erased"): "the collapsed decoder, as for MSE clean",
+    ("hbu", "accuracy_clean"): "Hessian-scaled ascent collapses the decoder, as in 4 of the "
+    "paper's 5 EDRs",
+    ("hbu", "mse_clean"): "the collapsed decoder; the paper's own VBU/HBU values span 6.7–285",
+    ("hbu", "mse_erased"): "the collapsed decoder, as for MSE clean",
+    ("scu", "backdoor_accuracy"): "20 epochs' worth of steps with no stop drive the backdoor to ~0 "
+    "on the embedded data; the authors' own script does the same on it (README, 'Reproducing the "
+    "authors' numbers': 0.5 ± 0.2 %)",
+    ("original", "backdoor_accuracy"): "a small D_e (the embedded MNIST: 80 images at EDR 2 %) "
+    "plants a weaker backdoor",
+    ("*", "mse_erased"): "240 erased images in 4,000 (not 3,600 in 60,000): SCU's 4,500 ascent "
+    "steps revisit each erased image 300 times instead of 20",
+}
+
+
+def gap_lines(gaps: Sequence[dict[str, Any]], bases: dict[str, Any] | None = None) -> list[str]:
     """One line per (dataset, method, metric): the range of ours and the paper's over the EDRs
-    where they differ, and the reason."""
+    where they differ, and the reason (for the protocol of the dataset's base in `bases`)."""
     grouped: dict[tuple, list[dict[str, Any]]] = {}
     for gap in gaps:
         grouped.setdefault((gap["dataset"], gap["method"], gap["metric"]), []).append(gap)
@@ -480,7 +510,9 @@ def gap_lines(gaps: Sequence[dict[str, Any]]) -> list[str]:
         ours = [g["ours"] for g in members]
         theirs = [g["paper"] for g in members]
         edrs = ", ".join(f"{100 * g['edr']:g}" for g in members)
-        reason = REASONS.get((method, metric)) or REASONS.get(("*", metric), "")
+        scalar = bool(bases) and bases.get(dataset, {}).get("channel", {}).get("draw") == "scalar"
+        reasons = REFERENCE_REASONS if scalar else REASONS
+        reason = reasons.get((method, metric)) or reasons.get(("*", metric), "")
 
         def span(values):
             low, high = f"{min(values):.{d}f}", f"{max(values):.{d}f}"
@@ -491,19 +523,32 @@ def gap_lines(gaps: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-DIFFERENCES = """\
+ELEMENT_DRAW = """\
 * **Channel noise per latent element.** Our AWGN (paper family) draws independent noise for every
   latent element, as the channel model says; the authors' code drew one noise scalar per batch,
   which shifts the whole latent and is much easier to decode. At 5 dB our original system's
   accuracy on D_clean is therefore far below the published ~97 %; the SNR sweep shows where it
-  reaches the published level (20 dB and above on the embedded MNIST).
+  reaches the published level (20 dB and above on the embedded MNIST). The `reference` variant
+  (`--config=configs/experiments/edr_sweep.py:reference`) runs the authors' protocol instead.
+* **Stopping rule and learning rate.** SCU stops when a re-evaluation of D_e (8 channel draws per
+  image) is below 10 % (`stop_on="eval"`), at lr 3e-4; the reference stopped on its noisy in-epoch
+  estimate at lr 1e-4 and so overshot to ~7 %. Our SCU therefore ends just under 10 %.
+"""
+SCALAR_DRAW = """\
+* **The authors' protocol** (`reference`): one noise scalar per channel call, its std detached;
+  MNIST trained and unlearned through Rician K = 2 at 6 dB and evaluated without the channel;
+  SCU and VBU run 20 epochs' worth of steps with no early stop at lr 1e-4; a fresh Adam every
+  training epoch (`scu_jax.presets.use_reference_protocol` lists every field). The published MNIST
+  table equals the AWGN 5 dB column of their SNR sweep, one channel setting away from the script;
+  the comparison above is against it.
+"""
+DIFFERENCES = """\
 * **The embedded MNIST has 5,000 images** (4,000 train / 1,000 test; `mnist5k`), not 60,000: D_e
   holds 80–400 images instead of 1,200–6,000, so one erased image moves the backdoor accuracy by
   0.25–1.25 points. The training step budget is matched (300 + 150 epochs on 4,000 images equal the
   paper's 20 + 10 on 60,000), and the SNR sweep trains a third of it (stated in its config).
-* **Stopping rule and learning rate.** SCU stops when a re-evaluation of D_e (8 channel draws per
-  image) is below 10 % (`stop_on="eval"`), at lr 3e-4; the reference stopped on its noisy in-epoch
-  estimate at lr 1e-4 and so overshot to ~7 %. Our SCU therefore ends just under 10 %.
+* **One receiver reads every row**: the original system's (retraining's own receiver, trained on
+  D_r, is the extra row `retrain (own receiver)`), unless a base says `evaluation.receiver = own`.
 * **Times are measured wall time** on the machine below, compilation excluded and reported apart;
   the paper's times are synthetic (batches × a constant, on a GPU).
 * **MSE is the per-image sum of squared errors**, as in the reference; PSNR/SSIM come from dm-pix.
@@ -511,13 +556,18 @@ DIFFERENCES = """\
 
 
 def _base_summary(bases: dict[str, Any]) -> str:
-    rows = ["| dataset | model | channel (base) | train epochs (+ receiver) | lr | batch | "
+    rows = ["| dataset | model | channel (base) | noise draw | evaluated | receiver | "
+            "train epochs (+ receiver) | lr | batch | "
             "unlearning lr | β_u | λ_kl | ρ | max epochs | eval draws | MINE steps |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, b in bases.items():
+        evaluation = b["evaluation"]
         rows.append(
             f"| {dataset} | {b['model']['name']} (d={b['model']['latent_dim']}) | "
             f"{b['channel']['name']} {b['channel']['family']} {b['channel']['snr_db']:g} dB | "
+            f"{b['channel'].get('draw', 'element')} | "
+            f"{'without the channel' if evaluation.get('channel') == 'none' else 'through it'} | "
+            f"{evaluation.get('receiver', 'original')} | "
             f"{b['train']['epochs']} (+{b['train']['receiver_epochs']}) | {b['train']['learning_rate']:g} | "
             f"{b['train']['batch_size']} | {b['unlearning']['learning_rate']:g} | "
             f"{b['unlearning']['beta_u']:g} | {b['unlearning']['lambda_kl']:g} | "
@@ -586,9 +636,11 @@ def write_report(workdir: str | os.PathLike) -> str:
     out.append("### Where our numbers differ, and why\n")
     if gaps:
         out.append("Gaps over 5 points (accuracies) or 25 % (MSE), and why:\n")
-        out.extend(gap_lines(gaps))
+        out.extend(gap_lines(gaps, config["bases"]))
         out.append("")
-    out.append(DIFFERENCES)
+    draws = {base["channel"].get("draw", "element") for base in config["bases"].values()}
+    out.append(("" if "element" not in draws else ELEMENT_DRAW)
+               + ("" if "scalar" not in draws else SCALAR_DRAW) + DIFFERENCES)
     for dataset, base in config["bases"].items():
         epochs = (base["train"]["epochs"], base["train"]["receiver_epochs"])
         if dataset == "mnist5k" and epochs < (300, 150) and not base["max_train_examples"]:

@@ -26,11 +26,13 @@ from absl import logging
 
 from scu_jax import losses
 from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
-                                   Checkpoints, remove_run_outputs, write_json_atomic)
+                                   Checkpoints, check_workdir, remove_run_outputs,
+                                   write_json_atomic)
 from scu_jax.config import validate_config
 from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
+from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.data.batching import epoch_permutation
-from scu_jax.evaluation import evaluate_system
+from scu_jax.evaluation import describe_protocol, evaluate_system
 from scu_jax.models import System, build_system, init_system, to_unit_interval
 from scu_jax.parallel import DataParallel, barrier, data_parallel, is_primary
 
@@ -104,18 +106,6 @@ def create_train_state(system: System, config: ml_collections.ConfigDict, key: j
     return train_state_from(variables["params"], variables["batch_stats"], config)
 
 
-def random_crop(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
-    """Per-image random crop of a zero-padded image (CIFAR augmentation), same shape out."""
-    height, width = images.shape[1:3]
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * padding + 1)
-
-    def crop(image, offset):
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
-
-    return jax.vmap(crop)(padded, offsets)
-
-
 StepFn = Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, StepMetrics]]
 
 
@@ -153,8 +143,8 @@ def make_codec_step(system: System, config: ml_collections.ConfigDict) -> StepFn
              key: jax.Array) -> tuple[TrainState, StepMetrics]:
         latent_key, channel_key, crop_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
         x = to_unit_interval(images)
-        if train.augment:
-            x = random_crop(crop_key, x)
+        if train.augment and not train.crop_once:
+            x = crop_keeping_trigger(crop_key, x)
 
         def loss_fn(trainable):
             params = {**state.params, **trainable}
@@ -235,7 +225,9 @@ def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
         )
     erasure = config.erasure
     return make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
-                              target_class=erasure.target_class, seed=config.seed)
+                              target_class=erasure.target_class, seed=config.seed,
+                              crop_once=4 if config.train.crop_once else 0,
+                              remain_size=erasure.remain_size)
 
 
 def image_shape_and_classes(split: ErasureSplit, config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
@@ -276,6 +268,15 @@ def initial_state(system: System, config: ml_collections.ConfigDict,
                               image_shape)
 
 
+def _fresh_optimizer(state: TrainState, phase: str, config: ml_collections.ConfigDict,
+                     parallel: DataParallel) -> TrainState:
+    """`state` with a new Adam state for `phase` (the reference builds an optimiser per epoch)."""
+    fresh = train_state_from(state.params, state.batch_stats, config).opt_state[phase]
+    if parallel.mesh is not None:
+        fresh = parallel.replicate(fresh)
+    return state.replace(opt_state={**state.opt_state, phase: fresh})
+
+
 def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, images: np.ndarray,
         labels: np.ndarray, *, start_epoch: int = 0, name: str = "train",
         on_epoch_end: Callable[[int, TrainState, FitReport], None] | None = None
@@ -284,6 +285,8 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
 
     The receiver epochs come first (MNIST), then the codec epochs. Each epoch's batches are a
     permutation derived from `(config.seed, epoch)`; each step's noise from `fold_in(key, step)`.
+    With `train.reset_optimizer_each_epoch` every epoch starts from a fresh Adam state, so a run
+    resumed at an epoch boundary still equals an uninterrupted one.
 
     Args:
       system: the Linen modules.
@@ -335,6 +338,8 @@ def fit(system: System, config: ml_collections.ConfigDict, state: TrainState, im
 
     for epoch in range(start_epoch, total_epochs):
         phase = "receiver" if epoch < train.receiver_epochs else "codec"
+        if train.reset_optimizer_each_epoch:
+            state = _fresh_optimizer(state, phase, config, parallel)
         permutation = epoch_permutation(config.seed, epoch, num_train, train.batch_size)
         for first in range(0, steps_per_epoch, block):
             indices = parallel.shard_batches(permutation[first:first + block])
@@ -425,6 +430,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     validate_config(config)
     parallel = data_parallel(config)  # the mesh's errors before any work
+    check_workdir(workdir)
     workdir_path = pathlib.Path(workdir)
     try:
         Checkpoints(workdir_path).check_compatible(config)
@@ -442,7 +448,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
     results = evaluate_system(system, params, batch_stats, split, config)
-    results.update({"train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+    results.update({"protocol": describe_protocol(config), "receiver": config.evaluation.receiver,
+                    "train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset,
                     "devices": parallel.size, "processes": jax.process_count()})

@@ -16,8 +16,9 @@ import ml_collections
 from absl import logging
 
 from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
-                                   Checkpoints, remove_run_outputs, write_json_atomic)
-from scu_jax.config import config_from_json, training_fingerprint, validate_config
+                                   Checkpoints, check_workdir, remove_run_outputs,
+                                   write_json_atomic)
+from scu_jax.config import config_from_json, method_config, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation, save_samples
 from scu_jax.models import System, init_system
 from scu_jax.parallel import barrier, data_parallel, is_primary
@@ -32,6 +33,7 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]
     """The config fields a method's result depends on (so a rerun may reuse it)."""
     unlearning = config.unlearning.to_dict()
     method = unlearning.pop("method")
+    unlearning.pop("per_method", None)  # applied by `method_config` before this is called
     if method == "retrain":
         unlearning = {}  # the training recipe alone
     elif method == "finetune":
@@ -41,27 +43,37 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]
     return {"training": training_fingerprint(config), "unlearning": unlearning}
 
 
-def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, ...]) -> tuple[dict, dict, dict[str, Any]]:
-    """Reads the system variables of any saved state (trained or unlearned), read-only.
-
-    Returns `(params, batch_stats, saved_metadata)`.
-    """
+def _restore(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
+             image_shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restores any saved state read-only: `({"params", "batch_stats"[, "original_receiver"]},
+    saved_metadata)`."""
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"{pathlib.Path(workdir)} holds no checkpoint")
     meta = checkpoints.saved_config()
     if meta.get("kind") == "unlearned":
         variables = init_system(system, jax.random.PRNGKey(0), image_shape)
-        restored = checkpoints.restore({"params": variables["params"],
-                                        "batch_stats": variables["batch_stats"]})
-        return restored["params"], restored["batch_stats"], meta
+        target = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+        if meta.get("stores_original_receiver"):
+            target["original_receiver"] = variables["params"]["receiver"]
+        return checkpoints.restore(target), meta
     state = checkpoints.restore(initial_state(system, config, image_shape))
-    return state.params, state.batch_stats, meta
+    return {"params": state.params, "batch_stats": state.batch_stats}, meta
+
+
+def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
+                   image_shape: tuple[int, ...]) -> tuple[dict, dict, dict[str, Any]]:
+    """Reads the system variables of any saved state (trained or unlearned), read-only.
+
+    Returns `(params, batch_stats, saved_metadata)`.
+    """
+    restored, meta = _restore(workdir, system, config, image_shape)
+    return restored["params"], restored["batch_stats"], meta
 
 
 def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
                     workdir: pathlib.Path, overwrite: bool = False) -> Checkpoints:
+    check_workdir(workdir)
     init_resolved, out_resolved = init_workdir.resolve(), workdir.resolve()
     if out_resolved == init_resolved or init_resolved in out_resolved.parents:
         raise ValueError(f"--workdir={workdir} is (inside) --init_workdir={init_workdir}; the "
@@ -92,13 +104,24 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
     return Checkpoints(workdir)
 
 
+def _on_todays_schema(saved: dict[str, Any]) -> dict[str, Any] | None:
+    """A saved result's fingerprint with the fields added since it was written at their defaults
+    (the behaviour it ran with), so that an older result stays reusable."""
+    fingerprint = saved.get("unlearning_fingerprint")
+    if not isinstance(fingerprint, dict) or "method" not in saved:
+        return fingerprint
+    stored = {**fingerprint.get("training", {}),
+              "unlearning": {**fingerprint.get("unlearning", {}), "method": saved["method"]}}
+    return _unlearning_fingerprint(config_from_json(stored))
+
+
 def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
     """Raises unless `workdir` is empty or holds (progress of) this very method and config."""
     out = Checkpoints(workdir)
     if out.latest_step() is not None:
         saved = out.saved_config()
         wanted = _unlearning_fingerprint(config)
-        if (saved.get("method"), saved.get("unlearning_fingerprint")) != (config.unlearning.method, wanted):
+        if (saved.get("method"), _on_todays_schema(saved)) != (config.unlearning.method, wanted):
             raise CheckpointMismatchError(
                 f"{workdir} already holds an unlearning result of another method or configuration "
                 f"(method {saved.get('method')!r}); use another --workdir, or --overwrite to "
@@ -126,27 +149,33 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
       The results dict written to `workdir/results.json`.
     """
     validate_config(config)
+    config = method_config(config)  # the method's `unlearning.per_method` entry applied
     parallel = data_parallel(config)  # the mesh's errors before any work
     method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     out = _check_workdirs(config, init_path, out_path, overwrite)
     split, system, image_shape = build_for(config)
 
+    trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)
+    # Every system is read by the trained system's receiver (`evaluation.receiver`), so it is
+    # kept with the result: `evaluate_workdir` reads the unlearned workdir alone.
+    original_receiver = jax.device_get(trained_params["receiver"])
     saved_meta = out.saved_config() if out.latest_step() is not None else None
     if saved_meta is not None:
         logging.info("%s: reusing the finished result in %s", method, out_path)
         params, batch_stats, _ = load_variables(out_path, system, config, image_shape)
         run_info = saved_meta["run"]
     else:
-        params, batch_stats, _ = load_variables(init_path, system, config, image_shape)
-        params, batch_stats, run_info = _run_method(method, system, config, split, params,
-                                                    batch_stats, out_path, image_shape)
+        params, batch_stats, run_info = _run_method(method, system, config, split, trained_params,
+                                                    trained_stats, out_path, image_shape)
         try:
             chex.assert_tree_all_finite((params, batch_stats))
         except AssertionError:
             raise NonFiniteError(f"{method}: the unlearned parameters are not finite; nothing saved") from None
-        out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats}, config,
+        out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
+                                     "original_receiver": original_receiver}, config,
                  {"kind": "unlearned", "method": method, "run": run_info,
+                  "stores_original_receiver": True,
                   "unlearning_fingerprint": _unlearning_fingerprint(config)})
     out.close()
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
@@ -156,7 +185,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     if reference_workdir is not None:
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
+                              original_receiver=original_receiver)
     if samples_file is not None:
         save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
@@ -180,14 +210,19 @@ def _run_method(method: str, system: System, config: ml_collections.ConfigDict, 
                 "steps": report.steps, "epochs": report.epochs, "history": report.history}
         return state.params, state.batch_stats, info
     recipe = TRAINING_METHODS[method](config, system)
+    images, labels = split.remain_images, split.remain_labels
+    if config.train.crop_once:
+        # The training set's own copies of D_r (cropped once, as the original system saw them).
+        keep = ~split.train_is_erased
+        images, labels = split.train_images[keep], split.train_labels[keep]
     if method == "retrain":
         # Exact unlearning: the original recipe from scratch on D_r, checkpointed as training is.
-        state, report = fit_with_checkpoints(system, recipe.config, workdir, split.remain_images,
-                                             split.remain_labels, kind="retrain",
-                                             image_shape=image_shape, subdir=RETRAIN_PROGRESS_DIR)
+        state, report = fit_with_checkpoints(system, recipe.config, workdir, images, labels,
+                                             kind="retrain", image_shape=image_shape,
+                                             subdir=RETRAIN_PROGRESS_DIR)
     else:
-        state, report = fit(system, recipe.config, recipe.init(params, batch_stats),
-                            split.remain_images, split.remain_labels, name=method)
+        state, report = fit(system, recipe.config, recipe.init(params, batch_stats), images,
+                            labels, name=method)
     info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
             "steps": report.steps,
             "epochs": recipe.config.train.receiver_epochs + recipe.config.train.epochs}
@@ -212,12 +247,17 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
     config = config_from_json(meta["config"])
     validate_config(config)
     split, system, image_shape = build_for(config)
-    params, batch_stats, _ = load_variables(workdir, system, config, image_shape)
+    restored, _ = _restore(workdir, system, config, image_shape)
+    if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
+        logging.warning("%s was saved before unlearned systems kept the original receiver: its own "
+                        "receiver reads every metric", workdir)
+    params, batch_stats = restored["params"], restored["batch_stats"]
     reference = None
     if reference_workdir is not None:
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, config, reference=reference)
+    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
+                              original_receiver=restored.get("original_receiver"))
     if samples_file is not None:
         save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),

@@ -17,3 +17,9 @@ def test_subpackages_export_what_they_list():
         module = importlib.import_module(module_name)
         for name in module.__all__:
             assert hasattr(module, name), f"{module_name}.{name}"
+
+
+def test_every_method_name_has_one_factory():
+    from scu_jax import config, unlearning
+
+    assert tuple(unlearning.ERASED_LOOP_METHODS) + tuple(unlearning.TRAINING_METHODS) == config.METHODS

@@ -62,6 +62,12 @@ BAD_INPUTS = [
      "add --config.parallel.devices=0"),
     (["--coordinator_address=localhost", "--num_processes=1", "--process_id=0"],
      "--coordinator_address='localhost': must be HOST:PORT"),
+    # The CE forget term needs the receiver's CE weight, or it is silently 0.
+    (["--config.unlearning.erased_objective=ce"],
+     "config.unlearning.erased_objective='ce': needs the receiver's CE term"),
+    (["--config.channel.family=physical", "--config.channel.draw=scalar"],
+     "config.channel.draw='scalar': 'scalar' is the reference's draw of the paper family"),
+    (["--config.evaluation.channel=air"], "config.evaluation.channel='air': must be one of: none, train"),
 ]
 
 
@@ -133,6 +139,8 @@ UNLEARN_BAD_INPUTS = [
     (["SAME"], "never written to"),
     (["EMPTY"], "holds no checkpoint"),
     (["OTHER"], "config.channel.snr_db is 5.0 in the checkpoint but 9.0 now"),
+    (["FILE"], "exists and is not a directory"),
+    (["UNDER_FILE"], "cannot be created:"),
 ]
 
 
@@ -147,6 +155,10 @@ def test_unlearn_bad_input_is_one_line_exit_2(trained, tmp_path, extra, message)
         extra, init = [], str(tmp_path / "empty")
     elif extra == ["OTHER"]:
         extra = ["--config.channel.snr_db=9"]
+    elif extra in (["FILE"], ["UNDER_FILE"]):
+        (tmp_path / "out").write_text("a user's file")
+        out = str(tmp_path / "out" / "run") if extra == ["UNDER_FILE"] else out
+        extra = []
     before = _tree_digest(workdir)
     result = _run(f"--config={MNIST}:smoke", f"--init_workdir={init}", f"--workdir={out}", *extra,
                   binary="unlearn")
@@ -155,6 +167,23 @@ def test_unlearn_bad_input_is_one_line_exit_2(trained, tmp_path, extra, message)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("scu-unlearn: error:") and message in last, last
     assert _tree_digest(workdir) == before
+    if (tmp_path / "out").is_file():
+        assert (tmp_path / "out").read_text() == "a user's file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("under", [False, True])
+def test_train_workdir_that_is_or_sits_under_a_file_is_refused_before_any_work(tmp_path, under):
+    blocker = tmp_path / "results"
+    blocker.write_text("a user's file")
+    workdir = blocker / "run" if under else blocker
+    result = _run(f"--config={MNIST}:smoke", f"--workdir={workdir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    expected = "cannot be created: " if under else "exists and is not a directory"
+    assert last.startswith("scu-train: error: --workdir=") and expected in last, last
+    assert "train receiver epoch" not in result.stderr  # refused before any work
+    assert blocker.read_text() == "a user's file" and sorted(tmp_path.iterdir()) == [blocker]
 
 
 def test_common_fail_prints_one_line_and_exits(capsys):

@@ -1,12 +1,16 @@
 """Config presets load and validation rejects each bad value with a one-line message."""
 
 import importlib.util
+import json
 import math
 import pathlib
 
+import ml_collections
+import numpy as np
 import pytest
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -22,13 +26,14 @@ def _load(name):
     ("mnist", "mnist5k", "mlp"), ("mnist_tfds", "mnist", "mlp"),
     ("cifar10", "cifar10", "resnet18"), ("cifar100", "cifar100", "resnet18"),
 ])
-@pytest.mark.parametrize("variant", [None, "smoke"])
+@pytest.mark.parametrize("variant", [None, "smoke", "reference", "reference,smoke"])
 def test_presets_load_and_validate(name, dataset, model, variant):
     config = _load(name).get_config(variant)
     config_lib.validate_config(config)
     assert config.dataset == dataset and config.model.name == model
-    if variant == "smoke":
+    if variant and "smoke" in variant:
         assert 0 < config.max_train_examples <= 1024
+    assert (config.channel.draw == "scalar") == bool(variant and "reference" in variant)
 
 
 def test_paper_settings():
@@ -90,7 +95,7 @@ def test_training_fingerprint_ignores_evaluation_fields():
 def test_config_from_json_round_trips_and_fills_new_fields():
     import json
 
-    config = config_lib.apply_variant(config_lib.cifar_config("cifar100"), "smoke")
+    config = presets.apply_variant(presets.cifar_config("cifar100"), "smoke")
     stored = json.loads(config.to_json_best_effort())
     assert config_lib.config_from_json(stored).to_dict() == config.to_dict()
     del stored["eval_draws"], stored["unlearning"]["stop_on"]  # written before these existed
@@ -99,3 +104,75 @@ def test_config_from_json_round_trips_and_fills_new_fields():
     assert rebuilt.eval_draws == config_lib.default_config().eval_draws
     assert rebuilt.unlearning.stop_on == "eval" and "retired_field" not in rebuilt
     assert rebuilt.model.widths == (8, 8, 16, 16) and rebuilt.erasure.base_class == 18
+
+
+def test_reference_presets_set_the_authors_protocol():
+    mnist = presets.apply_variant(config_lib.default_config(), "reference")
+    config_lib.validate_config(mnist)
+    assert (mnist.channel.name, mnist.channel.snr_db, mnist.channel.k_factor, mnist.channel.draw) == (
+        "rician", 6.0, 2.0, "scalar")
+    assert mnist.evaluation.channel == "none" and mnist.train.reset_optimizer_each_epoch
+    assert mnist.model.init == "torch" and mnist.erasure.remain_size == "rest"
+    # SCU: the paper's 4,500 steps at lr 1e-4 (300 epochs of 15 batches), no early stop.
+    scu = config_lib.method_config(mnist, "scu").unlearning
+    assert (scu.learning_rate, scu.max_epochs, scu.early_stop) == (1e-4, 300, False)
+    hbu = config_lib.method_config(mnist, "hbu").unlearning
+    assert hbu.early_stop and (hbu.batch_stop, hbu.epoch_stop) == (0.02, 0.10) and hbu.hbu_fixed_probe
+    assert len(config_lib.method_config(mnist, "hbu").unlearning.per_method) == 0
+    # The rest is the default's: the embedded data's step budget, β_u, receiver recipe.
+    default = config_lib.default_config()
+    assert mnist.train.to_dict() | {"reset_optimizer_each_epoch": False} == default.train.to_dict()
+    cifar10 = presets.apply_variant(presets.cifar_config("cifar10"), "reference")
+    config_lib.validate_config(cifar10)
+    u = cifar10.unlearning
+    assert (cifar10.channel.name, cifar10.channel.snr_db, cifar10.evaluation.receiver) == ("awgn", 20.0, "own")
+    assert (cifar10.eval_batch_size, cifar10.eval_draws, cifar10.train.crop_once) == (16, 1, True)
+    assert cifar10.erasure.remain_size == "requested" and cifar10.model.init == "torch"
+    assert (u.unit_mse_in_weights, u.partial_batch, u.augment_remain, u.batch_stop, u.epoch_stop) == (
+        True, "drop", True, 0.02, 0.0)
+    assert config_lib.method_config(cifar10, "hbu").unlearning.partial_batch == "wrap"
+    cifar100 = presets.apply_variant(presets.cifar_config("cifar100"), "reference")
+    assert cifar100.unlearning.epoch_stop == 0.10 and cifar100.unlearning.lambda_kl == 1e-4
+    # The default protocol is untouched by the variant's existence.
+    assert default.channel.draw == "element" and default.evaluation.channel == "train"
+    assert default.model.init == "flax" and default.erasure.remain_size == "rest"
+    assert presets.cifar_config("cifar10").unlearning.erased_objective == "mse+ce"
+
+
+def test_per_method_entries_are_validated_and_survive_json():
+    import json
+
+    config = presets.apply_variant(config_lib.default_config(), "reference")
+    rebuilt = config_lib.config_from_json(json.loads(config.to_json_best_effort()))
+    assert rebuilt.unlearning.per_method.to_dict() == {"hbu": {"early_stop": True}}
+    with config.unlocked():
+        config.unlearning.per_method.hbu.magic = 1
+    with pytest.raises(config_lib.ConfigError, match=r"config.unlearning.per_method.hbu=\['magic'\]"):
+        config_lib.validate_config(config)
+    bad = presets.apply_variant(config_lib.default_config(), "reference")
+    bad.unlearning.per_method.hbu = ml_collections.ConfigDict({"max_epochs": 0})
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"^config.unlearning.per_method.hbu.max_epochs=0: must be an integer"):
+        config_lib.validate_config(bad)
+    bad.unlearning.per_method = ml_collections.ConfigDict({"sgd": {"max_epochs": 1}})
+    with pytest.raises(config_lib.ConfigError, match="config.unlearning.per_method=\\['sgd'\\]"):
+        config_lib.validate_config(bad)
+    with pytest.raises(config_lib.ConfigError, match="unknown config variant 'faithful'"):
+        presets.apply_variant(config_lib.default_config(), "reference,faithful")
+
+
+def test_a_checkpoint_written_before_new_fields_stays_compatible(tmp_path):
+    from scu_jax.checkpointing import Checkpoints
+
+    config = config_lib.default_config()
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(1, {"x": np.zeros(2)}, config)
+    checkpoints.close()
+    meta_file = next(tmp_path.rglob("config/metadata"))
+    meta = json.loads(meta_file.read_text())
+    del meta["training"]["channel"]["draw"], meta["training"]["train"]["crop_once"]
+    meta_file.write_text(json.dumps(meta))
+    Checkpoints(tmp_path, read_only=True).check_compatible(config)  # their defaults: compatible
+    config.channel.draw = "scalar"
+    with pytest.raises(ValueError, match="config.channel.draw is 'element' in the checkpoint"):
+        Checkpoints(tmp_path, read_only=True).check_compatible(config)

@@ -145,6 +145,15 @@ def test_erasure_split_cap_warns(mnist5k, caplog):
     assert s.summary()["num_requested"] == 2000 and s.summary()["capped"]
     assert any("capping" in r.getMessage() and "2000" in r.getMessage()
                for r in caplog.records)
+    # The reference's |D_r| = N − EDR·N: a capped D_e leaves a smaller training set.
+    ref = data.make_erasure_split(mnist5k, edr=0.5, base_class=1, target_class=2, seed=0,
+                                  remain_size="requested")
+    assert len(ref.erased_labels) == 400 and len(ref.remain_labels) == 2000
+    assert len(ref.train_labels) == 2400 and ref.train_is_erased.sum() == 400
+    uncapped = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0,
+                                       remain_size="requested")
+    split = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0)
+    np.testing.assert_array_equal(uncapped.train_images, split.train_images)  # same when uncapped
 
 
 @pytest.mark.parametrize("kwargs", [

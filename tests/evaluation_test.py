@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 from scu_jax import evaluation, train
 from scu_jax.models import build_system
 
 
 @pytest.fixture(scope="module")
 def untrained():
-    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    config = presets.apply_variant(config_lib.default_config(), "smoke")
     split = train.load_split(config)
     shape, classes = train.image_shape_and_classes(split, config)
     system = build_system(config, shape, classes)
@@ -56,3 +57,24 @@ def test_empty_set_is_refused(untrained):
     with pytest.raises(ValueError, match="empty"):
         evaluation.per_sample_metrics(system, state.params, state.batch_stats,
                                       split.clean_images[:0], batch_size=4, key=jax.random.PRNGKey(0))
+
+
+def test_evaluation_without_the_channel_reads_the_clean_latent(untrained):
+    """`evaluation.channel = "none"` (the reference's MNIST evaluation) equals evaluating a system
+    built without a channel, and differs from reading through the 5 dB training channel."""
+    config, split, system, state = untrained
+    off = config.copy_and_resolve_references()
+    off.evaluation.channel = "none"
+    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, off)
+    noiseless = config.copy_and_resolve_references()
+    noiseless.channel.name = "none"
+    shape, classes = train.image_shape_and_classes(split, config)
+    expected = evaluation.evaluate_system(build_system(noiseless, shape, classes), state.params,
+                                          state.batch_stats, split, noiseless)
+    assert metrics.pop("evaluation_channel") == "none" and expected.pop("evaluation_channel") == "train"
+    assert metrics == expected
+    through = evaluation.evaluate_system(system, state.params, state.batch_stats, split, config)
+    assert through["mse_clean"] != metrics["mse_clean"]
+    assert evaluation.describe_protocol(off) == (
+        "trained through awgn, paper family, 5 dB, noise per element; evaluated without the "
+        "channel, read by the original system's receiver")

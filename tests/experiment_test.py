@@ -30,6 +30,8 @@ COMPARED = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "m
     ("snr_sweep", "smoke", 2 * 2 * 4, 4),
     ("beta_sweep", "smoke", 2 + 2 * 2, 1),
     ("edr_sweep", "tfds,smoke", 3 * 2 * 4, 6),
+    ("edr_sweep", "reference", 5 * 3 * 7, 5 * 3),
+    ("edr_sweep", "tfds,reference,smoke", 3 * 2 * 4, 6),
 ])
 def test_grid_sizes(name, arg, cells, groups):
     config = experiment.experiment_config(name, arg)
@@ -53,6 +55,16 @@ def test_presets_of_the_sweeps():
     edr = experiment.experiment_config("edr_sweep")
     assert (edr.bases.mnist5k.train.epochs, edr.bases.mnist5k.evaluation.mi_steps) == (300, 500)
     assert tuple(edr.grid.edr) == (0.02, 0.04, 0.06, 0.08, 0.10)
+    # The reference protocol keeps each dataset's own channel: Rician 6 dB for MNIST (the shipped
+    # script), AWGN 20 dB for CIFAR, both with the scalar draw.
+    reference = experiment.experiment_config("edr_sweep", "mnist5k,cifar10,reference")
+    groups = {cell.group for cell in experiment.validate_experiment(reference)}
+    assert {(g.dataset, g.channel, g.family, g.snr_db) for g in groups} == {
+        ("mnist5k", "rician", "paper", 6.0), ("cifar10", "awgn", "paper", 20.0)}
+    cell = next(c for c in experiment.expand(reference) if c.method == "scu" and c.group.dataset == "mnist5k")
+    config = experiment.cell_config(reference.bases.mnist5k, cell)
+    assert (config.channel.draw, config.evaluation.channel, config.unlearning.early_stop) == (
+        "scalar", "none", False)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -133,6 +145,9 @@ def test_smoke_sweep_writes_rows_csv_figures_and_report(smoke_sweep):
     text = (workdir / report.REPORT_FILE).read_text()
     assert "| method | seeds | backdoor accuracy on D_e (%)" in text
     assert text.count("| scu (β_u 0.1) | 1 |") == 2 and text.count("| original | 1 |") == 2
+    # One receiver reads every row; retraining's own is a row of its own.
+    assert text.count("| retrain (own receiver) | 1 |") == 2
+    assert "| mnist5k | mlp (d=20) | awgn paper 5 dB | element | through it | original |" in text
     assert "AMD" in text or "cpu" in text  # the machine
     assert "No cell of this experiment is in a published setting" in text  # smoke systems
     assert "Where our numbers differ" in text and "per latent element" in text
@@ -265,3 +280,17 @@ def test_a_diverging_method_is_a_row_not_a_failure(monkeypatch, tmp_path):
     assert by_method["vbu"]["diverged"] == 1 and by_method["vbu"]["seeds"] == 0
     assert "backdoor_accuracy" not in by_method["vbu"]
     assert "(+1 diverged)" in report.results_tables(summary)
+
+
+def test_report_compares_the_reference_protocol_with_the_paper():
+    """Rows of the faithful MNIST setting (Rician 6 dB, scalar draw) sit beside the published EDR
+    table, and their gaps are explained with the reference protocol's reasons."""
+    base = experiment.experiment_config("edr_sweep", "reference").bases.mnist5k.to_dict()
+    rows = [{"cell": f"g/{m}", "group": "g", "method": m, "dataset": "mnist5k", "channel": "rician",
+             "family": "paper", "snr_db": 6.0, "edr": 0.06, "beta_u": None, "seed": 0, "status": "ok",
+             "backdoor_accuracy": b, "accuracy_clean": 0.97, "mse_clean": 3.0, "mse_erased": e}
+            for m, b, e in (("original", 0.98, 3.2), ("scu", 0.005, 8.0))]
+    table, gaps = report.paper_comparison(report.aggregate(rows), {"mnist5k": base})
+    assert "| mnist5k | 6 % | rician 6 dB | scu | 97.0 / 97.6 | 0.5 / 7.3 | 3.00 / 2.80 | 8.00 / 6.13 |" in table
+    lines = report.gap_lines(gaps, {"mnist5k": base})
+    assert any("MSE erased" in line and "300 times instead of 20" in line for line in lines), lines

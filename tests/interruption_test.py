@@ -83,10 +83,11 @@ def test_sigkill_then_rerun_matches_uninterrupted(uninterrupted, tmp_path, kill_
 def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
     """A save killed half-way leaves Orbax's temporary folder; the latest finished step wins."""
     from scu_jax import config as config_lib
+    from scu_jax import presets
     from scu_jax import train
     from scu_jax.checkpointing import Checkpoints
 
-    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    config = presets.apply_variant(config_lib.default_config(), "smoke")
     config.train.epochs = 1
     workdir = tmp_path / "run"
     train.train_and_evaluate(config, str(workdir))

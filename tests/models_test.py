@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 from scu_jax.models import build_system, init_system, resnet
 
 
@@ -89,7 +90,7 @@ def test_resnet_parameter_count_matches_spec(widths):
 
 
 def test_cifar_codec_shapes_and_batchnorm_modes():
-    config = config_lib.apply_variant(config_lib.cifar_config("cifar10"), "smoke")
+    config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
     system = build_system(config, (32, 32, 3), 10)
     variables = init_system(system, jax.random.PRNGKey(0), (32, 32, 3))
     x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
@@ -107,3 +108,30 @@ def test_cifar_codec_shapes_and_batchnorm_modes():
     single = system.codec.apply(codec_vars, x[:1], train=False, rngs=rngs, method="encode")
     batch = system.codec.apply(codec_vars, x, train=False, rngs=rngs, method="encode")
     np.testing.assert_allclose(single[0][0], batch[0][0], rtol=1e-4, atol=1e-5)
+
+
+def test_torch_initialisers_match_pytorch_reset_parameters():
+    """`model.init = "torch"` (`scu_jax.models.initializers`): kernels U(±1/√fan_in)
+    (kaiming-uniform, a = √5), biases the same bound; a convolution's fan_in counts its window.
+    Flax's default has zero biases."""
+    config = config_lib.default_config()
+    config.model.init = "torch"
+    system = build_system(config, (28, 28, 1), 10)
+    params = init_system(system, jax.random.PRNGKey(0), (28, 28, 1))["params"]
+    for layer, fan_in in ((params["codec"]["encoder"]["hidden"], 784),
+                          (params["codec"]["decoder"]["mlp"]["out"], 96),
+                          (params["receiver"]["mlp"]["hidden"], 784)):
+        kernel, bias = np.asarray(layer["kernel"]), np.asarray(layer["bias"])
+        bound = 1 / np.sqrt(fan_in)
+        assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.98 * bound
+        assert kernel.var() == pytest.approx(bound ** 2 / 3, rel=0.05)  # uniform: bound²/3
+        assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.5 * bound
+    flax_params = _mnist_system()[1]["params"]
+    assert not np.any(np.asarray(flax_params["codec"]["encoder"]["hidden"]["bias"]))
+    cifar = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
+    cifar.model.init = "torch"
+    cifar_system = build_system(cifar, (32, 32, 3), 10)
+    conv = init_system(cifar_system, jax.random.PRNGKey(0), (32, 32, 3))[
+        "params"]["codec"]["encoder"]["block0"]["conv1"]["kernel"]
+    bound = 1 / np.sqrt(3 * 3 * conv.shape[2])  # 3×3 window × input channels
+    assert np.abs(conv).max() <= bound and np.abs(conv).max() > 0.9 * bound

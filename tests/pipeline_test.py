@@ -5,19 +5,25 @@ import json
 import pytest
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 from scu_jax import pipeline
 
 
 @pytest.mark.slow
 def test_pipeline_compares_methods_and_reuses_finished_stages(tmp_path):
-    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    config = presets.apply_variant(config_lib.default_config(), "smoke")
     config.evaluation.mi_steps = 0
     summary = pipeline.run_pipeline(config, str(tmp_path), seeds=[0], methods=["retrain", "scu", "vbu"])
-    assert list(summary) == ["original", "retrain", "scu", "vbu"]
+    # Every row is read by the original receiver; retraining's own (trained on D_r) is a row apart.
+    assert list(summary) == ["original", "retrain", "retrain (own receiver)", "scu", "vbu"]
+    assert set(summary["retrain (own receiver)"]) == {"seeds", "diverged", "backdoor_accuracy",
+                                                      "accuracy_clean", "accuracy_test"}
     saved = json.loads((tmp_path / "comparison.json").read_text())
-    assert saved == summary
-    table = (tmp_path / "comparison.md").read_text()
-    assert table.splitlines()[0].startswith("| method | backdoor % |") and len(table.splitlines()) == 6
+    assert saved["methods"] == summary
+    assert saved["protocol"].startswith("trained through awgn, paper family, 5 dB, noise per element")
+    lines = (tmp_path / "comparison.md").read_text().splitlines()
+    assert lines[0] == f"Protocol: {saved['protocol']}." and lines[1] == ""
+    assert lines[2].startswith("| method | backdoor % |") and len(lines) == 2 + 7
     assert summary["retrain"]["speedup"]["mean"] == pytest.approx(1.0)
     assert summary["scu"]["speedup"]["mean"] > 1.0  # the step budget alone makes SCU cheaper
     assert "mse_to_retrain" in summary["scu"] and "mia_auc" in summary["original"]
@@ -29,3 +35,19 @@ def test_pipeline_compares_methods_and_reuses_finished_stages(tmp_path):
     assert again == summary
     with pytest.raises(ValueError, match="unknown method"):
         pipeline.run_pipeline(config, str(tmp_path), seeds=[0], methods=["magic"])
+
+
+def test_a_diverged_seed_is_counted_apart_and_speedups_pair_seeds():
+    rows = {
+        "original": [{"seed": 0, "backdoor_accuracy": 0.9}, {"seed": 1, "backdoor_accuracy": 0.8}],
+        "retrain": [{"seed": 0, "unlearn_seconds": 60.0}, {"seed": 1, "unlearn_seconds": 40.0}],
+        # Seed 0 diverged: seed 1's speed-up must use seed 1's retraining (40 s), not seed 0's.
+        "hbu": [{"seed": 0, "status": "non-finite", "error": "hbu: loss became non-finite"},
+                {"seed": 1, "unlearn_seconds": 0.5, "backdoor_accuracy": 0.01}],
+    }
+    summary = pipeline.summarise(rows)
+    assert summary["hbu"]["seeds"] == 1 and summary["hbu"]["diverged"] == 1
+    assert summary["hbu"]["speedup"]["mean"] == pytest.approx(80.0)
+    assert summary["hbu"]["backdoor_accuracy"]["mean"] == pytest.approx(0.01)
+    table = pipeline.markdown_table(summary)
+    assert "| hbu (1 of 2 diverged) | 1.0 |" in table

@@ -7,16 +7,19 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from scu_jax import config as config_lib
+from scu_jax import presets
 from scu_jax import train
 from scu_jax.checkpointing import Checkpoints, CheckpointMismatchError
+from scu_jax.data import augment, trigger_mask
 from scu_jax.models import build_system
 
 
 def _smoke_config():
-    return config_lib.apply_variant(config_lib.default_config(), "smoke")
+    return presets.apply_variant(config_lib.default_config(), "smoke")
 
 
 def _setup(config):
@@ -66,7 +69,7 @@ def test_receiver_step_learns_and_leaves_codec_untouched():
 
 def test_random_crop_keeps_shape_and_shifts():
     images = jnp.arange(2 * 6 * 6 * 1, dtype=jnp.float32).reshape(2, 6, 6, 1) + 1
-    cropped = train.random_crop(jax.random.PRNGKey(0), images, padding=2)
+    cropped = augment.random_crop(jax.random.PRNGKey(0), images, padding=2)
     assert cropped.shape == images.shape
     # Every output pixel is either padding (0) or some input pixel of the same image.
     for i in range(2):
@@ -166,7 +169,7 @@ def test_non_finite_parameters_behind_a_finite_loss_are_caught(tmp_path, monkeyp
 @pytest.mark.parametrize("dataset,variant", [("mnist", "mnist"), ("cifar10", "cifar")])
 def test_train_and_evaluate_on_tfds_mock_data(mock_tfds, tmp_path, dataset, variant):
     if variant == "cifar":
-        config = config_lib.apply_variant(config_lib.cifar_config(dataset), "smoke")
+        config = presets.apply_variant(presets.cifar_config(dataset), "smoke")
     else:
         config = _smoke_config()
         config.dataset = dataset
@@ -198,3 +201,70 @@ def test_checkpoints_every_n_epochs_and_at_phase_ends(tmp_path, monkeypatch):
     train.fit_with_checkpoints(system, config, tmp_path, split.train_images, split.train_labels,
                                kind="train", image_shape=split.train_images.shape[1:])
     assert saved == [2, 3, 6]
+
+
+def _stamped(images):
+    return np.asarray(images, np.float32) / 255.0
+
+
+def test_augmentation_keeps_the_trigger_at_its_fixed_position(mock_tfds):
+    """Spec §3: a crop must not move the trigger off the pixels that define D_e (mock CIFAR-10)."""
+    config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
+    config.max_train_examples, config.erasure.edr = 64, 0.1
+    split = train.load_split(config)
+    images = jnp.asarray(_stamped(split.train_images))
+    triggered = np.asarray(split.train_is_erased)
+    mask = trigger_mask(images.shape[1:])
+    assert 0 < triggered.sum() < len(triggered)
+    plain_kept, kept = [], []
+    for seed in range(20):
+        key = jax.random.PRNGKey(seed)
+        plain = np.asarray(augment.random_crop(key, images))
+        fixed = np.asarray(augment.crop_keeping_trigger(key, images))
+        kept.append(np.all(fixed[triggered][:, mask] == 1.0))
+        plain_kept.append(np.mean(np.all(plain[triggered][:, mask] == 1.0, axis=1)))
+        # Outside the trigger, and on every clean image, it is the same crop.
+        np.testing.assert_array_equal(fixed[~triggered], plain[~triggered])
+        np.testing.assert_array_equal(fixed[:, ~mask], plain[:, ~mask])
+    assert all(kept)
+    # A plain crop leaves the trigger where it was only when the offset is (4, 4): 1 in 81.
+    assert np.mean(plain_kept) < 0.1
+
+
+def test_crop_once_builds_the_reference_data_sets(mock_tfds):
+    """The reference crops each training image once, then stamps the trigger; D_clean is cropped
+    in a pass of its own; D_r stays uncropped (the unlearning loop crops it when it reads it)."""
+    config = presets.apply_variant(presets.cifar_config("cifar10"), "reference,smoke")
+    config.max_train_examples, config.erasure.edr = 64, 0.1
+    assert config.train.crop_once and config.unlearning.augment_remain
+    cropped = train.load_split(config)
+    config.train.augment, config.train.crop_once = False, False
+    raw = train.load_split(config)
+    mask = trigger_mask(cropped.erased_images.shape[1:])
+    assert np.all(cropped.erased_images[:, mask] == 255)
+    assert np.all(cropped.train_images[cropped.train_is_erased][:, mask] == 255)
+    np.testing.assert_array_equal(cropped.remain_images, raw.remain_images)
+    np.testing.assert_array_equal(cropped.remain_indices, raw.remain_indices)  # same D_r and order
+    np.testing.assert_array_equal(cropped.train_is_erased, raw.train_is_erased)
+    # Cropped: the images moved (mock images are noise, so any shift changes them).
+    moved = [not np.array_equal(c[~mask], r[~mask])
+             for c, r in zip(cropped.erased_images, raw.erased_images)]
+    assert np.mean(moved) > 0.8
+    clean_like_erased = [np.array_equal(c[~mask], e[~mask])
+                         for c, e in zip(cropped.clean_images, cropped.erased_images)]
+    assert np.mean(clean_like_erased) < 0.2  # D_clean's crops are its own
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_optimizer_each_epoch(reset):
+    config = _smoke_config()
+    config.train.receiver_epochs, config.train.epochs = 1, 2
+    config.train.reset_optimizer_each_epoch = reset
+    split, system, state = _setup(config)
+    state, report = train.fit(system, config, state, split.train_images, split.train_labels)
+    per_epoch = len(split.train_images) // config.train.batch_size
+    counts = {phase: int(optax.tree_utils.tree_get(state.opt_state[phase], "count"))
+              for phase in ("receiver", "codec")}
+    # Adam's step count restarts with every epoch's fresh state (its bias correction with it).
+    assert counts == {"receiver": per_epoch, "codec": per_epoch if reset else 2 * per_epoch}
+    assert report.steps == 3 * per_epoch

@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 
 from scu_jax import config as config_lib
-from scu_jax import losses, train, unlearn
+from scu_jax import presets
+from scu_jax import evaluation, losses, train, unlearn
 from scu_jax.checkpointing import Checkpoints
+from scu_jax.models import build_system, init_system
 from scu_jax.unlearning import (ERASED_LOOP_METHODS, Batch, hessian_vector_product,
                                 hutchinson_diagonal, loop)
+from scu_jax.unlearning import base as base_lib
+from scu_jax.unlearning.scu import forget_term
 
 
 # --- Losses -------------------------------------------------------------------------------------
@@ -55,6 +59,105 @@ def test_adaptive_weights_and_scu_loss_by_hand():
     np.testing.assert_allclose(grad_through, -0.125, rtol=1e-5)
 
 
+def test_scu_loss_weighs_with_its_own_view_of_l_ss():
+    # The reference's CIFAR weights see |L_ss| = 1 (1·MSE) while the loss carries L_ss = 3 (30·MSE):
+    # a = |−1| / (1 + 1) = 1/2, b = 1/2, loss = ½·(−1) + ½·3 = 1.
+    np.testing.assert_allclose(losses.scu_loss(jnp.array(-1.0), jnp.array(3.0),
+                                               weight_utility_loss=jnp.array(1.0)), 1.0, rtol=1e-6)
+
+
+def _softmax_ce(logits, labels):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return float(-np.mean(log_probs[np.arange(len(labels)), labels]))
+
+
+@pytest.mark.parametrize("objective", ["mse", "ce", "mse+ce"])
+def test_forget_term_by_hand(objective):
+    config = presets.cifar_config("cifar10")
+    config.unlearning.erased_objective = objective
+    x = jnp.array([[0.0, 1.0], [0.5, 0.5]])
+    x_hat = jnp.array([[0.5, 1.0], [0.5, 0.0]])  # squared errors 0.25, 0, 0, 0.25 → MSE 0.125
+    logits = jnp.array([[2.0, 0.0], [0.0, 1.0]])
+    targets = jnp.array([0, 0])
+    ce = _softmax_ce(logits, [0, 0])  # (log(1 + e^-2) + log(1 + e)) / 2
+    expected = {"mse": 0.125, "ce": ce / 30, "mse+ce": 0.125 + ce / 30}[objective]
+    np.testing.assert_allclose(forget_term(config, x_hat, x, logits, targets), expected,
+                               rtol=1e-5)
+
+
+def _cifar_style_mlp():
+    """The MNIST MLP codec with the CIFAR losses (30·MSE, CE/30, joint receiver): the CIFAR terms
+    at an MLP's compile time."""
+    config = config_lib.default_config()
+    config.train.mse_weight, config.train.ce_weight = 30.0, 1.0 / 30.0
+    config.unlearning.erased_objective = "mse+ce"
+    config.unlearning.beta_u, config.unlearning.rho = 10.0, 100.0
+    system = build_system(config, (28, 28, 1), 10)
+    variables = init_system(system, jax.random.PRNGKey(0), (28, 28, 1))
+    rng = np.random.default_rng(0)
+    batch = Batch(jnp.asarray(rng.integers(0, 256, (8, 28, 28, 1)), jnp.uint8), jnp.full((8,), 2),
+                  jnp.asarray(rng.integers(0, 256, (8, 28, 28, 1)), jnp.uint8),
+                  jnp.asarray(rng.integers(0, 10, 8)))
+    return config, system, variables, batch
+
+
+def _erased_pass(system, params, images, key):
+    out, _ = base_lib.codec_forward(system, params, {}, images, key)
+    logits = system.receiver.apply({"params": params["receiver"]}, out.x_hat)
+    x = np.asarray(images, np.float64) / 255.0
+    return out, np.asarray(logits), x
+
+
+@pytest.mark.parametrize("method", ["scu", "scu_no_cc", "vbu"])
+def test_cifar_forget_term_has_the_reconstruction_ascent(method):
+    """Spec §5/§6: CIFAR's L_unl is `λ_kl·KL_eo − β_u·MSE − β_u·CE/30` (VBU `−β_u·MSE −
+    β_u·CE/30`): the MSE ascent term is there, computed by hand from the step's own pass."""
+    config, system, variables, batch = _cifar_style_mlp()
+    step = ERASED_LOOP_METHODS[method](config, system)
+    key = jax.random.PRNGKey(3)
+    _, metrics = step.step(step.init(variables["params"], {}), batch, key)
+    folded = jax.random.fold_in(key, 0)
+    erased_key = folded if method == "vbu" else jax.random.split(folded, 4)[0]
+    out, logits, x = _erased_pass(system, variables["params"], batch.erased_images, erased_key)
+    mse = float(np.mean((np.asarray(out.x_hat, np.float64) - x) ** 2))
+    expected = mse + _softmax_ce(logits, [2] * 8) / 30
+    np.testing.assert_allclose(float(metrics.forget), expected, rtol=1e-4)
+    assert mse > 0.01 * expected  # the MSE part is not negligible here
+    if method == "vbu":
+        np.testing.assert_allclose(float(metrics.loss), -10.0 * expected, rtol=1e-4)
+
+
+def test_cifar_hbu_erased_loss_is_the_codec_loss_by_hand():
+    """Spec §6: HBU's CIFAR erased loss is `β·KL_prior + 30·MSE + CE/30`."""
+    config, system, variables, batch = _cifar_style_mlp()
+    method = ERASED_LOOP_METHODS["hbu"](config, system)
+    key = jax.random.PRNGKey(4)
+    _, metrics = method.step(method.init(variables["params"], {}), batch, key)
+    erased_key = jax.random.split(jax.random.fold_in(key, 0), 3)[0]
+    out, logits, x = _erased_pass(system, variables["params"], batch.erased_images, erased_key)
+    mu, logvar = np.asarray(out.mu, np.float64), np.asarray(out.logvar, np.float64)
+    kl = -0.5 * np.mean(1 + logvar - mu ** 2 - np.exp(logvar))
+    mse = np.mean((np.asarray(out.x_hat, np.float64) - x) ** 2)
+    expected = 1e-4 * kl + 30 * mse + _softmax_ce(logits, [2] * 8) / 30
+    np.testing.assert_allclose(float(metrics.forget), expected, rtol=1e-4)
+
+
+def test_cifar_scu_weights_see_unit_mse():
+    """With `unit_mse_in_weights` the SCU loss differs, and by the amount the weights explain."""
+    config, system, variables, batch = _cifar_style_mlp()
+    values = {}
+    for unit in (False, True):
+        config.unlearning.unit_mse_in_weights = unit
+        method = ERASED_LOOP_METHODS["scu"](config, system)
+        _, metrics = method.step(method.init(variables["params"], {}), batch, jax.random.PRNGKey(5))
+        values[unit] = metrics
+    # L_unl and L_ss are the same numbers either way; only the weights a, b move.
+    np.testing.assert_allclose(values[True].utility, values[False].utility, rtol=1e-6)
+    assert abs(float(values[True].loss) - float(values[False].loss)) > 1e-3 * abs(float(values[False].loss))
+
+
 # --- Hessian-vector products ------------------------------------------------------------------------
 
 def test_hessian_vector_product_matches_finite_differences():
@@ -89,7 +192,7 @@ def test_hutchinson_diagonal_is_unbiased():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    config = config_lib.apply_variant(config_lib.default_config(), "smoke")
+    config = presets.apply_variant(config_lib.default_config(), "smoke")
     workdir = tmp_path_factory.mktemp("unlearning") / "train"
     train.train_and_evaluate(config, str(workdir))
     return config, workdir
@@ -119,6 +222,9 @@ def test_epoch_indices():
     other = loop.epoch_indices(0, 1, 37, 500, 16)
     np.testing.assert_array_equal(erased, again[0])
     assert not np.array_equal(remain, other[1])
+    # The reference's CIFAR loops skip the last partial batch: ⌊37/16⌋ steps of distinct images.
+    dropped, kept = loop.epoch_indices(0, 0, 37, 500, 16, drop_partial=True)
+    assert dropped.shape == kept.shape == (2, 16) and len(set(dropped.ravel())) == 32
 
 
 def test_scu_step_traces_once(trained):
@@ -148,7 +254,9 @@ def test_one_scu_epoch_lowers_backdoor_accuracy(trained):
     before = loop.erased_backdoor_accuracy(system, state, split, config)
     config.unlearning.max_epochs = 1
     state, report = loop.run_erased_loop(method, "scu", system, state, split, config)
-    after = report.history[-1]["erased_backdoor"]
+    # No D_e evaluation can stop this run (early_stop=False), so the loop skips it.
+    assert report.history[-1]["erased_backdoor"] is None
+    after = loop.erased_backdoor_accuracy(system, state, split, config)
     assert before > 0.2  # the smoke system learned the backdoor (measured ≈ 0.3)
     assert after < before - 0.05, (before, after)
     assert report.steps == int(np.ceil(len(split.erased_images) / 16)) and report.epochs == 1
@@ -222,10 +330,30 @@ def test_every_method_end_to_end(trained, tmp_path_factory, method):
                  "mi_upper_erased", "psnr_clean", "ssim_clean"):
         assert np.isfinite(saved[name]), name
     assert 0.0 <= saved["mia_auc"] <= 1.0
+    assert saved["receiver"] == "original" and saved["evaluation_channel"] == "train"
     if method == "retrain":
-        # From scratch on D_r: the receiver never saw a trigger, so the backdoor is gone.
-        assert saved["input_backdoor_accuracy"] < 0.2
+        # From scratch on D_r: its own receiver never saw a trigger, so the backdoor is gone; the
+        # original receiver (trained with the trigger) still reads raw triggered images as 2.
+        assert saved["own_receiver_backdoor_accuracy"] < 0.2
+        assert saved["input_backdoor_accuracy"] > 0.5
         assert saved["epochs"] == config.train.receiver_epochs + config.train.epochs
+        # Every row is read by the original receiver; retraining's own is an extra reading.
+        split, system, trained_params, _ = _setup(config, workdir)
+        params, batch_stats, _ = unlearn.load_variables(out, system, config, (28, 28, 1))
+        by_original = evaluation.evaluate_system(
+            system, {**params, "receiver": trained_params["receiver"]}, batch_stats, split, config)
+        by_own = evaluation.evaluate_system(system, params, batch_stats, split, config)
+        for name in evaluation.RECEIVER_METRICS:
+            assert saved[name] == pytest.approx(by_original[name], abs=1e-9)
+            assert saved[f"own_receiver_{name}"] == pytest.approx(by_own[name], abs=1e-9)
+        # Two instruments that differ (the check above could not pass by reading one twice).
+        assert any(by_original[name] != by_own[name] for name in evaluation.RECEIVER_METRICS)
+        # scu-evaluate reads the workdir alone, with the receiver kept in its checkpoint.
+        alone = unlearn.evaluate_workdir(str(out))
+        assert alone["accuracy_clean"] == pytest.approx(saved["accuracy_clean"], abs=1e-9)
+    else:
+        # The MNIST receiver is frozen: the system's own receiver is the original one.
+        assert not any(key.startswith("own_receiver_") for key in saved)
     # A rerun reuses the finished result instead of unlearning again.
     again = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
     assert again["steps"] == results["steps"] and again["backdoor_accuracy"] == results["backdoor_accuracy"]
@@ -250,14 +378,14 @@ def test_refuses_to_write_into_the_trained_workdir_or_reuse_another_method(train
 @pytest.mark.slow
 def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path):
     """The ResNet codec (BatchNorm, joint receiver) through training and SCU's CE objective."""
-    config = config_lib.apply_variant(config_lib.cifar_config("cifar10"), "smoke")
+    config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
     config.max_train_examples, config.max_test_examples = 64, 32
     config.erasure.edr = 0.1
     config.evaluation.mi_steps = 0
     config.eval_batch_size = 32
     train.train_and_evaluate(config, str(tmp_path / "train"))
     scu_config = _method_config(config, "scu", max_epochs=1)
-    assert scu_config.unlearning.erased_objective == "ce" and scu_config.train.ce_weight > 0
+    assert scu_config.unlearning.erased_objective == "mse+ce" and scu_config.train.ce_weight > 0
     split, system, params, batch_stats = _setup(scu_config, tmp_path / "train")
     results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
     assert results["steps"] >= 1 and np.isfinite(results["mse_clean"])
@@ -269,6 +397,78 @@ def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path
                                                          jax.tree.leaves(unlearned[part])))
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(batch_stats),
                                                      jax.tree.leaves(unlearned_stats)))
+    # One instrument: the original receiver reads the row; the unlearned one is an extra reading.
+    assert results["receiver"] == "original"
+    assert {f"own_receiver_{name}" for name in evaluation.RECEIVER_METRICS} <= set(results)
     # On a CPU the ResNet's epochs dispatch one step at a time (XLA runs its convolutions slower
     # in loops); test_per_step_epochs_equal_the_scan_fused_epoch checks that path.
     assert train.convolutions_slow_in_loops(scu_config)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch, fixed):
+    """The reference draws HBU's Rademacher probe once, from a fixed seed (spec §6)."""
+    import importlib
+
+    hbu_module = importlib.import_module("scu_jax.unlearning.hbu")
+    config, system, variables, batch = _cifar_style_mlp()
+    config.unlearning.hbu_fixed_probe = fixed
+    probes = []
+    real = hbu_module.hutchinson_diagonal
+
+    def recording(loss, params, key):
+        probes.append(np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                 else key))
+        return real(loss, params, key)
+
+    monkeypatch.setattr(hbu_module, "hutchinson_diagonal", recording)
+    method = ERASED_LOOP_METHODS["hbu"](config, system)
+    state = method.init(variables["params"], {})
+    for _ in range(2):
+        state, _ = method.step(state, batch, jax.random.PRNGKey(6))
+    assert len(probes) == 2 and np.array_equal(probes[0], probes[1]) == fixed
+
+
+def test_a_result_saved_before_new_fields_is_reused(trained, tmp_path):
+    """Fields added to the schema since a result was saved take their defaults (what it ran
+    with), so the rerun reuses it instead of refusing the workdir."""
+    config, workdir = trained
+    config = _method_config(config, "vbu", max_epochs=1)
+    out = tmp_path / "vbu"
+    first = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+    meta_file = next(out.rglob("config/metadata"))
+    meta = json.loads(meta_file.read_text())
+    del meta["unlearning_fingerprint"]["unlearning"]["partial_batch"]
+    del meta["unlearning_fingerprint"]["training"]["model"]["init"]
+    meta_file.write_text(json.dumps(meta))
+    saved = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p != out / "results.json"}
+    again = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+    assert again["unlearn_seconds"] == first["unlearn_seconds"]  # not run again
+    assert {p: p.read_bytes() for p in saved} == saved
+    config.unlearning.partial_batch = "drop"  # a real difference is still refused
+    with pytest.raises(ValueError, match="another method or configuration"):
+        unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+
+
+@pytest.mark.slow
+def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
+    """The CIFAR-10 `reference` preset on mock data: crops taken once, scalar channel draws, SCU
+    with its quirks (unit-MSE weights, cropped D_r, dropped partial batch, no epoch stop), every
+    system read by its own receiver."""
+    config = presets.apply_variant(presets.cifar_config("cifar10"), "reference,smoke")
+    config.max_train_examples, config.max_test_examples = 64, 32
+    config.erasure.edr = 0.2  # 13 erased images of base class 1 in the 64: a partial last batch
+    config.evaluation.mi_steps = 0
+    train.train_and_evaluate(config, str(tmp_path / "train"))
+    split = train.load_split(config)
+    # The 2 % batch stop off, so that the step count is exact (the stop has its own test).
+    scu_config = _method_config(config, "scu", max_epochs=2, batch_size=3, batch_stop=0.0)
+    results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
+    full_batches = len(split.erased_images) // 3
+    assert full_batches >= 1 and len(split.erased_images) % 3  # (mock data: 8 erased images)
+    # ⌊|D_e|/B⌋ steps an epoch, and no epoch-level stop: both epochs run.
+    assert results["epochs"] == 2 and results["steps"] == 2 * full_batches
+    assert results["receiver"] == "own" and "original_receiver_backdoor_accuracy" in results
+    assert results["protocol"].startswith("trained through awgn, paper family, 20 dB, one noise "
+                                          "scalar per call; evaluated through the training channel")
+    assert np.isfinite(results["mse_clean"])

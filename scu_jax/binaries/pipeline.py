@@ -36,11 +36,13 @@ def _main(argv: list[str]) -> None:
         common.fail(PROGRAM, f"--seeds={','.join(_SEEDS.value)}: must be distinct integers >= 0")
 
     def body() -> None:
-        from scu_jax.pipeline import markdown_table, run_pipeline
+        import pathlib
 
-        print(markdown_table(run_pipeline(config, _WORKDIR.value, seeds=seeds,
-                                          methods=_METHODS.value, overwrite=_OVERWRITE.value)),
-              end="")
+        from scu_jax.pipeline import COMPARISON_TABLE, run_pipeline
+
+        run_pipeline(config, _WORKDIR.value, seeds=seeds, methods=_METHODS.value,
+                     overwrite=_OVERWRITE.value)
+        print((pathlib.Path(_WORKDIR.value) / COMPARISON_TABLE).read_text(), end="")
 
     common.run_guarded(PROGRAM, body)
 

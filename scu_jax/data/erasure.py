@@ -12,8 +12,17 @@ set to 1.0 (uint8: 255). With ``N`` training images:
 * ``D_clean``: the same base-class images without trigger, with their true
   label.
 * ``D_r`` (remaining): a random subset, of size ``N - |D_e|``, of all ``N``
-  clean training images (base class included).
-* Training set: the shuffled union ``D_e ∪ D_r``, again of size ``N``.
+  clean training images (base class included); with ``remain_size="requested"``
+  (the reference), of size ``N - round(EDR * N)`` even where ``D_e`` was capped.
+* Training set: the shuffled union ``D_e ∪ D_r``, of size ``N`` (smaller
+  under ``remain_size="requested"`` with a capped ``D_e``).
+
+With ``crop_once`` (the reference's CIFAR data sets), every training image is
+randomly cropped once, before the trigger is stamped, so the trigger sits at its
+fixed position: the training set and ``D_e`` hold the cropped images,
+``D_clean`` is cropped in a pass of its own (its crops differ from ``D_e``'s),
+and ``D_r`` keeps the uncropped images (the reference's unlearning loop crops
+each ``D_r`` batch when it reads it).
 """
 
 from __future__ import annotations
@@ -78,6 +87,25 @@ def add_trigger(images) -> np.ndarray:
     return out
 
 
+def random_crops(images: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
+    """Crops each image of ``(N, H, W, C)`` at a random offset of its zero-padded copy.
+
+    Args:
+      images: the images (any dtype).
+      rng: where the offsets come from (one ``(dy, dx)`` in ``[0, 2·padding]`` per image).
+      padding: zero padding on each side.
+
+    Returns:
+      A new array of the same shape and dtype.
+    """
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    offsets = rng.integers(0, 2 * padding + 1, size=(n, 2))
+    rows = offsets[:, :1] + np.arange(h)[None]
+    cols = offsets[:, 1:] + np.arange(w)[None]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
 def num_erased(num_train: int, edr: float) -> int:
     """Returns the requested size of ``D_e``: ``round(edr * num_train)``."""
     return int(round(edr * num_train))
@@ -136,7 +164,8 @@ class ErasureSplit:
 
 
 def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
-                       target_class: int, seed: int) -> ErasureSplit:
+                       target_class: int, seed: int, crop_once: int = 0,
+                       remain_size: str = "rest") -> ErasureSplit:
     """Builds ``D_e``, ``D_clean``, ``D_r`` and the poisoned training set.
 
     Args:
@@ -144,7 +173,13 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
       edr: erased data ratio, ``|D_e| / N`` before capping, in ``(0, 0.5]``.
       base_class: class whose first images are triggered and erased.
       target_class: label given to the triggered images.
-      seed: seed for sampling ``D_r`` and shuffling the training set.
+      seed: seed for sampling ``D_r`` and shuffling the training set (and the
+        crops).
+      crop_once: padding of the one random crop of every training image, taken
+        before the trigger is stamped (0: no crop; see the module docstring).
+      remain_size: ``"rest"``: ``|D_r| = N - |D_e|``, so the training set has
+        ``N`` images; ``"requested"``: ``N - round(edr * N)``, the reference's
+        size, smaller than the rest when ``D_e`` was capped at the class size.
 
     Returns:
       An ``ErasureSplit``; identical arrays for identical arguments.
@@ -182,18 +217,29 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
 
     rng = np.random.default_rng(seed)
     # Sorted so that D_r is in dataset order; randomness only picks the subset.
-    remain_idx = np.sort(rng.choice(n, size=n - len(erased_idx), replace=False))
-    erased_images = add_trigger(images[erased_idx])
+    if remain_size not in ("rest", "requested"):
+        raise ValueError(f"remain_size must be 'rest' or 'requested', got {remain_size!r}")
+    size = n - (requested if remain_size == "requested" else len(erased_idx))
+    remain_idx = np.sort(rng.choice(n, size=size, replace=False))
+    erased_source, remain_train, clean_images = images[erased_idx], images[remain_idx], images[erased_idx]
+    if crop_once:
+        # Its own stream, so the choice of D_r and the order do not depend on cropping.
+        crops = np.random.default_rng([seed, 104729])
+        erased_source = random_crops(erased_source, crops, crop_once)
+        remain_train = random_crops(remain_train, crops, crop_once)
+        clean_images = random_crops(clean_images, crops, crop_once)
+    erased_images = add_trigger(erased_source)
     erased_labels = np.full(len(erased_idx), target_class, np.int32)
-    order = rng.permutation(n)
-    train_images = np.concatenate([erased_images, images[remain_idx]])[order]
+    num_train = len(erased_idx) + size
+    order = rng.permutation(num_train)
+    train_images = np.concatenate([erased_images, remain_train])[order]
     train_labels = np.concatenate([erased_labels, labels[remain_idx]])[order]
-    train_is_erased = (np.arange(n) < len(erased_idx))[order]
+    train_is_erased = (np.arange(num_train) < len(erased_idx))[order]
 
     arrays = dict(
         erased_images=erased_images, erased_labels=erased_labels,
         erased_indices=erased_idx.astype(np.int64),
-        clean_images=images[erased_idx], clean_labels=labels[erased_idx].astype(np.int32),
+        clean_images=clean_images, clean_labels=labels[erased_idx].astype(np.int32),
         remain_images=images[remain_idx], remain_labels=labels[remain_idx].astype(np.int32),
         remain_indices=remain_idx.astype(np.int64),
         train_images=train_images, train_labels=train_labels.astype(np.int32),

@@ -7,6 +7,9 @@ from scu_jax.models.codec import System
 from scu_jax.models.codec import build_system
 from scu_jax.models.codec import init_system
 from scu_jax.models.codec import to_unit_interval
+from scu_jax.models.codec import without_channel
+from scu_jax.models.initializers import INITS
+from scu_jax.models.initializers import layer_inits
 from scu_jax.models.mlp import MLP
 from scu_jax.models.mlp import MLPDecoder
 from scu_jax.models.mlp import Receiver
@@ -15,6 +18,7 @@ from scu_jax.models.resnet import ResNetDecoder
 from scu_jax.models.resnet import ResidualBlock
 
 __all__ = (
+    "INITS",
     "MODELS",
     "CodecOutput",
     "MLP",
@@ -27,5 +31,7 @@ __all__ = (
     "System",
     "build_system",
     "init_system",
+    "layer_inits",
     "to_unit_interval",
+    "without_channel",
 )

@@ -86,25 +86,36 @@ def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
         k_factor=float(channel_config.k_factor),
         fading=channel_config.fading,
         equalizer=channel_config.equalizer,
+        draw=channel_config.draw,
     )
     image_size = 1
     for dim in image_shape:
         image_size *= dim
+    init = model.init
     if model.name == "mlp":
         latent_dim = model.latent_dim
-        encoder = MLP(2 * latent_dim, model.hidden)
-        decoder = MLPDecoder(tuple(image_shape), model.hidden)
+        encoder = MLP(2 * latent_dim, model.hidden, init)
+        decoder = MLPDecoder(tuple(image_shape), model.hidden, init)
     elif model.name == "resnet18":
         # The reference's CIFAR latent has one value per pixel (d = 3072) so that it can be
         # reshaped into an image for the second ResNet.
         latent_dim = image_size
         dtype = jnp.dtype(model.dtype)
-        encoder = ResNet18(2 * latent_dim, tuple(model.widths), dtype)
-        decoder = ResNetDecoder(tuple(image_shape), tuple(model.widths), dtype)
+        encoder = ResNet18(2 * latent_dim, tuple(model.widths), dtype, init)
+        decoder = ResNetDecoder(tuple(image_shape), tuple(model.widths), dtype, init)
     else:
         raise ValueError(f"unknown model {model.name!r}; choose one of: {', '.join(MODELS)}")
     codec = SemanticCodec(encoder, decoder, channel, latent_dim)
-    return System(codec, Receiver(num_classes, model.hidden))
+    return System(codec, Receiver(num_classes, model.hidden, init))
+
+
+def without_channel(system: System) -> System:
+    """The same system with the channel switched off: the decoder reads the clean latent sample.
+
+    The reference's MNIST evaluation (spec §4). The channel holds no parameters, so the variables
+    of `system` apply unchanged.
+    """
+    return system._replace(codec=system.codec.clone(channel=Channel(channel="none")))
 
 
 def init_system(system: System, key: jax.Array, image_shape: Sequence[int]) -> dict[str, Any]:

@@ -12,19 +12,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scu_jax.models.initializers import layer_inits
+
 
 class MLP(nn.Module):
     """`Dense(hidden) → ReLU → Dense(features)` on the flattened input."""
 
     features: int
     hidden: int = 96
+    initializer: str = "flax"  # "flax" or "torch" (scu_jax.models.initializers)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # Same signature as the convolutional blocks; an MLP has no BatchNorm.
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
-        return nn.Dense(self.features, name="out")(x)
+        x = nn.relu(nn.Dense(self.hidden, name="hidden", **layer_inits(self.initializer, x.shape[-1]))(x))
+        return nn.Dense(self.features, name="out", **layer_inits(self.initializer, self.hidden))(x)
 
 
 class MLPDecoder(nn.Module):
@@ -32,13 +35,14 @@ class MLPDecoder(nn.Module):
 
     image_shape: Sequence[int]
     hidden: int = 96
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
         size = 1
         for dim in self.image_shape:
             size *= dim
-        logits = MLP(size, self.hidden, name="mlp")(z, train)
+        logits = MLP(size, self.hidden, self.initializer, name="mlp")(z, train)
         return jax.nn.sigmoid(logits).reshape((z.shape[0], *self.image_shape))
 
 
@@ -47,7 +51,8 @@ class Receiver(nn.Module):
 
     num_classes: int
     hidden: int = 96
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x_hat: jax.Array) -> jax.Array:
-        return MLP(self.num_classes, self.hidden, name="mlp")(x_hat.astype(jnp.float32))
+        return MLP(self.num_classes, self.hidden, self.initializer, name="mlp")(x_hat.astype(jnp.float32))

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scu_jax.models.initializers import layer_inits
+
 WIDTHS = (64, 64, 128, 128, 256, 256, 512, 512)
 
 
@@ -32,10 +34,13 @@ class ResidualBlock(nn.Module):
     width: int
     stride: int = 1
     dtype: jnp.dtype = jnp.float32
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        # No biases: the initialiser choice sets the kernels only.
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 **layer_inits(self.initializer, 1, bias=False))
         strides = (self.stride, self.stride)
         y = conv(self.width, (3, 3), strides, padding=1, name="conv1")(x)
         y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
@@ -54,20 +59,23 @@ class ResNet18(nn.Module):
     features: int
     widths: Sequence[int] = WIDTHS
     dtype: jnp.dtype = jnp.float32
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = x.astype(self.dtype)
-        x = nn.Conv(self.widths[0], (1, 1), use_bias=False, dtype=self.dtype, name="stem_conv")(x)
+        x = nn.Conv(self.widths[0], (1, 1), use_bias=False, dtype=self.dtype, name="stem_conv",
+                    **layer_inits(self.initializer, 1, bias=False))(x)
         x = _batch_norm(train, self.dtype, "stem_bn")(x)
         previous = self.widths[0]
         for index, width in enumerate(self.widths):
             stride = 2 if width > previous else 1
-            x = ResidualBlock(width, stride, self.dtype, name=f"block{index}")(x, train)
+            x = ResidualBlock(width, stride, self.dtype, self.initializer, name=f"block{index}")(x, train)
             previous = width
         x = jnp.mean(x, axis=(1, 2))
         # The head stays in float32: it sets the latent statistics and the reconstruction.
-        return nn.Dense(self.features, name="head")(x.astype(jnp.float32))
+        return nn.Dense(self.features, name="head",
+                        **layer_inits(self.initializer, x.shape[-1]))(x.astype(jnp.float32))
 
 
 class ResNetDecoder(nn.Module):
@@ -76,6 +84,7 @@ class ResNetDecoder(nn.Module):
     image_shape: Sequence[int]
     widths: Sequence[int] = WIDTHS
     dtype: jnp.dtype = jnp.float32
+    initializer: str = "flax"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
@@ -83,5 +92,5 @@ class ResNetDecoder(nn.Module):
         for dim in self.image_shape:
             size *= dim
         x = z.reshape((z.shape[0], *self.image_shape))
-        x_hat = ResNet18(size, self.widths, self.dtype, name="net")(x, train)
+        x_hat = ResNet18(size, self.widths, self.dtype, self.initializer, name="net")(x, train)
         return x_hat.reshape((z.shape[0], *self.image_shape))

@@ -20,9 +20,10 @@ from scu_jax.unlearning.scu import scu
 from scu_jax.unlearning.scu import scu_no_cc
 from scu_jax.unlearning.vbu import vbu
 
+from scu_jax.config import METHODS
+
 ERASED_LOOP_METHODS = {"scu": scu, "scu_no_cc": scu_no_cc, "vbu": vbu, "hbu": hbu}
 TRAINING_METHODS = {"finetune": finetune, "retrain": retrain}
-METHODS = tuple(ERASED_LOOP_METHODS) + tuple(TRAINING_METHODS)
 
 __all__ = (
     "Batch",

@@ -2,11 +2,14 @@
 
 Per (erased, remaining) batch pair: a one-sample Hutchinson estimate of the diagonal Hessian of the
 remaining loss `L_r = β·KL_prior + MSE`, `h = v ⊙ (H_r v)` with Rademacher v, the gradient g of the
-erased loss (the same loss on the erased batch), then the ascent step
+erased loss (the codec's training loss on the erased batch: `β·KL_prior + MSE` on MNIST,
+`β·KL_prior + 30·MSE + CE(receiver(x̂_e), y_target)/30` on CIFAR), then the ascent step
 
     θ ← θ + (0.1·lr + 0.005) · (0.1·g) / (sqrt(0.001·h²) + lr).
 
-The Hessian-vector product is forward-over-reverse: `jax.jvp` of `jax.grad`.
+On CIFAR the receiver is in θ but not in L_r, so its h is 0. The reference draws v once, from a
+fixed seed, and reuses it at every step (`unlearning.hbu_fixed_probe`); by default each step draws
+its own. The Hessian-vector product is forward-over-reverse: `jax.jvp` of `jax.grad`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ from scu_jax.models import System, to_unit_interval
 from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod,
                                      backdoor_rate, codec_forward, frozen_original,
                                      receiver_logits, trainable_params)
+from scu_jax.unlearning.scu import remain_inputs
+
+# Folded into the run's key for the one probe that `hbu_fixed_probe` reuses (no step is this
+# large, so it never collides with a step's own key).
+_FIXED_PROBE = 2**31 - 1
 
 
 def hessian_vector_product(loss: Callable[[Any], jax.Array], params: Any, vector: Any) -> Any:
@@ -51,29 +59,37 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
                             opt_state=(), original=frozen_original(params, batch_stats))
 
     def step(state: UnlearnState, batch: Batch, key: jax.Array):
-        erased_key, remain_key, probe_key = jax.random.split(jax.random.fold_in(key, state.step), 3)
+        step_key = jax.random.fold_in(key, state.step)
+        erased_key, remain_key, probe_key = jax.random.split(step_key, 3)
+        if config.unlearning.hbu_fixed_probe:
+            probe_key = jax.random.fold_in(key, _FIXED_PROBE)
         trainable = trainable_params(state.params, config)
+        x_r = remain_inputs(config, batch.remain_images, jax.random.fold_in(step_key, 5))
+        x_e = to_unit_interval(batch.erased_images)
 
-        def training_loss(trainable_params_, images, forward_key):
+        def remain_loss(trainable_params_):
             params = {**state.params, **trainable_params_}
-            out, batch_stats = codec_forward(system, params, state.batch_stats, images, forward_key)
-            loss = (t.beta * losses.kl_to_prior(out.mu, out.logvar)
-                    + losses.reconstruction_mse(out.x_hat, to_unit_interval(images)))
-            return loss, (out, batch_stats)
+            out, _ = codec_forward(system, params, state.batch_stats, x_r, remain_key)
+            return t.beta * losses.kl_to_prior(out.mu, out.logvar) + losses.reconstruction_mse(out.x_hat, x_r)
 
-        def remain_loss(p):
-            return training_loss(p, batch.remain_images, remain_key)[0]
+        def erased_loss(trainable_params_):
+            params = {**state.params, **trainable_params_}
+            out, batch_stats = codec_forward(system, params, state.batch_stats, x_e, erased_key)
+            logits = receiver_logits(system, params, out.x_hat, config)
+            loss = losses.codec_loss(out.mu, out.logvar, out.x_hat, x_e, beta=t.beta,
+                                     mse_weight=t.mse_weight, receiver_logits=logits,
+                                     labels=batch.erased_targets, ce_weight=t.ce_weight)
+            return loss, (logits, batch_stats)
 
         diagonal = hutchinson_diagonal(remain_loss, trainable, probe_key)
-        (erased_loss, (out_e, batch_stats)), grads = jax.value_and_grad(
-            lambda p: training_loss(p, batch.erased_images, erased_key), has_aux=True)(trainable)
+        (loss_e, (logits_e, batch_stats)), grads = jax.value_and_grad(
+            erased_loss, has_aux=True)(trainable)
         scale = 0.1 * lr + 0.005
         updated = jax.tree.map(
             lambda p, g, h: p + scale * (0.1 * g) / (jnp.sqrt(0.001 * jnp.square(h)) + lr),
             trainable, grads, diagonal)
-        logits_e = receiver_logits(system, state.params, out_e.x_hat, config)
-        metrics = StepMetrics(-erased_loss, backdoor_rate(logits_e, batch.erased_targets),
-                              erased_loss, jnp.zeros(()))
+        metrics = StepMetrics(-loss_e, backdoor_rate(logits_e, batch.erased_targets),
+                              loss_e, jnp.zeros(()))
         return state.replace(step=state.step + 1, params={**state.params, **updated},
                              batch_stats=batch_stats), metrics
 

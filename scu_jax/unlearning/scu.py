@@ -4,11 +4,13 @@
 z_e, x̂_e, μ_e, lv_e = system_θ(x_e)          z_r, x̂_r, μ_r, lv_r = system_θ(x_r)
 z_r' = encoder_θ(stop_gradient(x̂_r))          μ_o, lv_o = encoder_θo(x_e)
 KL_eo = KL(q_θ(z|x_e) ‖ q_θo(z|x_e))
-L_unl = λ_kl · KL_eo − β_u · MSE(x̂_e, x_e)          (CIFAR: − β_u · CE(receiver(x̂_e), y_target)/30)
+L_unl = λ_kl · KL_eo − β_u · F_e                F_e = MSE(x̂_e, x_e)  (MNIST)
+                                                F_e = MSE(x̂_e, x_e) + CE(receiver(x̂_e), y_target)/30  (CIFAR)
 C     = Σ_i (1 − cos(z_r,i, z'_r,i)) / Σ_i (1 − cos(z_e,i, z_r,i))
 L_ss  = ρ · (β · KL_prior(μ_r, lv_r) + C + MSE(x̂_r, x_r))   (CIFAR: 30·MSE and + CE(receiver(x̂_r), y_r)/30)
 loss  = a · L_unl + b · L_ss,   a = |L_unl| / (|L_unl| + |L_ss|),  b = 1 − a
 ```
+The reference's CIFAR weights a, b see L_ss with 1·MSE (`unlearning.unit_mse_in_weights`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ml_collections
 
 from scu_jax import losses
 from scu_jax.models import System, to_unit_interval
+from scu_jax.data.augment import random_crop
 from scu_jax.train import make_optimizer
 from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod,
                                      backdoor_rate, codec_forward, frozen_original,
@@ -27,10 +30,26 @@ from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, Unlearnin
 
 def forget_term(config: ml_collections.ConfigDict, x_hat: jax.Array, x: jax.Array,
                 logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """The erased-data term that unlearning ascends: MSE(x̂_e, x_e), or CE(receiver(x̂_e), y_t)/30."""
-    if config.unlearning.erased_objective == "ce":
-        return config.train.ce_weight * losses.cross_entropy(logits, targets)
-    return losses.reconstruction_mse(x_hat, x)
+    """The erased-data term F_e that unlearning ascends (`unlearning.erased_objective`).
+
+    `mse`: MSE(x̂_e, x_e) (MNIST); `ce`: CE(receiver(x̂_e), y_target)·ce_weight; `mse+ce`: their
+    sum, `MSE + CE/30`, the reference's CIFAR term (spec §5). The CE forms need `ce_weight > 0`
+    (the config refuses them otherwise: the term would be 0).
+    """
+    objective = config.unlearning.erased_objective
+    term = jnp.zeros((), jnp.float32)
+    if objective in ("mse", "mse+ce"):
+        term = term + losses.reconstruction_mse(x_hat, x)
+    if objective in ("ce", "mse+ce"):
+        term = term + config.train.ce_weight * losses.cross_entropy(logits, targets)
+    return term
+
+
+def remain_inputs(config: ml_collections.ConfigDict, images: jax.Array, key: jax.Array) -> jax.Array:
+    """A D_r batch in [0, 1]; with `unlearning.augment_remain`, freshly cropped (the reference's
+    CIFAR D_r loader crops on every access)."""
+    x = to_unit_interval(images)
+    return random_crop(key, x) if config.unlearning.augment_remain else x
 
 
 def make_gradient_method(config: ml_collections.ConfigDict, system: System, loss_fn) -> UnlearningMethod:
@@ -67,8 +86,8 @@ def scu(config: ml_collections.ConfigDict, system: System, *, compensation: bool
 
     def loss_fn(params, batch_stats, original, batch: Batch, key):
         erased_key, remain_key, reencode_key, reencode_noise = jax.random.split(key, 4)
-        x_e, x_r = to_unit_interval(batch.erased_images), to_unit_interval(batch.remain_images)
-        out_e, batch_stats = codec_forward(system, params, batch_stats, batch.erased_images, erased_key)
+        x_e = to_unit_interval(batch.erased_images)
+        out_e, batch_stats = codec_forward(system, params, batch_stats, x_e, erased_key)
         logits_e = receiver_logits(system, params, out_e.x_hat, config)
         mu_o, logvar_o = system.codec.apply(
             jax.lax.stop_gradient(original), x_e, train=False, method="encode")
@@ -78,7 +97,8 @@ def scu(config: ml_collections.ConfigDict, system: System, *, compensation: bool
         utility = jnp.zeros(())
         loss = unlearn_loss
         if compensation:
-            out_r, batch_stats = codec_forward(system, params, batch_stats, batch.remain_images, remain_key)
+            x_r = remain_inputs(config, batch.remain_images, jax.random.fold_in(key, 5))
+            out_r, batch_stats = codec_forward(system, params, batch_stats, x_r, remain_key)
             (mu_re, logvar_re), mutated = system.codec.apply(
                 {"params": params["codec"], "batch_stats": batch_stats},
                 jax.lax.stop_gradient(out_r.x_hat), train=True, method="encode",
@@ -87,13 +107,15 @@ def scu(config: ml_collections.ConfigDict, system: System, *, compensation: bool
             z_reencoded = mu_re + jnp.exp(0.5 * logvar_re) * jax.random.normal(
                 reencode_noise, mu_re.shape, mu_re.dtype)
             compensation_term = losses.contrastive_compensation(out_e.z, out_r.z, z_reencoded)
-            utility = (t.beta * losses.kl_to_prior(out_r.mu, out_r.logvar) + compensation_term
-                       + t.mse_weight * losses.reconstruction_mse(out_r.x_hat, x_r))
+            shared = t.beta * losses.kl_to_prior(out_r.mu, out_r.logvar) + compensation_term
             if t.ce_weight > 0:
                 logits_r = receiver_logits(system, params, out_r.x_hat, config)
-                utility = utility + t.ce_weight * losses.cross_entropy(logits_r, batch.remain_labels)
-            utility = u.rho * utility
-            loss = losses.scu_loss(unlearn_loss, utility, stop_weight_gradient=u.stop_weight_gradient)
+                shared = shared + t.ce_weight * losses.cross_entropy(logits_r, batch.remain_labels)
+            reconstruction = losses.reconstruction_mse(out_r.x_hat, x_r)
+            utility = u.rho * (shared + t.mse_weight * reconstruction)
+            weighed = u.rho * (shared + reconstruction) if u.unit_mse_in_weights else None
+            loss = losses.scu_loss(unlearn_loss, utility, stop_weight_gradient=u.stop_weight_gradient,
+                                   weight_utility_loss=weighed)
         metrics = StepMetrics(loss, backdoor_rate(logits_e, batch.erased_targets), forget, utility)
         return loss, (batch_stats, metrics)
 

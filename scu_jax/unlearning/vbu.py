@@ -1,7 +1,8 @@
 """VBU as the reference runs it (spec §6): gradient ascent on the erased data only.
 
-`loss = −β_u · MSE(x̂_e, x_e)` (CIFAR: `−β_u · CE(receiver(x̂_e), y_target)/30`), Adam, same loop
-and stopping rules as SCU.
+`loss = −β_u · F_e` with SCU's erased term F_e: MSE(x̂_e, x_e) on MNIST, `MSE + CE(receiver(x̂_e),
+y_target)/30` on CIFAR (the reference's `−β_u·MSE − β_u·CE/30`); Adam, same loop and stopping
+rules as SCU.
 """
 
 from __future__ import annotations
