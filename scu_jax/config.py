@@ -14,7 +14,7 @@ import ml_collections
 
 from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
 from scu_jax.data import DATASETS
-from scu_jax.models import INITS, MODELS
+from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
 # The unlearning methods, by name (`scu_jax.unlearning` holds one factory for each; named here so
 # that validation needs no import of the methods).
@@ -57,6 +57,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.widths = (64, 64, 128, 128, 256, 256, 512, 512)  # ResNet only.
     config.model.dtype = "float32"  # ResNet compute dtype: float32 or bfloat16.
     config.model.init = "flax"  # parameter initialisers: "flax" or "torch" (the reference's)
+    # The receiver: "mlp" (MNIST, CIFAR-10) or "resnet18" (the reference's CIFAR-100 script).
+    config.model.receiver = "mlp"
 
     config.channel = ml_collections.ConfigDict()
     config.channel.name = "awgn"
@@ -274,6 +276,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "model.name", MODELS)
     _choice(config, "model.dtype", ("float32", "bfloat16"))
     _choice(config, "model.init", INITS)
+    _choice(config, "model.receiver", RECEIVER_MODELS)
     _choice(config, "channel.name", CHANNELS)
     _choice(config, "channel.family", FAMILIES)
     _choice(config, "channel.fading", FADINGS)

@@ -27,7 +27,8 @@ import numpy as np
 from scu_jax.data import ErasureSplit, add_trigger
 from scu_jax.data.batching import padded_batches
 from scu_jax.losses import per_image_sse
-from scu_jax.models import System, to_unit_interval, without_channel
+from scu_jax.models import (System, apply_receiver, receiver_of, to_unit_interval, with_receiver,
+                            without_channel)
 
 
 def system_for_evaluation(system: System, config: ml_collections.ConfigDict) -> System:
@@ -62,7 +63,7 @@ def evaluation_pass(system: System, params: Mapping[str, Any], batch_stats: Mapp
         {"params": params["codec"], "batch_stats": batch_stats}, x, train=False,
         rngs={"latent": latent_key, "channel": channel_key},
     )
-    return out, system.receiver.apply({"params": params["receiver"]}, out.x_hat)
+    return out, apply_receiver(system, params, batch_stats, out.x_hat)[0]
 
 
 def target_rate(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
@@ -88,7 +89,7 @@ def _forward_metrics(system: System, params: Mapping[str, Any], batch_stats: Map
                      images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
     x = to_unit_interval(images)
     out, logits = evaluation_pass(system, params, batch_stats, x, key)
-    input_logits = system.receiver.apply({"params": params["receiver"]}, x)
+    input_logits = apply_receiver(system, params, batch_stats, x)[0]
     x_hat = jnp.clip(out.x_hat, 0.0, 1.0)
     return {
         "sse": per_image_sse(out.x_hat, x),
@@ -333,22 +334,22 @@ def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
     """The protocol metrics plus membership inference, MI and (given `reference`, a
     `(params, batch_stats)` pair of the retrained system) the distance to retraining.
 
-    `original_receiver`: the trained system's receiver parameters (None: the system's own is the
-    original). `config.evaluation.receiver` picks the receiver of every metric ("original" or
-    "own"); where the two differ (retraining's receiver, trained on D_r; a CIFAR receiver
-    unlearned with the codec) the other one's accuracies are added as
-    `own_receiver_<metric>` or `original_receiver_<metric>`.
+    `original_receiver`: the trained system's receiver, `models.receiver_of(params, batch_stats)`
+    of the original system (None: the system's own is the original). `config.evaluation.receiver`
+    picks the receiver of every metric ("original" or "own"); where the two differ (retraining's
+    receiver, trained on D_r; a CIFAR receiver unlearned with the codec) the other one's
+    accuracies are added as `own_receiver_<metric>` or `original_receiver_<metric>`.
     """
-    own = params["receiver"]
+    own = receiver_of(params, batch_stats)
     original = own if original_receiver is None else original_receiver
     chosen = config.evaluation.receiver
     reading, other, other_name = ((original, own, "own") if chosen == "original"
                                   else (own, original, "original"))
-    metrics: dict[str, Any] = evaluate_system(system, {**params, "receiver": reading}, batch_stats,
+    metrics: dict[str, Any] = evaluate_system(system, *with_receiver(params, batch_stats, reading),
                                               split, config)
     metrics["receiver"] = chosen
     if not _same_tree(reading, other):
-        extra = evaluate_system(system, {**params, "receiver": other}, batch_stats, split, config)
+        extra = evaluate_system(system, *with_receiver(params, batch_stats, other), split, config)
         metrics.update({f"{other_name}_receiver_{name}": extra[name] for name in RECEIVER_METRICS})
     metrics["protocol"] = describe_protocol(config)
     metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, config)

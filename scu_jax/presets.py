@@ -92,7 +92,8 @@ def use_reference_protocol(config: ml_collections.ConfigDict) -> ml_collections.
       * SCU, its ablation and VBU skip the last partial erased batch (`partial_batch = "drop"`)
         and end an epoch once a batch's backdoor accuracy is below 2 %; CIFAR-10 has no
         epoch-level stop (`epoch_stop = 0`: 20 epochs), CIFAR-100 stops below 10 % on D_e.
-    Not reproduced: the CIFAR-100 script's ResNet-18 receiver (ours is the MLP receiver).
+      * CIFAR-100: the script's ResNet-18 receiver, in training mode while training and
+        unlearning (`model.receiver = "resnet18"`).
     """
     u = config.unlearning
     config.model.init = "torch"
@@ -120,6 +121,8 @@ def use_reference_protocol(config: ml_collections.ConfigDict) -> ml_collections.
         u.early_stop = True
         if config.dataset == "cifar10":
             u.epoch_stop = 0.0
+        else:
+            config.model.receiver = "resnet18"
         u.per_method.hbu = ml_collections.ConfigDict({"partial_batch": "wrap", "epoch_stop": 0.10})
     return config
 

@@ -33,7 +33,8 @@ from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
 from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.data.batching import epoch_permutation
 from scu_jax.evaluation import describe_protocol, evaluate_system
-from scu_jax.models import System, build_system, init_system, to_unit_interval
+from scu_jax.models import (System, apply_receiver, build_system, init_system,
+                            to_unit_interval)
 from scu_jax.parallel import DataParallel, barrier, data_parallel, is_primary
 
 RESULTS_FILE = "results.json"
@@ -119,13 +120,15 @@ def make_receiver_step(system: System, config: ml_collections.ConfigDict) -> Ste
         x = to_unit_interval(images)
 
         def loss_fn(receiver_params):
-            logits = system.receiver.apply({"params": receiver_params}, x)
-            return losses.cross_entropy(logits, labels), logits
+            logits, batch_stats = apply_receiver(system, {"receiver": receiver_params},
+                                                 state.batch_stats, x, train=True)
+            return losses.cross_entropy(logits, labels), (logits, batch_stats)
 
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["receiver"])
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params["receiver"])
         updates, receiver_opt = tx.update(grads, state.opt_state["receiver"], state.params["receiver"])
         params = {**state.params, "receiver": optax.apply_updates(state.params["receiver"], updates)}
-        new_state = state.replace(step=state.step + 1, params=params,
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state={**state.opt_state, "receiver": receiver_opt})
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return new_state, StepMetrics(loss, accuracy)
@@ -153,12 +156,14 @@ def make_codec_step(system: System, config: ml_collections.ConfigDict) -> StepFn
                 rngs={"latent": latent_key, "channel": channel_key}, mutable=["batch_stats"],
             )
             receiver_params = params["receiver"] if joint else jax.lax.stop_gradient(params["receiver"])
-            logits = system.receiver.apply({"params": receiver_params}, out.x_hat)
+            logits, batch_stats = apply_receiver(
+                system, {"receiver": receiver_params},
+                mutated.get("batch_stats", state.batch_stats), out.x_hat, train=True)
             loss = losses.codec_loss(
                 out.mu, out.logvar, out.x_hat, x, beta=train.beta, mse_weight=train.mse_weight,
                 receiver_logits=logits, labels=labels, ce_weight=train.ce_weight,
             )
-            return loss, (mutated.get("batch_stats", {}), logits)
+            return loss, (batch_stats, logits)
 
         trainable = _codec_trainable(state.params, joint)
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)

@@ -20,7 +20,7 @@ from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, Chec
                                    write_json_atomic)
 from scu_jax.config import config_from_json, method_config, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation, save_samples
-from scu_jax.models import System, init_system
+from scu_jax.models import System, init_system, receiver_of
 from scu_jax.parallel import barrier, data_parallel, is_primary
 from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
 from scu_jax.unlearning import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
@@ -55,10 +55,26 @@ def _restore(workdir: str | pathlib.Path, system: System, config: ml_collections
         variables = init_system(system, jax.random.PRNGKey(0), image_shape)
         target = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
         if meta.get("stores_original_receiver"):
-            target["original_receiver"] = variables["params"]["receiver"]
+            target.update(_receiver_entries(receiver_of(variables["params"], variables["batch_stats"])))
         return checkpoints.restore(target), meta
     state = checkpoints.restore(initial_state(system, config, image_shape))
     return {"params": state.params, "batch_stats": state.batch_stats}, meta
+
+
+def _receiver_entries(receiver: tuple[Any, Any]) -> dict[str, Any]:
+    """How an unlearned checkpoint stores the original receiver (its statistics only if it has
+    BatchNorm, so that MLP-receiver checkpoints keep their layout)."""
+    receiver_params, receiver_stats = receiver
+    entries = {"original_receiver": receiver_params}
+    if receiver_stats is not None:
+        entries["original_receiver_batch_stats"] = receiver_stats
+    return entries
+
+
+def _original_receiver(restored: dict[str, Any]) -> tuple[Any, Any] | None:
+    if "original_receiver" not in restored:
+        return None
+    return restored["original_receiver"], restored.get("original_receiver_batch_stats")
 
 
 def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
@@ -159,7 +175,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)
     # Every system is read by the trained system's receiver (`evaluation.receiver`), so it is
     # kept with the result: `evaluate_workdir` reads the unlearned workdir alone.
-    original_receiver = jax.device_get(trained_params["receiver"])
+    original_receiver = jax.device_get(receiver_of(trained_params, trained_stats))
     saved_meta = out.saved_config() if out.latest_step() is not None else None
     if saved_meta is not None:
         logging.info("%s: reusing the finished result in %s", method, out_path)
@@ -173,7 +189,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         except AssertionError:
             raise NonFiniteError(f"{method}: the unlearned parameters are not finite; nothing saved") from None
         out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
-                                     "original_receiver": original_receiver}, config,
+                                     **_receiver_entries(original_receiver)}, config,
                  {"kind": "unlearned", "method": method, "run": run_info,
                   "stores_original_receiver": True,
                   "unlearning_fingerprint": _unlearning_fingerprint(config)})
@@ -257,7 +273,7 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
     results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
-                              original_receiver=restored.get("original_receiver"))
+                              original_receiver=_original_receiver(restored))
     if samples_file is not None:
         save_samples(system, params, batch_stats, split, config, samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),

@@ -133,6 +133,7 @@ def test_reference_presets_set_the_authors_protocol():
     assert config_lib.method_config(cifar10, "hbu").unlearning.partial_batch == "wrap"
     cifar100 = presets.apply_variant(presets.cifar_config("cifar100"), "reference")
     assert cifar100.unlearning.epoch_stop == 0.10 and cifar100.unlearning.lambda_kl == 1e-4
+    assert cifar100.model.receiver == "resnet18" and cifar10.model.receiver == "mlp"
     # The default protocol is untouched by the variant's existence.
     assert default.channel.draw == "element" and default.evaluation.channel == "train"
     assert default.model.init == "flax" and default.erasure.remain_size == "rest"

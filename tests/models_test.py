@@ -7,7 +7,7 @@ import pytest
 
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax.models import build_system, init_system, resnet
+from scu_jax.models import apply_receiver, build_system, init_system, receiver_of, resnet, with_receiver
 
 
 def _count(tree) -> int:
@@ -135,3 +135,25 @@ def test_torch_initialisers_match_pytorch_reset_parameters():
         "params"]["codec"]["encoder"]["block0"]["conv1"]["kernel"]
     bound = 1 / np.sqrt(3 * 3 * conv.shape[2])  # 3×3 window × input channels
     assert np.abs(conv).max() <= bound and np.abs(conv).max() > 0.9 * bound
+
+
+def test_resnet_receiver_keeps_its_batchnorm_statistics_beside_the_codecs():
+    """The reference's CIFAR-100 receiver (`model.receiver = "resnet18"`): 20 logits from x̂ as an
+    image; its statistics sit in batch_stats["receiver"], updated in training mode only."""
+    config = presets.apply_variant(presets.cifar_config("cifar100"), "smoke")
+    config.model.receiver = "resnet18"
+    system = build_system(config, (32, 32, 3), 20)
+    variables = init_system(system, jax.random.PRNGKey(0), (32, 32, 3))
+    params, stats = variables["params"], variables["batch_stats"]
+    assert set(stats) == {"encoder", "decoder", "receiver"}
+    x_hat = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    logits, same = apply_receiver(system, params, stats, x_hat)
+    assert logits.shape == (4, 20) and same is stats  # evaluation mode: running averages, no update
+    logits, updated = apply_receiver(system, params, stats, x_hat, train=True)
+    assert set(updated) == set(stats) and updated["encoder"] is stats["encoder"]
+    moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(updated["receiver"]),
+                                                         jax.tree.leaves(stats["receiver"]))]
+    assert max(moved) > 1e-3  # the batch moved the running averages (momentum 0.9)
+    original = receiver_of(params, stats)
+    swapped_params, swapped_stats = with_receiver(params, updated, original)
+    assert swapped_stats["receiver"] is stats["receiver"] and swapped_params["receiver"] is params["receiver"]

@@ -452,23 +452,38 @@ def test_a_result_saved_before_new_fields_is_reused(trained, tmp_path):
 
 @pytest.mark.slow
 def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
-    """The CIFAR-10 `reference` preset on mock data: crops taken once, scalar channel draws, SCU
-    with its quirks (unit-MSE weights, cropped D_r, dropped partial batch, no epoch stop), every
-    system read by its own receiver."""
-    config = presets.apply_variant(presets.cifar_config("cifar10"), "reference,smoke")
+    """The CIFAR-100 `reference` preset on mock data: crops taken once, scalar channel draws, the
+    ResNet receiver (BatchNorm), SCU with its quirks (unit-MSE weights, cropped D_r, dropped
+    partial batch), every system read by its own receiver."""
+    config = presets.apply_variant(presets.cifar_config("cifar100"), "reference,smoke")
+    assert config.model.receiver == "resnet18"
     config.max_train_examples, config.max_test_examples = 64, 32
-    config.erasure.edr = 0.2  # 13 erased images of base class 1 in the 64: a partial last batch
+    config.erasure.edr = 0.3  # the erased images of base class 18 in the 64: a partial last batch
     config.evaluation.mi_steps = 0
     train.train_and_evaluate(config, str(tmp_path / "train"))
     split = train.load_split(config)
-    # The 2 % batch stop off, so that the step count is exact (the stop has its own test).
-    scu_config = _method_config(config, "scu", max_epochs=2, batch_size=3, batch_stop=0.0)
+    # The 2 % batch stop and the 10 % D_e stop off, so that the step count is exact (the stops
+    # have their own tests).
+    scu_config = _method_config(config, "scu", max_epochs=2, batch_size=3, batch_stop=0.0,
+                                epoch_stop=0.0)
     results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
     full_batches = len(split.erased_images) // 3
-    assert full_batches >= 1 and len(split.erased_images) % 3  # (mock data: 8 erased images)
+    assert full_batches >= 1 and len(split.erased_images) % 3, len(split.erased_images)
     # ⌊|D_e|/B⌋ steps an epoch, and no epoch-level stop: both epochs run.
     assert results["epochs"] == 2 and results["steps"] == 2 * full_batches
     assert results["receiver"] == "own" and "original_receiver_backdoor_accuracy" in results
     assert results["protocol"].startswith("trained through awgn, paper family, 20 dB, one noise "
                                           "scalar per call; evaluated through the training channel")
     assert np.isfinite(results["mse_clean"])
+    # The receiver's BatchNorm statistics were trained, then unlearned with the codec, and the
+    # original's are kept with the result (scu-evaluate reads them back).
+    _, system, _ = train.build_for(scu_config)
+    trained_params, trained_stats, _ = unlearn.load_variables(tmp_path / "train", system, scu_config,
+                                                              (32, 32, 3))
+    params, stats, _ = unlearn.load_variables(tmp_path / "scu", system, scu_config, (32, 32, 3))
+    assert "receiver" in trained_stats and not all(
+        np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained_stats["receiver"]),
+                                          jax.tree.leaves(stats["receiver"])))
+    alone = unlearn.evaluate_workdir(str(tmp_path / "scu"))
+    assert alone["original_receiver_backdoor_accuracy"] == pytest.approx(
+        results["original_receiver_backdoor_accuracy"], abs=1e-9)

@@ -19,9 +19,10 @@ import ml_collections
 
 from scu_jax.channels import Channel
 from scu_jax.models.mlp import MLP, MLPDecoder, Receiver
-from scu_jax.models.resnet import ResNet18, ResNetDecoder
+from scu_jax.models.resnet import ResNet18, ResNetDecoder, ResNetReceiver
 
 MODELS = ("mlp", "resnet18")
+RECEIVER_MODELS = ("mlp", "resnet18")
 
 
 class CodecOutput(NamedTuple):
@@ -72,7 +73,7 @@ class System(NamedTuple):
     """The two Linen modules of a semantic communication system."""
 
     codec: SemanticCodec
-    receiver: Receiver
+    receiver: nn.Module  # Receiver (MLP) or ResNetReceiver
 
 
 def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
@@ -106,7 +107,12 @@ def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
     else:
         raise ValueError(f"unknown model {model.name!r}; choose one of: {', '.join(MODELS)}")
     codec = SemanticCodec(encoder, decoder, channel, latent_dim)
-    return System(codec, Receiver(num_classes, model.hidden, init))
+    if model.receiver == "resnet18":
+        receiver = ResNetReceiver(num_classes, tuple(image_shape), tuple(model.widths),
+                                  jnp.dtype(model.dtype), init)
+    else:
+        receiver = Receiver(num_classes, model.hidden, init)
+    return System(codec, receiver)
 
 
 def without_channel(system: System) -> System:
@@ -126,10 +132,46 @@ def init_system(system: System, key: jax.Array, image_shape: Sequence[int]) -> d
         {"params": codec_key, "latent": latent_key, "channel": channel_key}, dummy, train=False
     )
     receiver_variables = system.receiver.init(receiver_key, dummy)
+    batch_stats = dict(codec_variables.get("batch_stats", {}))
+    if "batch_stats" in receiver_variables:  # a BatchNorm receiver's statistics sit beside the codec's
+        batch_stats["receiver"] = receiver_variables["batch_stats"]
     return {
         "params": {"codec": codec_variables["params"], "receiver": receiver_variables["params"]},
-        "batch_stats": dict(codec_variables.get("batch_stats", {})),
+        "batch_stats": batch_stats,
     }
+
+
+def apply_receiver(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
+                   x_hat: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """The receiver's logits on x̂, and `batch_stats` with its BatchNorm statistics updated.
+
+    An MLP receiver has no statistics (`batch_stats` comes back unchanged); a ResNet receiver keeps
+    them under `batch_stats["receiver"]`, in training mode from the batch (and updated), in
+    evaluation mode from the running averages. `params["receiver"]` may be stop-gradient-ed by
+    the caller.
+    """
+    if "receiver" not in batch_stats:
+        return system.receiver.apply({"params": params["receiver"]}, x_hat), batch_stats
+    variables = {"params": params["receiver"], "batch_stats": batch_stats["receiver"]}
+    if not train:
+        return system.receiver.apply(variables, x_hat, train=False), batch_stats
+    logits, mutated = system.receiver.apply(variables, x_hat, train=True, mutable=["batch_stats"])
+    return logits, {**batch_stats, "receiver": mutated["batch_stats"]}
+
+
+def receiver_of(params: dict[str, Any], batch_stats: dict[str, Any]) -> tuple[Any, Any]:
+    """A system's receiver: `(its parameters, its BatchNorm statistics or None)`."""
+    return params["receiver"], batch_stats.get("receiver")
+
+
+def with_receiver(params: dict[str, Any], batch_stats: dict[str, Any],
+                  receiver: tuple[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`(params, batch_stats)` with the receiver `receiver` (from `receiver_of`) in place."""
+    receiver_params, receiver_stats = receiver
+    params = {**params, "receiver": receiver_params}
+    if receiver_stats is not None:
+        batch_stats = {**batch_stats, "receiver": receiver_stats}
+    return params, batch_stats
 
 
 def to_unit_interval(images: jax.Array) -> jax.Array:

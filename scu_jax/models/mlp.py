@@ -54,5 +54,6 @@ class Receiver(nn.Module):
     initializer: str = "flax"
 
     @nn.compact
-    def __call__(self, x_hat: jax.Array) -> jax.Array:
-        return MLP(self.num_classes, self.hidden, self.initializer, name="mlp")(x_hat.astype(jnp.float32))
+    def __call__(self, x_hat: jax.Array, train: bool = False) -> jax.Array:
+        return MLP(self.num_classes, self.hidden, self.initializer, name="mlp")(
+            x_hat.astype(jnp.float32), train)

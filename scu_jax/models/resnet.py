@@ -94,3 +94,21 @@ class ResNetDecoder(nn.Module):
         x = z.reshape((z.shape[0], *self.image_shape))
         x_hat = ResNet18(size, self.widths, self.dtype, self.initializer, name="net")(x, train)
         return x_hat.reshape((z.shape[0], *self.image_shape))
+
+
+class ResNetReceiver(nn.Module):
+    """The reference's CIFAR-100 receiver: a ResNet-18-style classifier on x̂ as an image.
+
+    Its BatchNorm statistics live in the system's `batch_stats` under "receiver".
+    """
+
+    num_classes: int
+    image_shape: Sequence[int]
+    widths: Sequence[int] = WIDTHS
+    dtype: jnp.dtype = jnp.float32
+    initializer: str = "flax"
+
+    @nn.compact
+    def __call__(self, x_hat: jax.Array, train: bool = False) -> jax.Array:
+        x = x_hat.reshape((x_hat.shape[0], *self.image_shape)).astype(jnp.float32)
+        return ResNet18(self.num_classes, self.widths, self.dtype, self.initializer, name="net")(x, train)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from scu_jax.models import CodecOutput, System, to_unit_interval
+from scu_jax.models import CodecOutput, System, apply_receiver, to_unit_interval
 
 
 @flax.struct.dataclass
@@ -92,13 +92,16 @@ def codec_forward(system: System, params: dict[str, Any], batch_stats: dict[str,
     return out, mutated.get("batch_stats", batch_stats)
 
 
-def receiver_logits(system: System, params: dict[str, Any], x_hat: jax.Array,
-                    config: ml_collections.ConfigDict) -> jax.Array:
-    """The receiver's logits on x̂; the receiver is frozen unless it trains jointly."""
+def receiver_logits(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
+                    x_hat: jax.Array, config: ml_collections.ConfigDict
+                    ) -> tuple[jax.Array, dict[str, Any]]:
+    """The receiver's logits on x̂ (training mode, as the reference's unlearning loops run it)
+    and the updated BatchNorm statistics of a ResNet receiver; the receiver is frozen unless it
+    trains jointly."""
     receiver_params = params["receiver"]
     if config.train.ce_weight <= 0:
         receiver_params = jax.lax.stop_gradient(receiver_params)
-    return system.receiver.apply({"params": receiver_params}, x_hat)
+    return apply_receiver(system, {"receiver": receiver_params}, batch_stats, x_hat, train=True)
 
 
 def backdoor_rate(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -75,7 +75,7 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
         def erased_loss(trainable_params_):
             params = {**state.params, **trainable_params_}
             out, batch_stats = codec_forward(system, params, state.batch_stats, x_e, erased_key)
-            logits = receiver_logits(system, params, out.x_hat, config)
+            logits, batch_stats = receiver_logits(system, params, batch_stats, out.x_hat, config)
             loss = losses.codec_loss(out.mu, out.logvar, out.x_hat, x_e, beta=t.beta,
                                      mse_weight=t.mse_weight, receiver_logits=logits,
                                      labels=batch.erased_targets, ce_weight=t.ce_weight)

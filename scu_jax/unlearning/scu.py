@@ -88,7 +88,7 @@ def scu(config: ml_collections.ConfigDict, system: System, *, compensation: bool
         erased_key, remain_key, reencode_key, reencode_noise = jax.random.split(key, 4)
         x_e = to_unit_interval(batch.erased_images)
         out_e, batch_stats = codec_forward(system, params, batch_stats, x_e, erased_key)
-        logits_e = receiver_logits(system, params, out_e.x_hat, config)
+        logits_e, batch_stats = receiver_logits(system, params, batch_stats, out_e.x_hat, config)
         mu_o, logvar_o = system.codec.apply(
             jax.lax.stop_gradient(original), x_e, train=False, method="encode")
         kl_eo = losses.gaussian_kl(out_e.mu, out_e.logvar, mu_o, logvar_o)
@@ -109,7 +109,8 @@ def scu(config: ml_collections.ConfigDict, system: System, *, compensation: bool
             compensation_term = losses.contrastive_compensation(out_e.z, out_r.z, z_reencoded)
             shared = t.beta * losses.kl_to_prior(out_r.mu, out_r.logvar) + compensation_term
             if t.ce_weight > 0:
-                logits_r = receiver_logits(system, params, out_r.x_hat, config)
+                logits_r, batch_stats = receiver_logits(system, params, batch_stats, out_r.x_hat,
+                                                        config)
                 shared = shared + t.ce_weight * losses.cross_entropy(logits_r, batch.remain_labels)
             reconstruction = losses.reconstruction_mse(out_r.x_hat, x_r)
             utility = u.rho * (shared + t.mse_weight * reconstruction)

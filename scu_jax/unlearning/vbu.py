@@ -20,7 +20,7 @@ def vbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
     def loss_fn(params, batch_stats, original, batch: Batch, key):
         del original
         out_e, batch_stats = codec_forward(system, params, batch_stats, batch.erased_images, key)
-        logits_e = receiver_logits(system, params, out_e.x_hat, config)
+        logits_e, batch_stats = receiver_logits(system, params, batch_stats, out_e.x_hat, config)
         forget = forget_term(config, out_e.x_hat, to_unit_interval(batch.erased_images), logits_e,
                              batch.erased_targets)
         loss = -config.unlearning.beta_u * forget
