@@ -8,10 +8,14 @@ why); SCU unlearns at lr 3e-4 for at most 300 epochs over the 240 erased images.
 
 Variants (`--config=configs/mnist.py:VARIANT`, comma-separated):
   reference   the authors' protocol (`scu_jax.presets.use_reference_protocol` lists every field):
-              Rician K = 2 at 6 dB with ONE noise scalar per call (std detached), a fresh Adam
-              every training epoch, evaluation without the channel, SCU/VBU at lr 1e-4 for 4,500
-              steps (300 epochs over D_e) with no early stop, HBU with one fixed probe and its
-              2 % / 10 % stops. Every other field as below.
+              Rician K = 2 at 6 dB with ONE noise scalar per call (std detached), PyTorch's
+              initialisers, a fresh Adam every training epoch, evaluation without the channel,
+              SCU/VBU at lr 1e-4 for 4,500 steps (300 epochs over D_e) with no early stop, HBU
+              with one fixed probe and its 2 % / 10 % stops. Every other field as below.
+              Measured (seeds 0-2, README "Reproducing the authors' numbers"): original backdoor
+              98.7 %, D_clean accuracy 96.6 %, test accuracy 89.5 %, MSE clean 3.01, erased 3.19;
+              after SCU 0.4 %, 97.3 %, 90.1 %, 3.22, 7.41 (the authors' script on the same data:
+              98.8 / 96.7 / 90.1 / 2.99 / 3.18 and 0.5 / 96.9 / 90.2 / 3.19 / 7.37).
   smoke       1,024 images, a few epochs: for tests.
 
 Run:

@@ -51,6 +51,14 @@ def hutchinson_diagonal(loss: Callable[[Any], jax.Array], params: Any, key: jax.
     return jax.tree.map(jnp.multiply, vector, hessian_vector_product(loss, params, vector))
 
 
+def probe_key(key: jax.Array, step: jax.Array, *, fixed: bool) -> jax.Array:
+    """The key of a step's Rademacher probe: the step's own (from `fold_in(key, step)`), or with
+    `fixed` one key for every step of the run (the reference's fixed seed)."""
+    if fixed:
+        return jax.random.fold_in(key, _FIXED_PROBE)
+    return jax.random.split(jax.random.fold_in(key, step), 3)[2]
+
+
 def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
     lr, t = config.unlearning.learning_rate, config.train
 
@@ -60,9 +68,8 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
 
     def step(state: UnlearnState, batch: Batch, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
-        erased_key, remain_key, probe_key = jax.random.split(step_key, 3)
-        if config.unlearning.hbu_fixed_probe:
-            probe_key = jax.random.fold_in(key, _FIXED_PROBE)
+        erased_key, remain_key, _ = jax.random.split(step_key, 3)
+        probe = probe_key(key, state.step, fixed=config.unlearning.hbu_fixed_probe)
         trainable = trainable_params(state.params, config)
         x_r = remain_inputs(config, batch.remain_images, jax.random.fold_in(step_key, 5))
         x_e = to_unit_interval(batch.erased_images)
@@ -81,7 +88,7 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
                                      labels=batch.erased_targets, ce_weight=t.ce_weight)
             return loss, (logits, batch_stats)
 
-        diagonal = hutchinson_diagonal(remain_loss, trainable, probe_key)
+        diagonal = hutchinson_diagonal(remain_loss, trainable, probe)
         (loss_e, (logits_e, batch_stats)), grads = jax.value_and_grad(
             erased_loss, has_aux=True)(trainable)
         scale = 0.1 * lr + 0.005
