@@ -221,7 +221,8 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
         raise ValueError(f"remain_size must be 'rest' or 'requested', got {remain_size!r}")
     size = n - (requested if remain_size == "requested" else len(erased_idx))
     remain_idx = np.sort(rng.choice(n, size=size, replace=False))
-    erased_source, remain_train, clean_images = images[erased_idx], images[remain_idx], images[erased_idx]
+    erased_source, clean_images = images[erased_idx], images[erased_idx]
+    remain_train = images[remain_idx]
     if crop_once:
         # Its own stream, so the choice of D_r and the order do not depend on cropping.
         crops = np.random.default_rng([seed, 104729])

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from scu_jax import losses
-from scu_jax.models import System, to_unit_interval
 from scu_jax.data.augment import random_crop
+from scu_jax.models import System, to_unit_interval
 from scu_jax.train import make_optimizer
 from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod,
                                      backdoor_rate, codec_forward, frozen_original,
