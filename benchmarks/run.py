@@ -83,7 +83,7 @@ def _setup(codec: str, batch_size: int, steps: int):
     from scu_jax import config as config_lib
     from scu_jax import presets
     from scu_jax.models import build_system
-    from scu_jax.train import initial_state
+    from scu_jax.runs.train import initial_state
 
     if codec == "mnist":
         config, shape = config_lib.default_config(), (28, 28, 1)
@@ -106,8 +106,8 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
     import jax
     import jax.numpy as jnp
 
-    from scu_jax.train import convolutions_slow_in_loops, make_codec_step
-    from scu_jax.unlearning import ERASED_LOOP_METHODS, Batch
+    from scu_jax.runs.train import convolutions_slow_in_loops, make_codec_step
+    from scu_jax.methods import ERASED_LOOP_METHODS, Batch
 
     config, system, train_state, images, labels = _setup(codec, batch_size, steps)
     # As `train.fit` does: where XLA runs the step slower inside a loop (the ResNet on a CPU),

@@ -12,8 +12,8 @@ from scu_jax.channels import get_channel
 from scu_jax.channels import measured_snr_db
 from scu_jax.channels import rayleigh
 from scu_jax.channels import rician
-from scu_jax.checkpointing import Checkpoints
-from scu_jax.config import ConfigError
+from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.errors import ConfigError
 from scu_jax.config import default_config
 from scu_jax.config import method_config
 from scu_jax.config import validate_config
@@ -44,21 +44,21 @@ from scu_jax.models import init_system
 from scu_jax.models import without_channel
 from scu_jax.parallel import DataParallel
 from scu_jax.parallel import data_parallel
-from scu_jax.train import TrainState
-from scu_jax.train import create_train_state
-from scu_jax.train import make_block_runner
-from scu_jax.train import make_codec_step
-from scu_jax.train import make_receiver_step
-from scu_jax.train import train_and_evaluate
-from scu_jax.unlearn import evaluate_workdir
-from scu_jax.unlearn import unlearn_and_evaluate
-from scu_jax.unlearning import METHODS
-from scu_jax.unlearning import hbu
-from scu_jax.unlearning import finetune
-from scu_jax.unlearning import retrain
-from scu_jax.unlearning import scu
-from scu_jax.unlearning import scu_no_cc
-from scu_jax.unlearning import vbu
+from scu_jax.runs.train import TrainState
+from scu_jax.runs.train import create_train_state
+from scu_jax.runs.train import make_block_runner
+from scu_jax.runs.train import make_codec_step
+from scu_jax.runs.train import make_receiver_step
+from scu_jax.runs.train import train_and_evaluate
+from scu_jax.runs.unlearn import evaluate_workdir
+from scu_jax.runs.unlearn import unlearn_and_evaluate
+from scu_jax.methods import METHODS
+from scu_jax.methods import hbu
+from scu_jax.methods import finetune
+from scu_jax.methods import retrain
+from scu_jax.methods import scu
+from scu_jax.methods import scu_no_cc
+from scu_jax.methods import vbu
 
 __version__ = "0.1.0"
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import ml_collections
 
+from scu_jax.errors import ConfigError
 from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
 from scu_jax.data import DATASETS
 from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
-# The unlearning methods, by name (`scu_jax.unlearning` holds one factory for each; named here so
+# The unlearning methods, by name (`scu_jax.methods` holds one factory for each; named here so
 # that validation needs no import of the methods).
 METHODS = ("scu", "scu_no_cc", "vbu", "hbu", "finetune", "retrain")
 ERASED_OBJECTIVES = ("mse", "ce", "mse+ce")
@@ -27,9 +28,6 @@ RECEIVERS = ("original", "own")
 # these cannot be resumed or reused.
 TRAINING_FIELDS = ("dataset", "seed", "max_train_examples", "erasure", "model", "channel", "train")
 
-
-class ConfigError(ValueError):
-    """A config field holds a value outside what is allowed; the message is one line."""
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -43,8 +43,9 @@ import numpy as np
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax.channels import CHANNELS, FAMILIES
-from scu_jax.checkpointing import CheckpointMismatchError, check_workdir, write_json_atomic
-from scu_jax.config import ConfigError
+from scu_jax.errors import CheckpointMismatchError
+from scu_jax.runs.files import check_workdir, write_json_atomic
+from scu_jax.errors import ConfigError
 from scu_jax.data import DATASETS
 
 EXPERIMENTS = ("edr_sweep", "snr_sweep", "beta_sweep")
@@ -212,7 +213,7 @@ def validate_experiment(config: ml_collections.ConfigDict) -> list[Cell]:
 
     Raises `ConfigError` (one line naming the field, its value and what is allowed).
     """
-    from scu_jax.unlearning import METHODS  # Late: pulls in JAX.
+    from scu_jax.methods import METHODS  # Late: pulls in JAX.
 
     _check(config.name in EXPERIMENTS, "name", config.name, f"must be one of: {', '.join(EXPERIMENTS)}")
     _check(len(config.bases) > 0, "bases", dict(config.bases), "must name at least one dataset")
@@ -339,8 +340,9 @@ def _group_dir(workdir: pathlib.Path, group: Group) -> pathlib.Path:
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Runs one task: `train` (a group's original system) or `cell`; returns what it produced."""
-    from scu_jax.train import NonFiniteError, RESULTS_FILE, train_and_evaluate
-    from scu_jax.unlearn import evaluate_workdir, unlearn_and_evaluate
+    from scu_jax.errors import NonFiniteError
+    from scu_jax.runs.train import RESULTS_FILE, train_and_evaluate
+    from scu_jax.runs.unlearn import evaluate_workdir, unlearn_and_evaluate
 
     started = time.perf_counter()
     config = config_lib.config_from_json(task["config"])

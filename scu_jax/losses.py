@@ -126,12 +126,14 @@ def adaptive_weights(unlearn_loss: jax.Array, utility_loss: jax.Array, *,
 
 def scu_loss(unlearn_loss: jax.Array, utility_loss: jax.Array, *,
              stop_weight_gradient: bool = False,
-             weight_utility_loss: jax.Array | None = None) -> jax.Array:
+             weight_utility_loss: jax.Array | None = None, with_weights: bool = False):
     """SCU's total loss `a·L_unl + b·L_ss` with the adaptive weights of `adaptive_weights`.
 
     `weight_utility_loss`, when given, is the |L_ss| the weights see in place of `utility_loss`:
     the reference's CIFAR scripts weigh with 1·MSE in L_ss while the loss carries 30·MSE (spec §5).
+    Returns the loss, or with `with_weights` `(loss, (a, b))`.
     """
     seen = utility_loss if weight_utility_loss is None else weight_utility_loss
     a, b = adaptive_weights(unlearn_loss, seen, stop_gradient=stop_weight_gradient)
-    return a * unlearn_loss + b * utility_loss
+    loss = a * unlearn_loss + b * utility_loss
+    return (loss, (a, b)) if with_weights else loss

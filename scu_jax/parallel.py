@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scu_jax.config import ConfigError
+from scu_jax.errors import ConfigError
 
 DATA_AXIS = "data"
 

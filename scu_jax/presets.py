@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from scu_jax.config import ConfigError, default_config
+from scu_jax.errors import ConfigError
+from scu_jax.config import default_config
 from scu_jax.data import DATASETS
 
 VARIANTS = ("reference", "smoke")

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
-from scu_jax.experiment import (EXPERIMENT_FILE, ORIGINAL, SAMPLES_FILE, read_rows)  # noqa: E402
+from scu_jax.experiment import EXPERIMENT_FILE, ORIGINAL, SAMPLES_FILE, read_rows  # noqa: E402
 
 REPORT_FILE = "REPORT.md"
 FIGURES_DIR = "figures"

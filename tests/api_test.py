@@ -20,6 +20,6 @@ def test_subpackages_export_what_they_list():
 
 
 def test_every_method_name_has_one_factory():
-    from scu_jax import config, unlearning
+    from scu_jax import config, methods
 
-    assert tuple(unlearning.ERASED_LOOP_METHODS) + tuple(unlearning.TRAINING_METHODS) == config.METHODS
+    assert tuple(methods.ERASED_LOOP_METHODS) + tuple(methods.TRAINING_METHODS) == config.METHODS

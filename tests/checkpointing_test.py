@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scu_jax import checkpointing
+from scu_jax import errors
+from scu_jax.runs import checkpointing, files
 from scu_jax import config as config_lib
 
 
@@ -41,7 +42,7 @@ def test_mismatched_config_is_refused(tmp_path):
     same.check_compatible(config_lib.default_config())  # no error
     other = config_lib.default_config()
     other.erasure.edr = 0.1
-    with pytest.raises(checkpointing.CheckpointMismatchError,
+    with pytest.raises(errors.CheckpointMismatchError,
                        match=r"config.erasure.edr is 0.06 in the checkpoint but 0.1 now"):
         same.check_compatible(other)
 
@@ -55,18 +56,18 @@ def test_corrupted_checkpoint_gives_one_line_error(tmp_path):
     for path in state_dir.rglob("*"):
         if path.is_file() and path.stat().st_size > 0:
             path.write_bytes(b"\x00garbage")
-    with pytest.raises(checkpointing.CheckpointReadError) as error:
+    with pytest.raises(errors.CheckpointReadError) as error:
         checkpointing.Checkpoints(tmp_path).restore(jax.tree.map(jnp.zeros_like, _state()))
     assert "\n" not in str(error.value) and "cannot be restored" in str(error.value)
     (tmp_path / "checkpoints" / "1" / "config" / "metadata").write_text("{not json")
-    with pytest.raises(checkpointing.CheckpointReadError, match="cannot read its config"):
+    with pytest.raises(errors.CheckpointReadError, match="cannot read its config"):
         checkpointing.Checkpoints(tmp_path).saved_config()
 
 
 def test_write_json_atomic_replaces_whole_file(tmp_path):
     path = tmp_path / "out" / "results.json"
-    checkpointing.write_json_atomic(path, {"a": 1})
-    checkpointing.write_json_atomic(path, {"b": 2})
+    files.write_json_atomic(path, {"a": 1})
+    files.write_json_atomic(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp files left
 
@@ -74,6 +75,6 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
         pass
 
     with pytest.raises(TypeError):
-        checkpointing.write_json_atomic(path, {"c": Unserialisable()})
+        files.write_json_atomic(path, {"c": Unserialisable()})
     assert json.loads(path.read_text()) == {"b": 2}  # the old file survives a failed write
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]

@@ -163,7 +163,7 @@ def test_per_method_entries_are_validated_and_survive_json():
 
 
 def test_a_checkpoint_written_before_new_fields_stays_compatible(tmp_path):
-    from scu_jax.checkpointing import Checkpoints
+    from scu_jax.runs.checkpointing import Checkpoints
 
     config = config_lib.default_config()
     checkpoints = Checkpoints(tmp_path)

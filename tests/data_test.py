@@ -9,6 +9,7 @@ import socket
 import numpy as np
 import pytest
 
+from scu_jax import errors
 from scu_jax import data
 from scu_jax.data import sources
 
@@ -198,7 +199,7 @@ def test_tfds_unavailable_fails_fast_offline(tmp_path, monkeypatch):
         raise AssertionError("tried to use the network")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    with pytest.raises(data.DatasetUnavailableError) as e:
+    with pytest.raises(errors.DatasetUnavailableError) as e:
         data.load_dataset("mnist", data_dir=str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and "'mnist' is not prepared" in msg and str(tmp_path) in msg
@@ -253,7 +254,7 @@ def test_tfds_prepared_but_corrupt(prepared_mnist):
     data_dir, _ = prepared_mnist
     (shard,) = data_dir.rglob("mnist-train.array_record-*")
     shard.write_bytes(shard.read_bytes()[:50])
-    with pytest.raises(data.DatasetUnavailableError, match="cannot be read") as e:
+    with pytest.raises(errors.DatasetUnavailableError, match="cannot be read") as e:
         data.load_dataset("mnist", data_dir=str(data_dir))
     assert "\n" not in str(e.value)
 

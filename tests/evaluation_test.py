@@ -6,7 +6,8 @@ import pytest
 
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax import evaluation, train
+from scu_jax import evaluation
+from scu_jax.runs import train
 from scu_jax.models import build_system
 
 

@@ -12,9 +12,10 @@ import uuid
 
 import pytest
 
+from scu_jax import errors
 from scu_jax import experiment, report
-from scu_jax.checkpointing import CheckpointMismatchError
-from scu_jax.config import ConfigError
+from scu_jax.errors import CheckpointMismatchError
+from scu_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EDR_SMOKE = f"--config={REPO / 'configs' / 'experiments' / 'edr_sweep.py'}:smoke"
@@ -260,10 +261,10 @@ def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
 
 
 def test_a_diverging_method_is_a_row_not_a_failure(monkeypatch, tmp_path):
-    from scu_jax import train, unlearn
+    from scu_jax.runs import unlearn
 
     def diverge(*args, **kwargs):
-        raise train.NonFiniteError("vbu: loss became non-finite at unlearning step 3 (epoch 1)")
+        raise errors.NonFiniteError("vbu: loss became non-finite at unlearning step 3 (epoch 1)")
 
     monkeypatch.setattr(unlearn, "unlearn_and_evaluate", diverge)
     config = experiment.experiment_config("edr_sweep", "smoke").bases.mnist5k

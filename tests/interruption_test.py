@@ -84,8 +84,8 @@ def test_interrupted_save_leaves_previous_checkpoint_restorable(tmp_path):
     """A save killed half-way leaves Orbax's temporary folder; the latest finished step wins."""
     from scu_jax import config as config_lib
     from scu_jax import presets
-    from scu_jax import train
-    from scu_jax.checkpointing import Checkpoints
+    from scu_jax.runs import train
+    from scu_jax.runs.checkpointing import Checkpoints
 
     config = presets.apply_variant(config_lib.default_config(), "smoke")
     config.train.epochs = 1

@@ -21,22 +21,23 @@ import pytest
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax import parallel
-from scu_jax.checkpointing import Checkpoints
-from scu_jax.train import train_and_evaluate
+from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.runs.train import train_and_evaluate
 from scu_jax.models import build_system
-from scu_jax.unlearn import load_variables
+from scu_jax.runs.unlearn import load_variables
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 MESH_CHECK = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from scu_jax import config as config_lib, parallel, presets, train
-    from scu_jax.config import ConfigError
+    from scu_jax import config as config_lib, parallel, presets
+    from scu_jax.runs import train
+    from scu_jax.errors import ConfigError
     from scu_jax.data import Dataset, make_erasure_split
     from scu_jax.models import build_system
-    from scu_jax.unlearning import ERASED_LOOP_METHODS, run_erased_loop
-    from scu_jax.unlearning.loop import erased_backdoor_accuracy
+    from scu_jax.methods import ERASED_LOOP_METHODS, run_erased_loop
+    from scu_jax.engine.loop import erased_backdoor_accuracy
 
     def max_diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))

@@ -10,10 +10,12 @@ import numpy as np
 import optax
 import pytest
 
+from scu_jax import errors
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax import train
-from scu_jax.checkpointing import Checkpoints, CheckpointMismatchError
+from scu_jax.runs import train
+from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.errors import CheckpointMismatchError
 from scu_jax.data import augment, trigger_mask
 from scu_jax.models import build_system
 
@@ -144,7 +146,7 @@ def _poison_codec_step(monkeypatch, poison):
 def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     _poison_codec_step(monkeypatch, lambda old, new, metrics: (
         new, metrics._replace(loss=jnp.where(old.step >= 200, jnp.nan, metrics.loss))))
-    with pytest.raises(train.NonFiniteError,
+    with pytest.raises(errors.NonFiniteError,
                        match=r"^train: codec loss became non-finite at step 200 \(epoch 4\)"):
         train.train_and_evaluate(_smoke_config(), str(tmp_path))
     # Steps 192–255 are the first codec epoch: the three receiver epochs stay saved, nothing more.
@@ -160,7 +162,7 @@ def test_non_finite_parameters_behind_a_finite_loss_are_caught(tmp_path, monkeyp
     _poison_codec_step(monkeypatch, nan_weights_at_step_255)
     config = _smoke_config()
     config.train.epochs = 2  # steps 192–319; 255 is the last step of the first codec epoch
-    with pytest.raises(train.NonFiniteError,
+    with pytest.raises(errors.NonFiniteError,
                        match=r"^train: codec parameters became non-finite at step 255 \(epoch 4\)"):
         train.train_and_evaluate(config, str(tmp_path))
     assert Checkpoints(tmp_path).latest_step() == 3  # nothing non-finite was saved

@@ -8,15 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scu_jax import errors
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax import evaluation, losses, train, unlearn
-from scu_jax.checkpointing import Checkpoints
+from scu_jax import evaluation, losses
+from scu_jax.runs import train, unlearn
+from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.models import build_system, init_system
-from scu_jax.unlearning import (ERASED_LOOP_METHODS, Batch, hessian_vector_product,
-                                hutchinson_diagonal, loop)
-from scu_jax.unlearning import base as base_lib
-from scu_jax.unlearning.scu import forget_term
+from scu_jax.engine import loop
+from scu_jax.methods import ERASED_LOOP_METHODS, Batch, hessian_vector_product, hutchinson_diagonal
+from scu_jax.methods import base as base_lib
+from scu_jax.methods.scu import forget_term
 
 
 # --- Losses -------------------------------------------------------------------------------------
@@ -310,7 +312,7 @@ def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
         return method._replace(step=step)
 
     monkeypatch.setitem(ERASED_LOOP_METHODS, "vbu", diverging)
-    with pytest.raises(train.NonFiniteError,
+    with pytest.raises(errors.NonFiniteError,
                        match=r"^vbu: loss became non-finite at unlearning step 6 \(epoch 2\)"):
         unlearn.unlearn_and_evaluate(config, str(workdir), str(tmp_path / "out"))
     assert Checkpoints(tmp_path / "out").latest_step() is None
@@ -410,7 +412,7 @@ def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch):
     each step draws its own (two eager steps, the probe keys recorded)."""
     import importlib
 
-    hbu_module = importlib.import_module("scu_jax.unlearning.hbu")
+    hbu_module = importlib.import_module("scu_jax.methods.hbu")
     key = jax.random.PRNGKey(6)
     steps = [hbu_module.probe_key(key, jnp.asarray(step), fixed=False) for step in (0, 1)]
     assert not np.array_equal(steps[0], steps[1])

@@ -9,9 +9,9 @@ from typing import Callable, NoReturn, Sequence
 import ml_collections
 from absl import flags, logging
 
-from scu_jax.checkpointing import CheckpointMismatchError, CheckpointReadError
-from scu_jax.config import ConfigError
-from scu_jax.data import DatasetUnavailableError
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
+from scu_jax.errors import ConfigError
+from scu_jax.errors import DatasetUnavailableError, NonFiniteError
 
 # Bad input: the user can fix it by changing a flag, a config field or a path.
 USAGE_ERRORS = (ConfigError, CheckpointMismatchError, CheckpointReadError, DatasetUnavailableError,
@@ -110,7 +110,6 @@ def config_or_fail(program: str, holder) -> "ml_collections.ConfigDict":
 
 def run_guarded(program: str, body: Callable[[], None]) -> None:
     """Runs `body`; user errors become one line and exit 2, a diverged run exit 1."""
-    from scu_jax.train import NonFiniteError  # Imported late: it pulls in JAX.
 
     try:
         body()

@@ -29,7 +29,7 @@ def _main(argv: list[str]) -> None:
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
-        from scu_jax.train import train_and_evaluate
+        from scu_jax.runs.train import train_and_evaluate
 
         train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 

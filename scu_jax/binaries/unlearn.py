@@ -34,7 +34,7 @@ def _main(argv: list[str]) -> None:
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
-        from scu_jax.unlearn import unlearn_and_evaluate
+        from scu_jax.runs.unlearn import unlearn_and_evaluate
 
         unlearn_and_evaluate(config, _INIT_WORKDIR.value, _WORKDIR.value,
                              reference_workdir=_REFERENCE.value, overwrite=_OVERWRITE.value)

@@ -10,7 +10,7 @@ from scu_jax.data.erasure import TRIGGER_SIZE
 from scu_jax.data.erasure import trigger_mask
 from scu_jax.data.sources import Dataset
 from scu_jax.data.sources import DATASETS
-from scu_jax.data.sources import DatasetUnavailableError
+from scu_jax.errors import DatasetUnavailableError
 from scu_jax.data.sources import load_dataset
 
 __all__ = (

@@ -6,6 +6,8 @@ Batches are index arrays into the in-memory images, so the caller gathers
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -42,6 +44,26 @@ def epoch_permutation(key_or_seed, epoch: int, num_examples: int,
     num_batches = num_examples // batch_size
     perm = rng.permutation(num_examples)[:num_batches * batch_size]
     return perm.reshape(num_batches, batch_size).astype(np.int32)
+
+
+def paired_epoch_indices(seed: int, epoch: int, num_erased: int, num_remain: int,
+                         batch_size: int, *, drop_partial: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, B) erased and remaining batch indices of one unlearning epoch, deterministic per
+    `(seed, epoch)`.
+
+    ⌈|D_e|/B⌉ steps, the last erased batch wrapping around the shuffled D_e; with `drop_partial`,
+    ⌊|D_e|/B⌋ steps and the erased images that do not fill a batch sit the epoch out (the
+    reference's CIFAR SCU/VBU loops). The remaining batches are drawn with replacement only
+    where D_r is smaller than the epoch's draws.
+    """
+    # 7919 keeps this stream apart from `epoch_permutation`'s for the same (seed, epoch).
+    rng = np.random.default_rng([seed, 7919, epoch])
+    steps = num_erased // batch_size if drop_partial else math.ceil(num_erased / batch_size)
+    erased = rng.permutation(num_erased)[np.arange(steps * batch_size) % num_erased]
+    remain = rng.choice(num_remain, size=steps * batch_size, replace=steps * batch_size > num_remain)
+    return (erased.reshape(steps, batch_size).astype(np.int32),
+            remain.reshape(steps, batch_size).astype(np.int32))
 
 
 def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

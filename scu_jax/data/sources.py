@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from scu_jax.errors import DatasetUnavailableError
+
 DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
 
 # tfds name -> (label feature, number of classes).
@@ -36,9 +38,6 @@ _MNIST5K_RESOURCE = "data/data/mnist_5k.csv.gz"
 _MNIST5K_TRAIN_FRACTION = 0.8
 _READ_CHUNK = 4096
 
-
-class DatasetUnavailableError(ValueError):
-    """A dataset is not present (or not readable) in its data directory."""
 
 
 @dataclasses.dataclass(frozen=True)

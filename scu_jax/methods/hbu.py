@@ -22,10 +22,9 @@ import ml_collections
 
 from scu_jax import losses
 from scu_jax.models import System, to_unit_interval
-from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod,
-                                     backdoor_rate, codec_forward, frozen_original,
-                                     receiver_logits, trainable_params)
-from scu_jax.unlearning.scu import remain_inputs
+from scu_jax.methods.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod, backdoor_rate,
+                                  codec_forward, frozen_original, receiver_logits, trainable_params)
+from scu_jax.methods.scu import remain_inputs
 
 # Folded into the run's key for the one probe that `hbu_fixed_probe` reuses (no step is this
 # large, so it never collides with a step's own key).

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from scu_jax import train
+from scu_jax.runs import train
 from scu_jax.models import System
-from scu_jax.unlearning.base import TrainingMethod
+from scu_jax.methods.base import TrainingMethod
 
 
 def finetune_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

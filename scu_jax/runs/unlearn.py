@@ -15,15 +15,16 @@ import jax
 import ml_collections
 from absl import logging
 
-from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
-                                   Checkpoints, check_workdir, remove_run_outputs,
-                                   write_json_atomic)
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
+from scu_jax.runs.files import check_workdir, remove_run_outputs, write_json_atomic
 from scu_jax.config import config_from_json, method_config, training_fingerprint, validate_config
 from scu_jax.evaluation import full_evaluation, save_samples
 from scu_jax.models import System, init_system, receiver_of
 from scu_jax.parallel import barrier, data_parallel, is_primary
-from scu_jax.train import NonFiniteError, build_for, fit, fit_with_checkpoints, initial_state
-from scu_jax.unlearning import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
+from scu_jax.errors import NonFiniteError
+from scu_jax.runs.train import build_for, fit, fit_with_checkpoints, initial_state
+from scu_jax.methods import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
 
 RESULTS_FILE = "results.json"
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"

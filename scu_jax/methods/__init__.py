@@ -5,20 +5,20 @@ Erased-data methods (`scu`, `scu_no_cc`, `vbu`, `hbu`) are factories returning a
 `TrainingMethod` run by the training recipe on D_r.
 """
 
-from scu_jax.unlearning.base import Batch
-from scu_jax.unlearning.base import StepMetrics
-from scu_jax.unlearning.base import TrainingMethod
-from scu_jax.unlearning.base import UnlearnState
-from scu_jax.unlearning.base import UnlearningMethod
-from scu_jax.unlearning.finetune import finetune
-from scu_jax.unlearning.hbu import hbu
-from scu_jax.unlearning.hbu import hessian_vector_product
-from scu_jax.unlearning.hbu import hutchinson_diagonal
-from scu_jax.unlearning.loop import run_erased_loop
-from scu_jax.unlearning.retrain import retrain
-from scu_jax.unlearning.scu import scu
-from scu_jax.unlearning.scu import scu_no_cc
-from scu_jax.unlearning.vbu import vbu
+from scu_jax.methods.base import Batch
+from scu_jax.methods.base import StepMetrics
+from scu_jax.methods.base import TrainingMethod
+from scu_jax.methods.base import UnlearnState
+from scu_jax.methods.base import UnlearningMethod
+from scu_jax.methods.finetune import finetune
+from scu_jax.methods.hbu import hbu
+from scu_jax.methods.hbu import hessian_vector_product
+from scu_jax.methods.hbu import hutchinson_diagonal
+from scu_jax.engine.loop import run_erased_loop
+from scu_jax.methods.retrain import retrain
+from scu_jax.methods.scu import scu
+from scu_jax.methods.scu import scu_no_cc
+from scu_jax.methods.vbu import vbu
 
 from scu_jax.config import METHODS
 

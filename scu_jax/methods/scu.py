@@ -22,10 +22,9 @@ import ml_collections
 from scu_jax import losses
 from scu_jax.data.augment import random_crop
 from scu_jax.models import System, to_unit_interval
-from scu_jax.train import make_optimizer
-from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod,
-                                     backdoor_rate, codec_forward, frozen_original,
-                                     receiver_logits, trainable_params)
+from scu_jax.runs.train import make_optimizer
+from scu_jax.methods.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod, backdoor_rate,
+                                  codec_forward, frozen_original, receiver_logits, trainable_params)
 
 
 def forget_term(config: ml_collections.ConfigDict, x_hat: jax.Array, x: jax.Array,

@@ -24,11 +24,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from scu_jax.checkpointing import check_workdir, write_json_atomic
+from scu_jax.runs.files import check_workdir, write_json_atomic
 from scu_jax.evaluation import RECEIVER_METRICS, describe_protocol
-from scu_jax.train import RESULTS_FILE, NonFiniteError, train_and_evaluate
-from scu_jax.unlearn import evaluate_workdir, unlearn_and_evaluate
-from scu_jax.unlearning import METHODS
+from scu_jax.runs.train import RESULTS_FILE, train_and_evaluate
+from scu_jax.errors import NonFiniteError
+from scu_jax.runs.unlearn import evaluate_workdir, unlearn_and_evaluate
+from scu_jax.methods import METHODS
 
 COMPARISON_TABLE = "comparison.md"
 COLUMNS = (  # (results key, header, scale, decimals)

@@ -26,14 +26,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from scu_jax.config import ConfigError
+from scu_jax.errors import ConfigError
 from scu_jax.data import ErasureSplit
 from scu_jax.data.batching import padded_batches
 from scu_jax.evaluation import system_for_evaluation, target_rate
 from scu_jax.models import System
 from scu_jax.parallel import DataParallel, data_parallel
-from scu_jax.train import NonFiniteError, convolutions_slow_in_loops
-from scu_jax.unlearning.base import Batch, UnlearnState, UnlearningMethod
+from scu_jax.errors import NonFiniteError
+from scu_jax.runs.train import convolutions_slow_in_loops
+from scu_jax.methods.base import Batch, UnlearnState, UnlearningMethod
 
 
 @dataclasses.dataclass

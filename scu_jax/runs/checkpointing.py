@@ -11,24 +11,18 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
 from scu_jax.config import config_from_json, training_fingerprint
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointMismatchError(ValueError):
-    """A workdir holds a checkpoint that does not belong to the requested configuration."""
-
-
-class CheckpointReadError(ValueError):
-    """A checkpoint exists but cannot be read (truncated, corrupted or of another layout)."""
 
 
 def _describe_difference(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> str:
@@ -133,52 +127,3 @@ class Checkpoints:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
-
-
-def check_workdir(path: str | os.PathLike, flag: str = "--workdir") -> None:
-    """Raises `ValueError` unless `path` is a directory, or could be created as one, writable.
-
-    Creates nothing: a run checks its output directory before any work, so a path that is a file,
-    or under a file, or in a directory it may not write, is refused in one line.
-    """
-    path = pathlib.Path(path).absolute()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag}={path} exists and is not a directory")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{flag}={path} cannot be created: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag}={path} cannot be {'written' if existing == path else 'created'}: "
-                         f"no write permission on {existing}")
-
-
-def remove_run_outputs(workdir: str | os.PathLike, names: tuple[str, ...]) -> None:
-    """Deletes the named entries of a run directory (for `--overwrite`), and nothing else in it."""
-    import shutil
-
-    root = pathlib.Path(workdir)
-    for name in names:
-        path = root / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Writes JSON to a temporary file in the same directory and renames it over `path`."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise

@@ -24,24 +24,21 @@ import numpy as np
 import optax
 from absl import logging
 
+from scu_jax.errors import NonFiniteError
 from scu_jax import losses
-from scu_jax.checkpointing import (CHECKPOINT_DIR, CheckpointMismatchError, CheckpointReadError,
-                                   Checkpoints, check_workdir, remove_run_outputs,
-                                   write_json_atomic)
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
+from scu_jax.runs.files import check_workdir, remove_run_outputs, write_json_atomic
 from scu_jax.config import validate_config
 from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
 from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.data.batching import epoch_permutation
 from scu_jax.evaluation import describe_protocol, evaluate_system
-from scu_jax.models import (System, apply_receiver, build_system, init_system,
-                            to_unit_interval)
+from scu_jax.models import System, apply_receiver, build_system, init_system, to_unit_interval
 from scu_jax.parallel import DataParallel, barrier, data_parallel, is_primary
 
 RESULTS_FILE = "results.json"
 
-
-class NonFiniteError(RuntimeError):
-    """A loss became NaN or infinite; the message names the phase and step."""
 
 
 @flax.struct.dataclass

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from scu_jax.models import System, to_unit_interval
-from scu_jax.unlearning.base import (Batch, StepMetrics, UnlearningMethod, backdoor_rate,
-                                     codec_forward, receiver_logits)
-from scu_jax.unlearning.scu import forget_term, make_gradient_method
+from scu_jax.methods.base import (Batch, StepMetrics, UnlearningMethod, backdoor_rate,
+                                  codec_forward, receiver_logits)
+from scu_jax.methods.scu import forget_term, make_gradient_method
 
 
 def vbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
