@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The full config schema with the paper's MNIST settings on the embedded data (spec §3)."""
+    """The full config schema with the paper's MNIST settings on the embedded data."""
     config = ml_collections.ConfigDict()
     config.dataset = "mnist5k"
     config.data_dir = ""  # tfds data_dir for the tfds datasets; "" = tfds's default.
@@ -96,7 +96,7 @@ def default_config() -> ml_collections.ConfigDict:
     # for the ResNet codec on a CPU, where XLA runs convolutions slower inside loops).
     config.train.steps_per_dispatch = 0
 
-    # Unlearning (spec §5, §6): which method, its hyper-parameters and the stopping rules.
+    # Unlearning (SCU and the baselines): which method, its hyper-parameters and the stopping rules.
     config.unlearning = ml_collections.ConfigDict()
     config.unlearning.method = "scu"
     config.unlearning.beta_u = 0.1  # weight of the erased-data forgetting term
