@@ -297,7 +297,7 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
     Donsker–Varadhan lower bound; `mi_infonce_*`: the InfoNCE lower bound (at most log of the
     number of held-out samples it contrasts).
     """
-    from scu_jax import mi  # Late: only needed when MI is asked for.
+    from scu_jax import mi
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 30)
     limit = config.evaluation.mi_max_examples
