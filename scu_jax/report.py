@@ -344,7 +344,7 @@ def sample_figures(rows: Sequence[dict[str, Any]], workdir: pathlib.Path, direct
     figure.suptitle(f"reconstructions through the channel: {group}", fontsize=9)
     written = _save(figure, directory, "reconstructions")
 
-    from scu_jax.evaluation import roc_auc  # NumPy only.
+    from scu_jax.evaluation import roc_auc
 
     columns = min(4, len(samples))
     rows = math.ceil(len(samples) / columns)
