@@ -1,11 +1,11 @@
 """The PyTorch way: the MNIST semantic codec's training step and SCU step in eager mode.
 
-This is how the authors' code runs (spec §2, §3, §5): `nn.Module`s called step by step from Python,
-`loss.backward()`, `clip_grad_norm_(…, 5)` and `Adam.step()`. Same architecture (MLP blocks
-`Linear(96) → ReLU → Linear`), same VAE head (μ, softplus σ), the paper-family AWGN channel on the
-decoder path, the same losses and batch size as `scu_jax`, so the benchmark compares the same
-arithmetic. `load_jax_params` copies a `scu_jax` system's parameters in, so tests can check that
-both compute the same losses.
+This is how the authors' reference code runs (On_MNIST/Unlearning_Semantic_VAE_on_Backdoor.py):
+`nn.Module`s called step by step from Python, `loss.backward()`, `clip_grad_norm_(…, 5)` and
+`Adam.step()`. Same architecture (MLP blocks `Linear(96) → ReLU → Linear`), same VAE head (μ,
+softplus σ), the paper-family AWGN channel on the decoder path, the same losses and batch size as
+`scu_jax`, so the benchmark compares the same arithmetic. `load_jax_params` copies a `scu_jax`
+system's parameters in, so tests can check that both compute the same losses.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The paper's CIFAR-10 setting: ResNet-18-style codec (d = 3072), receiver trained jointly.
 
-Spec §3: loss `β·KL + 30·MSE + CE/30`, Adam lr 5e-4, clip 5, batch 16, 20 epochs, AWGN at 20 dB,
-random-crop augmentation; EDR 6 %, base 1 (automobile) → target 2 (bird).
+The authors' CIFAR recipe: loss `β·KL + 30·MSE + CE/30`, Adam lr 5e-4, clip 5, batch 16,
+20 epochs, AWGN at 20 dB, random-crop augmentation; EDR 6 %, base 1 (automobile) → target 2 (bird).
 Needs CIFAR-10 prepared for tfds under `--config.data_dir` (`tfds build cifar10 --data_dir=DIR`).
 
 Variants (comma-separated): `reference` (the authors' protocol, as their script runs it:

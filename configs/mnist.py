@@ -1,10 +1,11 @@
 """Default config: the paper's MNIST setting on the embedded 5,000-image MNIST (no download).
 
-Spec §3/§4: MLP codec (d = 20), AWGN channel of the paper family at 5 dB, EDR 6 % (base 1 →
-target 2), β = 1e-4, Adam lr 1e-4 with grad-norm clip 5, batch 16; the receiver is trained first
-on the poisoned training set and frozen, then the codec. The paper's step budget (75,000 codec and
-37,500 receiver steps) is 300 and 150 epochs on the 4,000 training images (scu_jax/config.py says
-why); SCU unlearns at lr 3e-4 for at most 300 epochs over the 240 erased images.
+The paper's MNIST recipe: MLP codec (d = 20), AWGN channel of the paper family at 5 dB, EDR 6 %
+(base 1 → target 2), β = 1e-4, Adam lr 1e-4 with grad-norm clip 5, batch 16; the receiver is
+trained first on the poisoned training set and frozen, then the codec. The paper's step budget
+(75,000 codec and 37,500 receiver steps) is 300 and 150 epochs on the 4,000 training images
+(README "Training the original system" says why); SCU unlearns at lr 3e-4 for at most 300 epochs
+over the 240 erased images.
 
 Variants (`--config=configs/mnist.py:VARIANT`, comma-separated):
   reference   the authors' protocol (`scu_jax.presets.use_reference_protocol` lists every field):

@@ -27,7 +27,7 @@ Two draws of that noise (``draw``):
   element of every sample of the batch (for Rician, one scalar each for X and
   Y), and ``torch.normal`` passes no gradient to its std: the noise scale is
   ``stop_gradient``-ed. One draw per call, so a constant shift of the whole
-  batch; the published numbers were produced with it (spec §2).
+  batch; the paper's published numbers were produced with it.
 
 With a per-sample SNR the noise of sample ``i`` uses ``snr_i`` but the same
 batch-wide ``P`` (and, with ``draw="scalar"``, the same standard-normal draw).

@@ -1,4 +1,4 @@
-"""Evaluation of a semantic communication system (spec §4).
+"""Evaluation of a semantic communication system: the paper's backdoor protocol, and more.
 
 Every image set passes through encoder → channel → decoder → receiver with a FIXED evaluation key
 (`config.eval_seed`), so two systems (original, unlearned, retrained) see the same latent and
@@ -128,7 +128,7 @@ def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray
 
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
                     split: ErasureSplit, config: ml_collections.ConfigDict) -> dict[str, float]:
-    """The evaluation protocol of spec §4 on D_clean, D_e and the test split.
+    """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test.
 
     `params["receiver"]` reads x̂; the channel is `config.evaluation.channel`'s.
     """
@@ -166,7 +166,7 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
     return metrics
 
 
-# --- Beyond the reference (spec §8): membership inference, MI, distance to the retrained system ---
+# --- Beyond the paper: membership inference, MI, distance to the retrained system ---------------
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -297,7 +297,7 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
     Donsker–Varadhan lower bound; `mi_infonce_*`: the InfoNCE lower bound (at most log of the
     number of held-out samples it contrasts).
     """
-    from scu_jax import mi  # Late: only needed when MI is asked for.
+    from scu_jax import mi
 
     key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 30)
     limit = config.evaluation.mi_max_examples

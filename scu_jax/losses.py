@@ -1,4 +1,7 @@
-"""Loss functions of the semantic codec (spec §3), usable on their own.
+"""Loss functions of the semantic codec and of SCU, usable on their own.
+
+SCU: Wang et al., "SCU: An Efficient Machine Unlearning Scheme for Deep Learning Enabled Semantic
+Communications", IEEE TIFS 2025 (arXiv:2502.19785); "the reference" is the authors' PyTorch code.
 
 Every loss is a pure function of arrays and returns a scalar; none holds state.
 """
@@ -13,8 +16,8 @@ import optax
 def kl_to_prior(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(q(z|x) ‖ N(0, I)) averaged over the batch AND the latent elements.
 
-    `KL_prior(μ, logvar) = −½ · mean(1 + logvar − μ² − exp(logvar))` (spec §2; note the mean, not
-    the sum, over latent elements, as in the reference).
+    `KL_prior(μ, logvar) = −½ · mean(1 + logvar − μ² − exp(logvar))` (the VAE's prior term; note
+    the mean, not the sum, over latent elements, as in the reference).
 
     Args:
       mu: posterior means, (B, d).
@@ -31,7 +34,7 @@ def gaussian_kl(mu_q: jax.Array, logvar_q: jax.Array, mu_p: jax.Array,
     """KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) of diagonal Gaussians, averaged over batch and elements.
 
     `½ · mean(logvar_p − logvar_q + (exp(logvar_q) + (μ_q − μ_p)²) / exp(logvar_p) − 1)`.
-    Zero when the two posteriors are equal (spec §5, `KL_eo`).
+    Zero when the two posteriors are equal (SCU's `KL_eo`, KL(q_θ(z|x_e) ‖ q_θo(z|x_e))).
     """
     return 0.5 * jnp.mean(
         logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mu_q - mu_p)) / jnp.exp(logvar_p)
@@ -40,12 +43,12 @@ def gaussian_kl(mu_q: jax.Array, logvar_q: jax.Array, mu_p: jax.Array,
 
 
 def reconstruction_mse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
-    """`MSE = mean((x̂ − x)²)` over the batch and every pixel (the training loss of spec §3)."""
+    """`MSE = mean((x̂ − x)²)` over the batch and every pixel (the codec's training loss)."""
     return jnp.mean(jnp.square(x_hat.astype(jnp.float32) - x.astype(jnp.float32)))
 
 
 def per_image_sse(x_hat: jax.Array, x: jax.Array) -> jax.Array:
-    """Per-image SUM of squared errors, shape (B,): the reference's "MSE" metric (spec §4)."""
+    """Per-image SUM of squared errors, shape (B,): the paper's "MSE" metric (the reference's)."""
     diff = x_hat.astype(jnp.float32) - x.astype(jnp.float32)
     return jnp.sum(jnp.square(diff).reshape((diff.shape[0], -1)), axis=1)
 
@@ -58,7 +61,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def codec_loss(mu: jax.Array, logvar: jax.Array, x_hat: jax.Array, x: jax.Array, *,
                beta: float, mse_weight: float = 1.0, receiver_logits: jax.Array | None = None,
                labels: jax.Array | None = None, ce_weight: float = 0.0) -> jax.Array:
-    """The codec's training loss (spec §3).
+    """The codec's training loss, with the weights of the reference's training scripts.
 
     MNIST: `β·KL_prior + MSE`. CIFAR: `β·KL_prior + 30·MSE + CE(receiver(x̂), y)/30`, i.e.
     `mse_weight=30, ce_weight=1/30` with the receiver's logits on x̂.
@@ -69,7 +72,7 @@ def codec_loss(mu: jax.Array, logvar: jax.Array, x_hat: jax.Array, x: jax.Array,
     return loss
 
 
-# --- Unlearning (spec §5, §6) ---------------------------------------------------------------------
+# --- Unlearning: SCU and its baselines ------------------------------------------------------------
 
 
 def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -86,7 +89,7 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-6) -> jax.Arra
 
 def contrastive_compensation(z_erased: jax.Array, z_remain: jax.Array,
                              z_remain_reencoded: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """SCU's contrastive compensation term (spec §5).
+    """SCU's contrastive compensation term, which keeps the remaining data's utility.
 
     `C = Σ_i (1 − cos(z_r,i, z'_r,i)) / Σ_i (1 − cos(z_e,i, z_r,i))`
 
@@ -130,7 +133,8 @@ def scu_loss(unlearn_loss: jax.Array, utility_loss: jax.Array, *,
     """SCU's total loss `a·L_unl + b·L_ss` with the adaptive weights of `adaptive_weights`.
 
     `weight_utility_loss`, when given, is the |L_ss| the weights see in place of `utility_loss`:
-    the reference's CIFAR scripts weigh with 1·MSE in L_ss while the loss carries 30·MSE (spec §5).
+    the reference's CIFAR scripts weigh with 1·MSE in L_ss while the loss carries 30·MSE (a quirk
+    of those scripts).
     Returns the loss, or with `with_weights` `(loss, (a, b))`.
     """
     seen = utility_loss if weight_utility_loss is None else weight_utility_loss

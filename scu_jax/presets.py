@@ -16,7 +16,7 @@ VARIANTS = ("reference", "smoke")
 
 
 def cifar_config(dataset: str) -> ml_collections.ConfigDict:
-    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting (spec §3, §4)."""
+    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting."""
     config = default_config()
     config.dataset = dataset
     config.train.epochs = 20  # CIFAR's 50,000 images: the paper's epochs are its step budget.
@@ -68,7 +68,7 @@ def preset(dataset: str) -> ml_collections.ConfigDict:
 def use_reference_protocol(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Sets `config` (a dataset preset) to the authors' protocol, as their scripts run it.
 
-    Spec §2–§6. What changes from our default, for every dataset:
+    What changes from our default, for every dataset:
       * PyTorch's default initialisers (`model.init = "torch"`);
       * the channel draws ONE noise scalar per forward call, its std detached (`channel.draw`);
       * a fresh Adam at the start of every training epoch (`train.reset_optimizer_each_epoch`);

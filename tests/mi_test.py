@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import scu_jax
 from scu_jax import mi
 
 RHO = 0.8
@@ -35,6 +36,17 @@ def independent_gaussians(key, num_samples: int, dim: int):
     x_key, z_key = jax.random.split(key)
     return (jax.random.normal(x_key, (num_samples, dim)),
             jax.random.normal(z_key, (num_samples, dim)))
+
+
+# --- Public API -------------------------------------------------------------------------------
+
+
+def test_package_exports_what_it_lists():
+    assert len(set(mi.__all__)) == len(mi.__all__)
+    for name in mi.__all__:
+        assert getattr(mi, name) is not None, name
+    assert mi.estimate_mine is scu_jax.estimate_mine
+    assert mi.variational_upper_bound is scu_jax.variational_upper_bound
 
 
 # --- Variational upper bound ------------------------------------------------------------------
@@ -108,7 +120,7 @@ def test_mine_moving_average_follows_its_recurrence():
                                rtol=1e-5)
 
 
-def test_mine_train_step_traces_once_and_its_bound_rises():
+def test_mine_step_traces_once_and_its_bound_rises():
     dim, batch_size, num_steps = 3, 256, 300
     x, z = correlated_gaussians(jax.random.PRNGKey(0), NUM_SAMPLES, dim)
     step = jax.jit(chex.assert_max_traces(mi.mine_step, n=1), donate_argnums=0)

@@ -25,7 +25,7 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Arra
 
 
 def crop_keeping_trigger(key: jax.Array, images: jax.Array, padding: int = 4) -> jax.Array:
-    """`random_crop` that leaves the backdoor trigger at its fixed position (spec §3, §4).
+    """`random_crop` that leaves the backdoor trigger where the erasure protocol puts it.
 
     Cropping a triggered image moves the 2×2 trigger, or cuts it off (in about a fifth of the
     crops); the erased samples would then not be the samples the protocol defines. An image whose

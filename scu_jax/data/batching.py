@@ -14,7 +14,7 @@ import numpy as np
 def _seed_words(key_or_seed) -> list[int]:
     if isinstance(key_or_seed, (int, np.integer)):
         return [int(key_or_seed)]
-    import jax  # Only needed when a PRNG key is passed.
+    import jax
 
     key = key_or_seed
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):

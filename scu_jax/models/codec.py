@@ -1,6 +1,6 @@
 """The semantic communication system: VAE encoder → channel → decoder, plus the receiver.
 
-Spec §2:
+The system model of the paper (Wang et al., IEEE TIFS 2025):
 ```
 x ─► encoder ─► (μ, σ) ─► z = μ + σ·ε ─► channel(z; SNR) ─► decoder ─► x̂ ─► receiver ─► y
 ```
@@ -118,8 +118,9 @@ def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
 def without_channel(system: System) -> System:
     """The same system with the channel switched off: the decoder reads the clean latent sample.
 
-    The reference's MNIST evaluation (spec §4). The channel holds no parameters, so the variables
-    of `system` apply unchanged.
+    How the authors' reference code evaluates on MNIST (its evaluation forward skips the noise,
+    On_MNIST/Unlearning_Semantic_VAE_on_Backdoor.py). The channel holds no parameters, so the
+    variables of `system` apply unchanged.
     """
     return system._replace(codec=system.codec.clone(channel=Channel(channel="none")))
 

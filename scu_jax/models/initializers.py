@@ -3,7 +3,8 @@
 `"flax"`: Dense/Conv kernels LeCun-normal (variance 1/fan_in), biases 0.
 `"torch"`: `nn.Linear`/`nn.Conv2d`'s `reset_parameters`: kernels kaiming-uniform with a = √5, i.e.
 U(−1/√fan_in, 1/√fan_in) (variance 1/(3·fan_in)), and biases U(−1/√fan_in, 1/√fan_in), where
-fan_in is the inputs of one output unit (in_channels·kh·kw for a convolution). Spec §2.
+fan_in is the inputs of one output unit (in_channels·kh·kw for a convolution). The authors'
+reference code keeps these PyTorch defaults.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The MNIST semantic codec of the reference: every block is a two-layer MLP.
 
-Spec §2: `MLP(n_in, n_out) = Dense(96) → ReLU → Dense(n_out)`; encoder `MLP(784, 2·20)`,
+As in the authors' reference code (On_MNIST/Unlearning_Semantic_VAE_on_Backdoor.py):
+`MLP(n_in, n_out) = Dense(96) → ReLU → Dense(n_out)`; encoder `MLP(784, 2·20)`,
 decoder `MLP(20, 784)` + sigmoid, receiver classifier `MLP(784, 10)` on the reconstruction.
 """
 

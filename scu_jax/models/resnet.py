@@ -1,4 +1,4 @@
-"""The CIFAR semantic codec of the reference: two ResNet-18-style networks (spec §2).
+"""The CIFAR semantic codec of the authors' reference code: two ResNet-18-style networks.
 
 The variant differs from torchvision's ResNet-18: a `Conv1×1(64)` stem with no pooling, and blocks
 of `Conv3×3(stride) → BN → ReLU → Conv1×1 → BN` (the second convolution is 1×1), skip = identity or
