@@ -37,7 +37,7 @@ _CIFAR_STEPS = flags.DEFINE_integer("cifar_steps", 3, "Steps per timed CIFAR run
 _CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Timed runs per CIFAR measurement (a "
                                       "ResNet SCU step at batch 128 takes seconds on a CPU).")
 _ROLLED = flags.DEFINE_boolean("rolled_scan", False, "Keep every scan a loop, even where "
-                               "train.convolutions_slow_in_loops unrolls it (to measure why).")
+                               "build.convolutions_slow_in_loops unrolls it (to measure why).")
 _CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
                                  "Compute dtype of the CIFAR ResNet codec.")
 
@@ -82,8 +82,8 @@ def _setup(codec: str, batch_size: int, steps: int):
 
     from scu_jax import config as config_lib
     from scu_jax import presets
-    from scu_jax.models import build_system
-    from scu_jax.runs.train import initial_state
+    from scu_jax.methods import training
+    from scu_jax.runs.build import build_system, recipe_of
 
     if codec == "mnist":
         config, shape = config_lib.default_config(), (28, 28, 1)
@@ -92,7 +92,7 @@ def _setup(codec: str, batch_size: int, steps: int):
         config.model.dtype = _CIFAR_DTYPE.value
     config.train.batch_size = config.unlearning.batch_size = batch_size
     system = build_system(config, shape, 10)
-    state = initial_state(system, config, shape)
+    state = training.initial_state(system, recipe_of(config), config.seed, shape)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (steps, batch_size, *shape), dtype=np.uint8)
     labels = rng.integers(0, 10, (steps, batch_size)).astype(np.int32)
@@ -106,22 +106,23 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
     import jax
     import jax.numpy as jnp
 
-    from scu_jax.runs.train import convolutions_slow_in_loops, make_codec_step
-    from scu_jax.methods import ERASED_LOOP_METHODS, Batch
+    from scu_jax.methods import Batch, training
+    from scu_jax.runs.build import convolutions_slow_in_loops, method_of, recipe_of
 
     config, system, train_state, images, labels = _setup(codec, batch_size, steps)
-    # As `train.fit` does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
+    # As the engine does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
     # the block is unrolled (one dispatch, no loop).
     unroll = convolutions_slow_in_loops(config) and not _ROLLED.value
     key = jax.random.PRNGKey(0)
     if method == "train":
-        step = make_codec_step(system, config)
+        step = training.codec_step(system, recipe_of(config))
         state = train_state
 
         def one(s, i):
-            return step(s, images[i], labels[i], key)
+            return step(s, training.Examples(images[i], labels[i]), key)
     else:
-        algorithm = ERASED_LOOP_METHODS[method](config, system)
+        config.unlearning.method = method
+        algorithm = method_of(config, system)
         state = algorithm.init(train_state.params, train_state.batch_stats)
         half = images.shape[0] // 2
 

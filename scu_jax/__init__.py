@@ -1,7 +1,11 @@
 """scu-jax: machine unlearning for deep-learning semantic communication in JAX/Flax.
 
-Reference implementation of SCU (Wang et al., IEEE TIFS 2025): pure channel functions, the
-semantic codec, losses and jitted training steps, importable into your own JAX pipeline.
+Reference implementation of SCU (Wang et al., IEEE TIFS 2025). The package root re-exports the
+library layer only: channels, losses, models, data, methods, the engine, evaluation, MI
+estimators, the device mesh and the errors — pure functions with explicit arguments, to import
+into your own JAX pipeline. Running in a workdir (checkpoints, results files) is `scu_jax.runs`;
+many runs (sweeps, the pipeline, reports) are `scu_jax.experiments`; the command lines are
+`scu_jax.binaries`.
 """
 
 from scu_jax.channels import CHANNELS
@@ -12,18 +16,19 @@ from scu_jax.channels import get_channel
 from scu_jax.channels import measured_snr_db
 from scu_jax.channels import rayleigh
 from scu_jax.channels import rician
-from scu_jax.runs.checkpointing import Checkpoints
-from scu_jax.errors import ConfigError
-from scu_jax.config import default_config
-from scu_jax.config import method_config
-from scu_jax.config import validate_config
-from scu_jax.presets import use_reference_protocol
 from scu_jax.data import ErasureSplit
-from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.data import load_dataset
 from scu_jax.data import make_erasure_split
-from scu_jax.evaluation import evaluate_system
-from scu_jax.evaluation import system_for_evaluation
+from scu_jax.data.augment import crop_keeping_trigger
+from scu_jax.engine import Phase
+from scu_jax.engine import Report
+from scu_jax.engine import run
+from scu_jax.errors import CheckpointMismatchError
+from scu_jax.errors import CheckpointReadError
+from scu_jax.errors import ConfigError
+from scu_jax.errors import DatasetUnavailableError
+from scu_jax.errors import NonFiniteError
+from scu_jax.evaluation import target_rate
 from scu_jax.losses import adaptive_weights
 from scu_jax.losses import codec_loss
 from scu_jax.losses import contrastive_compensation
@@ -34,60 +39,62 @@ from scu_jax.losses import kl_to_prior
 from scu_jax.losses import per_image_sse
 from scu_jax.losses import reconstruction_mse
 from scu_jax.losses import scu_loss
+from scu_jax.methods import Batch
+from scu_jax.methods import CodecObjective
+from scu_jax.methods import Method
+from scu_jax.methods import Recipe
+from scu_jax.methods import TrainState
+from scu_jax.methods import UnlearnState
+from scu_jax.methods import finetune
+from scu_jax.methods import hbu
+from scu_jax.methods import scu
+from scu_jax.methods import scu_no_cc
+from scu_jax.methods import unlearning_phase
+from scu_jax.methods import vbu
+from scu_jax.methods.training import codec_step
+from scu_jax.methods.training import receiver_step
 from scu_jax.mi import estimate_infonce
 from scu_jax.mi import estimate_mine
 from scu_jax.mi import variational_upper_bound
 from scu_jax.models import SemanticCodec
 from scu_jax.models import System
-from scu_jax.models import build_system
 from scu_jax.models import init_system
 from scu_jax.models import without_channel
 from scu_jax.parallel import DataParallel
-from scu_jax.parallel import data_parallel
-from scu_jax.runs.train import TrainState
-from scu_jax.runs.train import create_train_state
-from scu_jax.runs.train import make_block_runner
-from scu_jax.runs.train import make_codec_step
-from scu_jax.runs.train import make_receiver_step
-from scu_jax.runs.train import train_and_evaluate
-from scu_jax.runs.unlearn import evaluate_workdir
-from scu_jax.runs.unlearn import unlearn_and_evaluate
-from scu_jax.methods import METHODS
-from scu_jax.methods import hbu
-from scu_jax.methods import finetune
-from scu_jax.methods import retrain
-from scu_jax.methods import scu
-from scu_jax.methods import scu_no_cc
-from scu_jax.methods import vbu
+from scu_jax.parallel import mesh_for
 
 __version__ = "0.1.0"
 
 __all__ = (
     "CHANNELS",
-    "METHODS",
+    "Batch",
     "Channel",
-    "Checkpoints",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
+    "CodecObjective",
     "ConfigError",
     "DataParallel",
+    "DatasetUnavailableError",
     "ErasureSplit",
+    "Method",
+    "NonFiniteError",
+    "Phase",
+    "Recipe",
+    "Report",
     "SemanticCodec",
     "System",
     "TrainState",
+    "UnlearnState",
     "adaptive_weights",
     "awgn",
-    "build_system",
     "codec_loss",
+    "codec_step",
     "contrastive_compensation",
     "cosine_similarity",
-    "create_train_state",
     "crop_keeping_trigger",
     "cross_entropy",
-    "data_parallel",
-    "default_config",
     "estimate_infonce",
     "estimate_mine",
-    "evaluate_system",
-    "evaluate_workdir",
     "fading_coefficients",
     "finetune",
     "gaussian_kl",
@@ -96,25 +103,20 @@ __all__ = (
     "init_system",
     "kl_to_prior",
     "load_dataset",
-    "make_block_runner",
-    "make_codec_step",
     "make_erasure_split",
-    "make_receiver_step",
     "measured_snr_db",
-    "method_config",
+    "mesh_for",
     "per_image_sse",
     "rayleigh",
+    "receiver_step",
     "reconstruction_mse",
-    "retrain",
     "rician",
+    "run",
     "scu",
     "scu_loss",
     "scu_no_cc",
-    "system_for_evaluation",
-    "train_and_evaluate",
-    "unlearn_and_evaluate",
-    "use_reference_protocol",
-    "validate_config",
+    "target_rate",
+    "unlearning_phase",
     "variational_upper_bound",
     "vbu",
     "without_channel",

@@ -19,7 +19,8 @@ from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
 # The unlearning methods, by name (`scu_jax.methods` holds one factory for each; named here so
 # that validation needs no import of the methods).
-METHODS = ("scu", "scu_no_cc", "vbu", "hbu", "finetune", "retrain")
+ERASED_LOOP_METHODS = ("scu", "scu_no_cc", "vbu", "hbu")  # the methods run by the erased-data loop
+METHODS = (*ERASED_LOOP_METHODS, "finetune", "retrain")
 ERASED_OBJECTIVES = ("mse", "ce", "mse+ce")
 EVALUATION_CHANNELS = ("train", "none")
 RECEIVERS = ("original", "own")
@@ -164,6 +165,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.parallel = ml_collections.ConfigDict()
     config.parallel.devices = 1
     config.log_every_seconds = 5.0  # Progress lines at most this often (and at phase ends).
+    # TensorBoard curves (WORKDIR/summaries): every epoch's means, and every n-th step's values
+    # (0: epochs only). Each written step costs the host one event, so not every step by default.
+    config.summary_every_steps = 25
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
     # Channel realisations per evaluated image; metrics average over them. At low SNR one draw
     # leaves the backdoor accuracy of a small D_e visibly noisy from the channel noise alone
@@ -314,6 +318,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
            config.train.crop_once, "needs train.augment=True (it says when to crop)")
     _number(config, "eval_batch_size", 1, 65536, integer=True)
     _number(config, "log_every_seconds", 0.0)
+    _number(config, "summary_every_steps", 0, integer=True)
     _number(config, "checkpoint_every_epochs", 1, 10000, integer=True)
     _number(config, "eval_draws", 1, 1000, integer=True)
     _number(config, "parallel.devices", 0, 65536, integer=True)

@@ -56,7 +56,7 @@ CSV_FILE = "results.csv"
 EXPERIMENT_FILE = "experiment.json"
 SAMPLES_FILE = "samples.npz"
 # Fields of a base config that do not change any result (so a rerun may change them).
-_NOT_RESULTS = ("log_every_seconds", "checkpoint_every_epochs")
+_NOT_RESULTS = ("log_every_seconds", "checkpoint_every_epochs", "summary_every_steps")
 KEY_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "seed", "method", "beta_u")
 
 
@@ -213,7 +213,7 @@ def validate_experiment(config: ml_collections.ConfigDict) -> list[Cell]:
 
     Raises `ConfigError` (one line naming the field, its value and what is allowed).
     """
-    from scu_jax.methods import METHODS  # Late: pulls in JAX.
+    from scu_jax.config import METHODS
 
     _check(config.name in EXPERIMENTS, "name", config.name, f"must be one of: {', '.join(EXPERIMENTS)}")
     _check(len(config.bases) > 0, "bases", dict(config.bases), "must name at least one dataset")
@@ -341,8 +341,10 @@ def _group_dir(workdir: pathlib.Path, group: Group) -> pathlib.Path:
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Runs one task: `train` (a group's original system) or `cell`; returns what it produced."""
     from scu_jax.errors import NonFiniteError
-    from scu_jax.runs.train import RESULTS_FILE, train_and_evaluate
-    from scu_jax.runs.unlearn import evaluate_workdir, unlearn_and_evaluate
+    from scu_jax.runs.files import RESULTS_FILE
+    from scu_jax.runs.train import train_and_evaluate
+    from scu_jax.runs.evaluate import evaluate_workdir
+    from scu_jax.runs.unlearn import unlearn_and_evaluate
 
     started = time.perf_counter()
     config = config_lib.config_from_json(task["config"])

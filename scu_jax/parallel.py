@@ -20,10 +20,9 @@ process 0 writes the results files; Orbax writes the checkpoints collectively.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -83,30 +82,34 @@ class DataParallel:
                               f"{self.size} devices of config.parallel.devices")
 
 
-def data_parallel(config: ml_collections.ConfigDict) -> DataParallel:
-    """The mesh `config.parallel.devices` selects (see the module docstring).
+def mesh_for(devices: int, batch_sizes: Mapping[str, int] = {}) -> DataParallel:  # noqa: B006
+    """The mesh of `devices` devices (see the module docstring).
+
+    Args:
+      devices: 1 is one device and no mesh, n > 1 the first n devices, 0 every device of every
+        process.
+      batch_sizes: `{config field: global batch size}`, each of which must split evenly.
 
     Raises:
       ConfigError: more devices than there are, a multi-process run not on every device, or a
-        training or unlearning batch that does not split evenly over the devices.
+        batch that does not split evenly over the devices.
     """
-    wanted = config.parallel.devices
     available = jax.device_count()
     processes = jax.process_count()
-    if wanted == 1 and processes == 1:
+    if devices == 1 and processes == 1:
         return DataParallel()
-    count = available if wanted == 0 else wanted
+    count = available if devices == 0 else devices
     if count > available:
-        raise ConfigError(f"config.parallel.devices={wanted}: only {available} "
+        raise ConfigError(f"config.parallel.devices={devices}: only {available} "
                           f"{jax.default_backend()} device(s) are visible")
     if processes > 1 and count != available:
-        raise ConfigError(f"config.parallel.devices={wanted}: a run over {processes} processes "
+        raise ConfigError(f"config.parallel.devices={devices}: a run over {processes} processes "
                           f"uses all {available} devices; set config.parallel.devices=0")
     mesh = jax.make_mesh((count,), (DATA_AXIS,), (jax.sharding.AxisType.Auto,),
                          devices=jax.devices()[:count])
     parallel = DataParallel(mesh)
-    parallel.check_batch(config.train.batch_size, "train.batch_size")
-    parallel.check_batch(config.unlearning.batch_size, "unlearning.batch_size")
+    for field, batch_size in batch_sizes.items():
+        parallel.check_batch(batch_size, field)
     return parallel
 
 

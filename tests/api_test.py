@@ -8,18 +8,20 @@ def test_public_api_imports():
     assert scu_jax.__all__ and len(set(scu_jax.__all__)) == len(scu_jax.__all__)
     for name in scu_jax.__all__:
         assert getattr(scu_jax, name) is not None, name
-    assert callable(scu_jax.awgn) and callable(scu_jax.train_and_evaluate)
+    assert callable(scu_jax.awgn) and callable(scu_jax.scu) and callable(scu_jax.run)
     assert set(scu_jax.CHANNELS) == {"awgn", "rayleigh", "rician", "none"}
 
 
 def test_subpackages_export_what_they_list():
-    for module_name in ("scu_jax.models", "scu_jax.data"):
+    for module_name in ("scu_jax.models", "scu_jax.data", "scu_jax.methods", "scu_jax.engine",
+                        "scu_jax.mi"):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             assert hasattr(module, name), f"{module_name}.{name}"
 
 
 def test_every_method_name_has_one_factory():
-    from scu_jax import config, methods
+    from scu_jax import config
+    from scu_jax.runs import unlearn
 
-    assert tuple(methods.ERASED_LOOP_METHODS) + tuple(methods.TRAINING_METHODS) == config.METHODS
+    assert tuple(unlearn.RUNNERS) == config.METHODS

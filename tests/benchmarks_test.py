@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")  # the `bench` extra; installed with `dev`
 
 from benchmarks import torch_reference  # noqa: E402
 from scu_jax import config as config_lib, losses  # noqa: E402
-from scu_jax.models import build_system, init_system  # noqa: E402
+from scu_jax.models import init_system  # noqa: E402
+from scu_jax.runs.build import build_system  # noqa: E402
 
 
 @pytest.fixture(scope="module")

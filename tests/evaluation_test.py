@@ -7,17 +7,21 @@ import pytest
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax import evaluation
-from scu_jax.runs import train
-from scu_jax.models import build_system
+from scu_jax.methods import training
+from scu_jax.models import init_system
+from scu_jax.runs import build
+from scu_jax.runs.build import build_system
 
 
 @pytest.fixture(scope="module")
 def untrained():
     config = presets.apply_variant(config_lib.default_config(), "smoke")
-    split = train.load_split(config)
-    shape, classes = train.image_shape_and_classes(split, config)
+    split = build.load_split(config)
+    shape, classes = build.image_shape_and_classes(split, config)
     system = build_system(config, shape, classes)
-    state = train.create_train_state(system, config, jax.random.PRNGKey(0), shape)
+    variables = init_system(system, jax.random.PRNGKey(0), shape)
+    state = training.train_state_from(variables["params"], variables["batch_stats"],
+                                      build.recipe_of(config))
     return config, split, system, state
 
 
@@ -69,7 +73,7 @@ def test_evaluation_without_the_channel_reads_the_clean_latent(untrained):
     metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, off)
     noiseless = config.copy_and_resolve_references()
     noiseless.channel.name = "none"
-    shape, classes = train.image_shape_and_classes(split, config)
+    shape, classes = build.image_shape_and_classes(split, config)
     expected = evaluation.evaluate_system(build_system(noiseless, shape, classes), state.params,
                                           state.batch_stats, split, noiseless)
     assert metrics.pop("evaluation_channel") == "none" and expected.pop("evaluation_channel") == "train"

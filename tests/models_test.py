@@ -7,7 +7,8 @@ import pytest
 
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax.models import (apply_receiver, build_system, init_system, receiver_of, resnet,
+from scu_jax.runs.build import build_system
+from scu_jax.models import (apply_receiver, init_system, receiver_of, resnet,
                             with_receiver)
 
 

@@ -23,21 +23,27 @@ from scu_jax import presets
 from scu_jax import parallel
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.train import train_and_evaluate
-from scu_jax.models import build_system
-from scu_jax.runs.unlearn import load_variables
+from scu_jax.runs import build
+from scu_jax.runs.build import build_system
+from scu_jax.runs.saved import load_variables
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 MESH_CHECK = textwrap.dedent("""
     import json
     import jax, numpy as np
-    from scu_jax import config as config_lib, parallel, presets
-    from scu_jax.runs import train
-    from scu_jax.errors import ConfigError
+    from scu_jax import config as config_lib, engine, presets
     from scu_jax.data import Dataset, make_erasure_split
-    from scu_jax.models import build_system
-    from scu_jax.methods import ERASED_LOOP_METHODS, run_erased_loop
-    from scu_jax.engine.loop import erased_backdoor_accuracy
+    from scu_jax.errors import ConfigError
+    from scu_jax.evaluation import system_for_evaluation, target_rate
+    from scu_jax.methods import training
+    from scu_jax.runs import build, train, unlearn
+    from scu_jax.runs.build import build_system
+
+    def fit(system, config, images, labels, shape):
+        recipe = build.recipe_of(config)
+        state = training.initial_state(system, recipe, config.seed, shape)
+        return train.fit(system, recipe, config, state, images, labels)
 
     def max_diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
@@ -55,18 +61,20 @@ MESH_CHECK = textwrap.dedent("""
     trained = {}
     for devices in (1, 4):
         config.parallel.devices = devices
-        state, _ = train.fit(system, config, train.initial_state(system, config, (28, 28, 1)),
-                             images, labels)
+        state, _ = fit(system, config, images, labels, (28, 28, 1))
         trained[devices] = jax.device_get(state)
     found["train"] = max_diff(trained[1].params, trained[4].params)
 
     # The HLO of a mesh block: the batch is split 4 ways and the gradients are all-reduced.
-    parallel_4 = parallel.data_parallel(config)
-    runner = train.make_block_runner(train.make_codec_step(system, config), parallel_4)
+    parallel_4 = build.data_parallel(config)
+    phase = engine.Phase("codec", training.codec_step(system, build.recipe_of(config)), range(1),
+                         None, training.gather_examples)
+    runner = engine.make_block(phase, parallel_4)
     indices = parallel_4.shard_batches(np.arange(32, dtype=np.int32).reshape(2, 16))
     found["index_shards"] = [list(s.data.shape) for s in indices.addressable_shards]
-    hlo = runner.lower(parallel_4.replicate(trained[1]), *parallel_4.replicate((images, labels)),
-                       indices, parallel_4.replicate(jax.random.PRNGKey(0))).compile().as_text()
+    hlo = runner.lower(parallel_4.replicate(trained[1]), np.zeros((), bool), indices,
+                       parallel_4.replicate(training.Examples(images, labels)),
+                       parallel_4.replicate(jax.random.PRNGKey(0)), None).compile().as_text()
     found["all_reduce"] = "all-reduce" in hlo
 
     # SCU: two unlearning epochs (4 steps), no early stop, from the trained system.
@@ -76,12 +84,15 @@ MESH_CHECK = textwrap.dedent("""
     unlearned = {}
     for devices in (1, 4):
         config.parallel.devices = devices
-        method = ERASED_LOOP_METHODS["scu"](config, system)
-        state, report = run_erased_loop(method, "scu", system,
-                                        method.init(trained[1].params, trained[1].batch_stats),
-                                        split, config)
-        unlearned[devices] = (jax.device_get(state.params),
-                              erased_backdoor_accuracy(system, jax.device_get(state), split, config))
+        config.unlearning.method = "scu"
+        params, stats, _ = unlearn._erased_loop(config, system, split, trained[1].params,
+                                                trained[1].batch_stats, None, None)
+        params, stats = jax.device_get((params, stats))
+        batches, mask = unlearn.erased_eval_batches(split, config)
+        backdoor = float(target_rate(system_for_evaluation(system, config), params, stats,
+                                     batches, mask, split.target_class,
+                                     unlearn.stopping_key(config)))
+        unlearned[devices] = (params, backdoor)
     found["scu"] = max_diff(unlearned[1][0], unlearned[4][0])
     found["scu_history"] = [unlearned[d][1] for d in (1, 4)]
 
@@ -93,8 +104,7 @@ MESH_CHECK = textwrap.dedent("""
     stepped = {}
     for devices in (1, 4):
         cifar.parallel.devices = devices
-        state, _ = train.fit(system, cifar, train.initial_state(system, cifar, (32, 32, 3)),
-                             cimages, labels[:8])
+        state, _ = fit(system, cifar, cimages, labels[:8], (32, 32, 3))
         stepped[devices] = jax.device_get(state)
     grads = [np.concatenate([np.ravel(leaf) for leaf in
                              jax.tree.leaves(s.opt_state["codec"][1][0].mu)]) for s in
@@ -106,7 +116,7 @@ MESH_CHECK = textwrap.dedent("""
     for devices, batch in ((3, 16), (8, 16)):
         config.parallel.devices, config.train.batch_size = devices, batch
         try:
-            parallel.data_parallel(config)
+            build.data_parallel(config)
         except ConfigError as error:
             errors.append(str(error))
     found["errors"] = errors
@@ -145,9 +155,9 @@ def test_a_4_device_mesh_trains_and_unlearns_as_one_device():
 
 def test_parallel_flags_and_one_device_default():
     config = config_lib.default_config()
-    assert parallel.data_parallel(config).mesh is None  # devices=1: no mesh, no overhead
+    assert build.data_parallel(config).mesh is None  # devices=1: no mesh, no overhead
     config.parallel.devices = 0  # every device: a 1-device mesh on this machine
-    assert parallel.data_parallel(config).size == jax.device_count()
+    assert build.data_parallel(config).size == jax.device_count()
     with pytest.raises(ValueError, match="give all three or none"):
         parallel.initialize_distributed("127.0.0.1:1", None, 0)
     with pytest.raises(ValueError, match=r"--process_id=-1: must be in \[0, 2\)"):

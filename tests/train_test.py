@@ -17,7 +17,10 @@ from scu_jax.runs import train
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.errors import CheckpointMismatchError
 from scu_jax.data import augment, trigger_mask
-from scu_jax.models import build_system
+from scu_jax import engine
+from scu_jax.methods import training
+from scu_jax.methods.training import Examples
+from scu_jax.runs import build
 
 
 def _smoke_config():
@@ -25,10 +28,10 @@ def _smoke_config():
 
 
 def _setup(config):
-    split = train.load_split(config)
-    shape, classes = train.image_shape_and_classes(split, config)
-    system = build_system(config, shape, classes)
-    state = train.initial_state(system, config, shape)
+    split = build.load_split(config)
+    shape, classes = build.image_shape_and_classes(split, config)
+    system = build.build_system(config, shape, classes)
+    state = training.initial_state(system, build.recipe_of(config), config.seed, shape)
     return split, system, state
 
 
@@ -38,13 +41,13 @@ def test_codec_step_lowers_loss_and_traces_once():
     split, system, state = _setup(config)
     images = jnp.asarray(split.train_images[:64])
     labels = jnp.asarray(split.train_labels[:64])
-    step = chex.assert_max_traces(train.make_codec_step(system, config), n=1)
+    step = chex.assert_max_traces(training.codec_step(system, build.recipe_of(config)), n=1)
     jitted = jax.jit(step, donate_argnums=0)
     key = jax.random.PRNGKey(1)
     losses = []
     for i in range(150):
         batch = slice(16 * (i % 4), 16 * (i % 4 + 1))
-        state, metrics = jitted(state, images[batch], labels[batch], key)
+        state, metrics = jitted(state, Examples(images[batch], labels[batch]), key)
         losses.append(float(metrics.loss))
     chex.assert_tree_all_finite(state.params)
     assert int(state.step) == 150
@@ -57,13 +60,16 @@ def test_receiver_step_learns_and_leaves_codec_untouched():
     config.train.receiver_learning_rate = 1e-3
     split, system, state = _setup(config)
     codec_before = jax.tree.map(np.asarray, state.params["codec"])
-    runner = train.make_block_runner(train.make_receiver_step(system, config))
-    images, labels = jnp.asarray(split.train_images), jnp.asarray(split.train_labels)
+    phase = engine.Phase("receiver", training.receiver_step(system, build.recipe_of(config)),
+                         range(1), batches=None, gather=training.gather_examples)
+    runner = engine.make_block(phase)
+    data = Examples(jnp.asarray(split.train_images), jnp.asarray(split.train_labels))
     indices = np.arange(512, dtype=np.int32).reshape(32, 16)
-    state, first, finite = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+    done, key = jnp.zeros((), bool), jax.random.PRNGKey(0)
+    state, _, first, _, finite, _ = runner(state, done, indices, data, key, None)
     assert bool(finite)
     for _ in range(3):
-        state, last, finite = runner(state, images, labels, indices, jax.random.PRNGKey(0))
+        state, _, last, _, finite, _ = runner(state, done, indices, data, key, None)
     assert float(last.loss.mean()) < 0.5 * float(first.loss.mean())
     assert float(last.accuracy.mean()) > 0.8
     chex.assert_trees_all_equal(codec_before, jax.tree.map(np.asarray, state.params["codec"]))
@@ -130,17 +136,17 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
 
 def _poison_codec_step(monkeypatch, poison):
     """Makes training use the real codec step followed by `poison(old_state, new_state, metrics)`."""
-    real_codec_step = train.make_codec_step
+    real_codec_step = training.codec_step
 
-    def poisoned_codec_step(system, config):
-        step = real_codec_step(system, config)
+    def poisoned_codec_step(system, recipe):
+        step = real_codec_step(system, recipe)
 
-        def poisoned(state, images, labels, key):
-            return poison(state, *step(state, images, labels, key))
+        def poisoned(state, batch, key):
+            return poison(state, *step(state, batch, key))
 
         return poisoned
 
-    monkeypatch.setattr(train, "make_codec_step", poisoned_codec_step)
+    monkeypatch.setattr(training, "codec_step", poisoned_codec_step)
 
 
 def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -200,8 +206,9 @@ def test_checkpoints_every_n_epochs_and_at_phase_ends(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Checkpoints, "save", recording_save)
     split, system, _ = _setup(config)
-    train.fit_with_checkpoints(system, config, tmp_path, split.train_images, split.train_labels,
-                               kind="train", image_shape=split.train_images.shape[1:])
+    train.fit_with_checkpoints(system, build.recipe_of(config), config, tmp_path,
+                               split.train_images, split.train_labels, kind="train",
+                               image_shape=split.train_images.shape[1:])
     assert saved == [2, 3, 6]
 
 
@@ -213,7 +220,7 @@ def test_augmentation_keeps_the_trigger_at_its_fixed_position(mock_tfds):
     """Spec §3: a crop must not move the trigger off the pixels that define D_e (mock CIFAR-10)."""
     config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
     config.max_train_examples, config.erasure.edr = 64, 0.1
-    split = train.load_split(config)
+    split = build.load_split(config)
     images = jnp.asarray(_stamped(split.train_images))
     triggered = np.asarray(split.train_is_erased)
     mask = trigger_mask(images.shape[1:])
@@ -239,9 +246,9 @@ def test_crop_once_builds_the_reference_data_sets(mock_tfds):
     config = presets.apply_variant(presets.cifar_config("cifar10"), "reference,smoke")
     config.max_train_examples, config.erasure.edr = 64, 0.1
     assert config.train.crop_once and config.unlearning.augment_remain
-    cropped = train.load_split(config)
+    cropped = build.load_split(config)
     config.train.augment, config.train.crop_once = False, False
-    raw = train.load_split(config)
+    raw = build.load_split(config)
     mask = trigger_mask(cropped.erased_images.shape[1:])
     assert np.all(cropped.erased_images[:, mask] == 255)
     assert np.all(cropped.train_images[cropped.train_is_erased][:, mask] == 255)
@@ -263,7 +270,8 @@ def test_reset_optimizer_each_epoch(reset):
     config.train.receiver_epochs, config.train.epochs = 1, 2
     config.train.reset_optimizer_each_epoch = reset
     split, system, state = _setup(config)
-    state, report = train.fit(system, config, state, split.train_images, split.train_labels)
+    state, report = train.fit(system, build.recipe_of(config), config, state, split.train_images,
+                              split.train_labels)
     per_epoch = len(split.train_images) // config.train.batch_size
     counts = {phase: int(optax.tree_utils.tree_get(state.opt_state[phase], "count"))
               for phase in ("receiver", "codec")}

@@ -14,11 +14,14 @@ from scu_jax import presets
 from scu_jax import evaluation, losses
 from scu_jax.runs import train, unlearn
 from scu_jax.runs.checkpointing import Checkpoints
-from scu_jax.models import build_system, init_system
-from scu_jax.engine import loop
-from scu_jax.methods import ERASED_LOOP_METHODS, Batch, hessian_vector_product, hutchinson_diagonal
+from scu_jax.models import init_system
+from scu_jax.data.batching import paired_epoch_indices
+from scu_jax.evaluation import system_for_evaluation, target_rate
+from scu_jax.methods import Batch, forget_term, hessian_vector_product, hutchinson_diagonal
 from scu_jax.methods import base as base_lib
-from scu_jax.methods.scu import forget_term
+from scu_jax.runs import build
+from scu_jax.runs import saved as saved_lib
+from scu_jax.runs.evaluate import evaluate_workdir
 
 
 # --- Losses -------------------------------------------------------------------------------------
@@ -85,7 +88,8 @@ def test_forget_term_by_hand(objective):
     targets = jnp.array([0, 0])
     ce = _softmax_ce(logits, [0, 0])  # (log(1 + e^-2) + log(1 + e)) / 2
     expected = {"mse": 0.125, "ce": ce / 30, "mse+ce": 0.125 + ce / 30}[objective]
-    np.testing.assert_allclose(forget_term(config, x_hat, x, logits, targets), expected,
+    np.testing.assert_allclose(forget_term(objective, config.train.ce_weight, x_hat, x, logits,
+                                           targets), expected,
                                rtol=1e-5)
 
 
@@ -96,7 +100,7 @@ def _cifar_style_mlp():
     config.train.mse_weight, config.train.ce_weight = 30.0, 1.0 / 30.0
     config.unlearning.erased_objective = "mse+ce"
     config.unlearning.beta_u, config.unlearning.rho = 10.0, 100.0
-    system = build_system(config, (28, 28, 1), 10)
+    system = build.build_system(config, (28, 28, 1), 10)
     variables = init_system(system, jax.random.PRNGKey(0), (28, 28, 1))
     rng = np.random.default_rng(0)
     batch = Batch(jnp.asarray(rng.integers(0, 256, (8, 28, 28, 1)), jnp.uint8), jnp.full((8,), 2),
@@ -106,7 +110,7 @@ def _cifar_style_mlp():
 
 
 def _erased_pass(system, params, images, key):
-    out, _ = base_lib.codec_forward(system, params, {}, images, key)
+    out, _ = base_lib.codec_forward(system, params, {}, images, *jax.random.split(key))
     logits = system.receiver.apply({"params": params["receiver"]}, out.x_hat)
     x = np.asarray(images, np.float64) / 255.0
     return out, np.asarray(logits), x
@@ -117,7 +121,7 @@ def test_cifar_forget_term_has_the_reconstruction_ascent(method):
     """Spec §5/§6: CIFAR's L_unl is `λ_kl·KL_eo − β_u·MSE − β_u·CE/30` (VBU `−β_u·MSE −
     β_u·CE/30`): the MSE ascent term is there, computed by hand from the step's own pass."""
     config, system, variables, batch = _cifar_style_mlp()
-    step = ERASED_LOOP_METHODS[method](config, system)
+    step = _method(config, system, method)
     key = jax.random.PRNGKey(3)
     _, metrics = step.step(step.init(variables["params"], {}), batch, key)
     folded = jax.random.fold_in(key, 0)
@@ -134,7 +138,7 @@ def test_cifar_forget_term_has_the_reconstruction_ascent(method):
 def test_cifar_hbu_erased_loss_is_the_codec_loss_by_hand():
     """Spec §6: HBU's CIFAR erased loss is `β·KL_prior + 30·MSE + CE/30`."""
     config, system, variables, batch = _cifar_style_mlp()
-    method = ERASED_LOOP_METHODS["hbu"](config, system)
+    method = _method(config, system, "hbu")
     key = jax.random.PRNGKey(4)
     _, metrics = method.step(method.init(variables["params"], {}), batch, key)
     erased_key = jax.random.split(jax.random.fold_in(key, 0), 3)[0]
@@ -152,7 +156,7 @@ def test_cifar_scu_weights_see_unit_mse():
     values = {}
     for unit in (False, True):
         config.unlearning.unit_mse_in_weights = unit
-        method = ERASED_LOOP_METHODS["scu"](config, system)
+        method = _method(config, system, "scu")
         _, metrics = method.step(method.init(variables["params"], {}), batch, jax.random.PRNGKey(5))
         values[unit] = metrics
     # L_unl and L_ss are the same numbers either way; only the weights a, b move.
@@ -210,22 +214,42 @@ def _method_config(config, method, **unlearning):
 
 
 def _setup(config, workdir):
-    split, system, image_shape = train.build_for(config)
-    params, batch_stats, _ = unlearn.load_variables(workdir, system, config, image_shape)
+    split, system, image_shape = build.build_for(config)
+    params, batch_stats, _ = saved_lib.load_variables(workdir, system, config, image_shape)
     return split, system, params, batch_stats
 
 
+def _method(config, system, name):
+    """The erased-data method `name` with `config`'s hyper-parameters."""
+    config = config.copy_and_resolve_references()
+    config.unlearning.method = name
+    return build.method_of(config, system)
+
+
+def _erased_loop(config, system, split, params, batch_stats):
+    """Runs `config.unlearning.method` through the engine (no workdir): (params, stats, info)."""
+    return unlearn._erased_loop(config, system, split, params, batch_stats, None, None)
+
+
+def erased_backdoor_accuracy(system, params, batch_stats, split, config):
+    """The receiver's backdoor accuracy on all of D_e, as the stopping rule reads it."""
+    batches, mask = unlearn.erased_eval_batches(split, config)
+    return float(jax.jit(target_rate, static_argnums=(0, 5))(
+        system_for_evaluation(system, config), params, batch_stats, batches, mask,
+        split.target_class, unlearn.stopping_key(config)))
+
+
 def test_epoch_indices():
-    erased, remain = loop.epoch_indices(0, 0, num_erased=37, num_remain=500, batch_size=16)
+    erased, remain = paired_epoch_indices(0, 0, num_erased=37, num_remain=500, batch_size=16)
     assert erased.shape == remain.shape == (3, 16)  # ⌈37/16⌉ steps
     assert set(erased.ravel()) == set(range(37))  # every erased sample, wrapping for the last batch
     assert len(set(remain.ravel())) == 48  # distinct remaining samples
-    again = loop.epoch_indices(0, 0, 37, 500, 16)
-    other = loop.epoch_indices(0, 1, 37, 500, 16)
+    again = paired_epoch_indices(0, 0, 37, 500, 16)
+    other = paired_epoch_indices(0, 1, 37, 500, 16)
     np.testing.assert_array_equal(erased, again[0])
     assert not np.array_equal(remain, other[1])
     # The reference's CIFAR loops skip the last partial batch: ⌊37/16⌋ steps of distinct images.
-    dropped, kept = loop.epoch_indices(0, 0, 37, 500, 16, drop_partial=True)
+    dropped, kept = paired_epoch_indices(0, 0, 37, 500, 16, drop_partial=True)
     assert dropped.shape == kept.shape == (2, 16) and len(set(dropped.ravel())) == 32
 
 
@@ -233,7 +257,7 @@ def test_scu_step_traces_once(trained):
     config, workdir = trained
     config = _method_config(config, "scu")
     split, system, params, batch_stats = _setup(config, workdir)
-    method = ERASED_LOOP_METHODS["scu"](config, system)
+    method = _method(config, system, "scu")
     step = jax.jit(chex.assert_max_traces(method.step, n=1), donate_argnums=0)
     trained_codec = jax.tree.map(np.asarray, params["codec"])  # the state's buffers get donated
     state = method.init(params, batch_stats)
@@ -251,35 +275,36 @@ def test_one_scu_epoch_lowers_backdoor_accuracy(trained):
     config, workdir = trained
     config = _method_config(config, "scu", learning_rate=3e-3, beta_u=1.0, early_stop=False)
     split, system, params, batch_stats = _setup(config, workdir)
-    method = ERASED_LOOP_METHODS["scu"](config, system)
-    state = method.init(params, batch_stats)
-    before = loop.erased_backdoor_accuracy(system, state, split, config)
+    method = _method(config, system, "scu")
+    del method
+    before = erased_backdoor_accuracy(system, params, batch_stats, split, config)
     config.unlearning.max_epochs = 1
-    state, report = loop.run_erased_loop(method, "scu", system, state, split, config)
+    params, batch_stats, report = _erased_loop(config, system, split, params, batch_stats)
     # No D_e evaluation can stop this run (early_stop=False), so the loop skips it.
-    assert report.history[-1]["erased_backdoor"] is None
-    after = loop.erased_backdoor_accuracy(system, state, split, config)
+    assert "erased_backdoor" not in report["history"][-1]
+    after = erased_backdoor_accuracy(system, params, batch_stats, split, config)
     assert before > 0.2  # the smoke system learned the backdoor (measured ≈ 0.3)
     assert after < before - 0.05, (before, after)
-    assert report.steps == int(np.ceil(len(split.erased_images) / 16)) and report.epochs == 1
+    assert report["steps"] == int(np.ceil(len(split.erased_images) / 16)) and report["epochs"] == 1
+    # The epoch summary holds every metric's mean, SCU's adaptive weights a + b = 1 among them.
+    assert report["history"][-1]["a"] + report["history"][-1]["b"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_per_step_epochs_equal_the_scan_fused_epoch(trained, monkeypatch):
-    """`make_epoch(per_step=True)` (one dispatch per step, as the ResNet runs on a CPU) gives the
-    scan-fused epoch's steps, early stops, stopping evaluations and parameters."""
+    """The engine's `per_step` epochs (one dispatch per step, as the ResNet runs on a CPU) give
+    the scan-fused epoch's steps, early stops, stopping evaluations and parameters."""
     config, workdir = trained
     config = _method_config(config, "scu", max_epochs=2)
     split, system, params, batch_stats = _setup(config, workdir)
-    method = ERASED_LOOP_METHODS["scu"](config, system)
     params, batch_stats = jax.device_get((params, batch_stats))  # each run donates its state
     runs = {}
     for per_step in (False, True):
-        monkeypatch.setattr(loop, "convolutions_slow_in_loops", lambda config, p=per_step: p)
-        state, report = loop.run_erased_loop(method, "scu", system, method.init(params, batch_stats),
-                                             split, config)
-        runs[per_step] = (jax.device_get(state.params), report)
-    assert runs[True][1].steps == runs[False][1].steps > 0
-    for fused, stepped in zip(runs[False][1].history, runs[True][1].history):
+        monkeypatch.setattr(unlearn, "convolutions_slow_in_loops", lambda config, p=per_step: p)
+        new_params, _, report = _erased_loop(config, system, split, params, batch_stats)
+        runs[per_step] = (jax.device_get(new_params), report)
+    assert runs[True][1]["steps"] == runs[False][1]["steps"] > 0
+    assert "erased_backdoor" in runs[True][1]["history"][0]
+    for fused, stepped in zip(runs[False][1]["history"], runs[True][1]["history"]):
         assert stepped["steps"] == fused["steps"]
         assert stepped["erased_backdoor"] == pytest.approx(fused["erased_backdoor"], abs=1e-6)
     chex.assert_trees_all_close(runs[True][0], runs[False][0], atol=1e-5)
@@ -290,20 +315,17 @@ def test_batch_early_stop_skips_rest_of_epoch(trained):
     # Every batch of the smoke system is below 100 % backdoor accuracy, so each epoch stops early.
     config = _method_config(config, "vbu", batch_stop=1.0, epoch_stop=0.0, max_epochs=2)
     split, system, params, batch_stats = _setup(config, workdir)
-    method = ERASED_LOOP_METHODS["vbu"](config, system)
-    state, report = loop.run_erased_loop(method, "vbu", system, method.init(params, batch_stats),
-                                         split, config)
-    assert report.steps == 2 and report.epochs == 2  # one step per epoch, then the epoch ends
-    assert int(state.step) == 2
+    _, _, report = _erased_loop(config, system, split, params, batch_stats)
+    assert report["steps"] == 2 and report["epochs"] == 2  # one step per epoch, then it ends
 
 
 def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
     config, workdir = trained
     config = _method_config(config, "vbu", early_stop=False)
-    real = ERASED_LOOP_METHODS["vbu"]
+    real = build.vbu
 
-    def diverging(method_config, system):
-        method = real(method_config, system)
+    def diverging(system, objective, **hyperparameters):
+        method = real(system, objective, **hyperparameters)
 
         def step(state, batch, key):
             new_state, metrics = method.step(state, batch, key)
@@ -311,9 +333,9 @@ def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
 
         return method._replace(step=step)
 
-    monkeypatch.setitem(ERASED_LOOP_METHODS, "vbu", diverging)
+    monkeypatch.setattr(build, "vbu", diverging)
     with pytest.raises(errors.NonFiniteError,
-                       match=r"^vbu: loss became non-finite at unlearning step 6 \(epoch 2\)"):
+                       match=r"^vbu: unlearning loss became non-finite at step 6 \(epoch 2\)"):
         unlearn.unlearn_and_evaluate(config, str(workdir), str(tmp_path / "out"))
     assert Checkpoints(tmp_path / "out").latest_step() is None
     assert not (tmp_path / "out" / "results.json").exists()
@@ -341,7 +363,7 @@ def test_every_method_end_to_end(trained, tmp_path_factory, method):
         assert saved["epochs"] == config.train.receiver_epochs + config.train.epochs
         # Every row is read by the original receiver; retraining's own is an extra reading.
         split, system, trained_params, _ = _setup(config, workdir)
-        params, batch_stats, _ = unlearn.load_variables(out, system, config, (28, 28, 1))
+        params, batch_stats, _ = saved_lib.load_variables(out, system, config, (28, 28, 1))
         by_original = evaluation.evaluate_system(
             system, {**params, "receiver": trained_params["receiver"]}, batch_stats, split, config)
         by_own = evaluation.evaluate_system(system, params, batch_stats, split, config)
@@ -351,7 +373,7 @@ def test_every_method_end_to_end(trained, tmp_path_factory, method):
         # Two instruments that differ (the check above could not pass by reading one twice).
         assert any(by_original[name] != by_own[name] for name in evaluation.RECEIVER_METRICS)
         # scu-evaluate reads the workdir alone, with the receiver kept in its checkpoint.
-        alone = unlearn.evaluate_workdir(str(out))
+        alone = evaluate_workdir(str(out))
         assert alone["accuracy_clean"] == pytest.approx(saved["accuracy_clean"], abs=1e-9)
     else:
         # The MNIST receiver is frozen: the system's own receiver is the original one.
@@ -391,7 +413,7 @@ def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path
     split, system, params, batch_stats = _setup(scu_config, tmp_path / "train")
     results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
     assert results["steps"] >= 1 and np.isfinite(results["mse_clean"])
-    unlearned, unlearned_stats, _ = unlearn.load_variables(tmp_path / "scu", system, scu_config,
+    unlearned, unlearned_stats, _ = saved_lib.load_variables(tmp_path / "scu", system, scu_config,
                                                            (32, 32, 3))
     # Both the codec and the jointly trained receiver moved; BatchNorm statistics were updated.
     for part in ("codec", "receiver"):
@@ -404,7 +426,7 @@ def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path
     assert {f"own_receiver_{name}" for name in evaluation.RECEIVER_METRICS} <= set(results)
     # On a CPU the ResNet's epochs dispatch one step at a time (XLA runs its convolutions slower
     # in loops); test_per_step_epochs_equal_the_scan_fused_epoch checks that path.
-    assert train.convolutions_slow_in_loops(scu_config)
+    assert build.convolutions_slow_in_loops(scu_config)
 
 
 def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch):
@@ -427,7 +449,7 @@ def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch):
         return real(loss, params, key)
 
     monkeypatch.setattr(hbu_module, "hutchinson_diagonal", recording)
-    method = ERASED_LOOP_METHODS["hbu"](config, system)
+    method = _method(config, system, "hbu")
     state = method.init(variables["params"], {})
     for _ in range(2):
         state, _ = method.step(state, batch, key)
@@ -467,7 +489,7 @@ def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
     config.erasure.edr = 0.3  # the erased images of base class 18 in the 64: a partial last batch
     config.evaluation.mi_steps = 0
     train.train_and_evaluate(config, str(tmp_path / "train"))
-    split = train.load_split(config)
+    split = build.load_split(config)
     # The 2 % batch stop and the 10 % D_e stop off, so that the step count is exact (the stops
     # have their own tests).
     scu_config = _method_config(config, "scu", max_epochs=2, batch_size=3, batch_stop=0.0,
@@ -483,13 +505,13 @@ def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
     assert np.isfinite(results["mse_clean"])
     # The receiver's BatchNorm statistics were trained, then unlearned with the codec, and the
     # original's are kept with the result (scu-evaluate reads them back).
-    _, system, _ = train.build_for(scu_config)
-    trained_params, trained_stats, _ = unlearn.load_variables(tmp_path / "train", system, scu_config,
+    _, system, _ = build.build_for(scu_config)
+    trained_params, trained_stats, _ = saved_lib.load_variables(tmp_path / "train", system, scu_config,
                                                               (32, 32, 3))
-    params, stats, _ = unlearn.load_variables(tmp_path / "scu", system, scu_config, (32, 32, 3))
+    params, stats, _ = saved_lib.load_variables(tmp_path / "scu", system, scu_config, (32, 32, 3))
     assert "receiver" in trained_stats and not all(
         np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained_stats["receiver"]),
                                           jax.tree.leaves(stats["receiver"])))
-    alone = unlearn.evaluate_workdir(str(tmp_path / "scu"))
+    alone = evaluate_workdir(str(tmp_path / "scu"))
     assert alone["original_receiver_backdoor_accuracy"] == pytest.approx(
         results["original_receiver_backdoor_accuracy"], abs=1e-9)

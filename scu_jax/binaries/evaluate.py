@@ -25,7 +25,7 @@ def _main(argv: list[str]) -> None:
         common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from scu_jax.runs.unlearn import evaluate_workdir
+        from scu_jax.runs.evaluate import evaluate_workdir
 
         results = evaluate_workdir(_WORKDIR.value, reference_workdir=_REFERENCE.value,
                                    output=_OUTPUT.value)

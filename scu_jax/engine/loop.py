@@ -1,268 +1,277 @@
-"""The loop every erased-data method shares (spec §5): paired batches, early stopping, timing.
+"""The one engine that every loop runs on: training, retraining, fine-tuning and unlearning.
 
-An epoch is ⌈|D_e|/B⌉ steps (⌊|D_e|/B⌋ with `partial_batch="drop"`); each takes one erased batch
-and one remaining batch of the same size (D_e is reshuffled and, for the last batch, wrapped
-around; the D_r batches are redrawn every epoch). The whole epoch is one jitted `lax.scan` with
-the state donated. Early stop: once a batch's backdoor accuracy falls below `batch_stop`, the rest
-of that epoch's steps are skipped (a `lax.cond` inside the scan, so it costs no dispatch); the
-loop stops once the epoch's backdoor accuracy on D_e is below `epoch_stop` (a threshold of 0
-switches its rule off). "The epoch's backdoor accuracy" is, as in the reference, the mean over
-the epoch's erased batches as each step saw them (`stop_on="epoch_batches"`), or
-(`stop_on="eval"`) all of D_e re-evaluated in evaluation mode after the epoch, read as the final
-evaluation reads it (`evaluation.channel`). The latter is measured in the same dispatch either
-way and kept in the history.
+A run is a sequence of `Phase`s (training: the receiver phase, then the codec phase; unlearning:
+one phase). An epoch's batches are index arrays into data held on the device, so no pixels cross
+from the host per step. A block of steps — a whole epoch unless `block_steps` says otherwise — is
+one jitted `lax.scan` of the phase's step with the state donated, compiled ahead of time (timed
+apart from the steps). Inside the scan an optional `batch_stop` skips the rest of the epoch's
+steps once it holds (a `lax.cond`, so it costs no dispatch), and an optional `evaluate` runs on
+device after the epoch's last step, in the same dispatch. On XLA's CPU backend convolutional
+codecs run slower inside a loop (`per_step`, see `convolutions_slow_in_loops`): there every
+block is one unrolled step.
+
+Every block is checked on device: its losses, and every parameter and BatchNorm statistic after
+it (a step can leave NaN parameters behind a finite loss). A non-finite value raises
+`NonFiniteError` naming the run, the phase and the step; the state is not passed on. Results are
+read one block late — the next block is dispatched before the host waits for this one's numbers —
+so progress lines and summaries never hold up the device, except where an epoch's numbers decide
+what comes next (a stopping rule, a checkpoint).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import time
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 
-from scu_jax.errors import ConfigError
-from scu_jax.data import ErasureSplit
-from scu_jax.data.batching import padded_batches
-from scu_jax.evaluation import system_for_evaluation, target_rate
-from scu_jax.models import System
-from scu_jax.parallel import DataParallel, data_parallel
+from scu_jax.engine.hooks import BlockResult, EpochResult, Hook
 from scu_jax.errors import NonFiniteError
-from scu_jax.runs.train import convolutions_slow_in_loops
-from scu_jax.methods.base import Batch, UnlearnState, UnlearningMethod
+from scu_jax.parallel import DataParallel
+
+StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Any]]
+
+
+class Phase(NamedTuple):
+    """A stretch of epochs run with one step function.
+
+    Attributes:
+      name: names the phase in errors, progress lines and summaries ("receiver", "codec", ...).
+      step: `step(state, batch, key) -> (state, metrics)`, pure; `metrics` is a NamedTuple of
+        scalars with a `loss` field (fields that are `None` are left out).
+      epochs: the absolute numbers of the epochs to run (they seed each epoch's batches).
+      batches: `batches(epoch)` → a pytree of host int32 index arrays, each (steps, batch).
+      gather: `gather(data, indices)` → one step's batch from the device-resident data, given
+        one row of each index array.
+      start_epoch: optional `state → state` applied before each epoch (a fresh optimiser).
+      batch_stop: optional `metrics → bool`: once true, the epoch's remaining steps are skipped.
+      evaluate: optional `evaluate(state, eval_data) → scalar`, on device after each epoch.
+      evaluation_name: the key of `evaluate`'s value in the epoch summary.
+      stop: optional `summary → bool` read after each epoch: true ends the phase.
+    """
+
+    name: str
+    step: StepFn
+    epochs: range
+    batches: Callable[[int], Any]
+    gather: Callable[[Any, Any], Any]
+    start_epoch: Callable[[Any], Any] | None = None
+    batch_stop: Callable[[Any], jax.Array] | None = None
+    evaluate: Callable[[Any, Any], jax.Array] | None = None
+    evaluation_name: str = "evaluation"
+    stop: Callable[[dict[str, Any]], bool] | None = None
 
 
 @dataclasses.dataclass
-class LoopReport:
-    """What a run of the loop measured."""
+class Report:
+    """What one call of `run` measured.
+
+    `seconds` is the wall time of the steps: compilation (timed apart in `compile_seconds`) and
+    the hooks (checkpoints, summaries) are not in it. `history` holds one summary per epoch: its
+    number, the steps so far, the mean of every metric over the epoch's steps and the
+    evaluation, if any.
+    """
 
     steps: int = 0
     epochs: int = 0
-    unlearn_seconds: float = 0.0  # wall time of the epochs, compilation excluded
+    seconds: float = 0.0
     compile_seconds: float = 0.0
-    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def epoch_indices(seed: int, epoch: int, num_erased: int, num_remain: int,
-                  batch_size: int, *, drop_partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, B) erased and remaining batch indices of one epoch, deterministic per (seed, epoch).
+def all_finite(state: Any) -> jax.Array:
+    """Whether every parameter and BatchNorm statistic of a state is finite (on device)."""
+    leaves = jax.tree.leaves((state.params, state.batch_stats))
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
 
-    ⌈|D_e|/B⌉ steps, the last erased batch wrapping around the shuffled D_e; with `drop_partial`,
-    ⌊|D_e|/B⌋ steps and the erased images that do not fill a batch sit the epoch out (the
-    reference's CIFAR SCU/VBU loops).
+
+def make_block(phase: Phase, parallel: DataParallel = DataParallel(), *, unroll: bool = False,
+               with_evaluation: bool = False):
+    """The jitted block: `(state, done, indices, data, key, eval_data) → (state, done, metrics,
+    active, finite, evaluation)`.
+
+    `indices` is the block's slice of `phase.batches(epoch)`; `done` carries the early stop
+    across the blocks of an epoch; `active` marks the steps that ran; `evaluation` is NaN
+    without `with_evaluation`. On a mesh the index arrays come sharded on their batch axis and the
+    rest replicated.
     """
-    rng = np.random.default_rng([seed, 7919, epoch])
-    steps = num_erased // batch_size if drop_partial else math.ceil(num_erased / batch_size)
-    erased = rng.permutation(num_erased)[np.arange(steps * batch_size) % num_erased]
-    remain = rng.choice(num_remain, size=steps * batch_size, replace=steps * batch_size > num_remain)
-    return (erased.reshape(steps, batch_size).astype(np.int32),
-            remain.reshape(steps, batch_size).astype(np.int32))
+
+    def block(state, done, indices, data, key, eval_data):
+        def run(current, row):
+            return phase.step(current, parallel.constrain(phase.gather(data, row)), key)
+
+        if phase.batch_stop is None:
+            state, metrics = jax.lax.scan(run, state, indices, unroll=unroll)
+            active = jnp.ones(jax.tree.leaves(indices)[0].shape[:1], bool)
+        else:
+            first_row = jax.tree.map(lambda a: a[0], indices)
+            metrics_shape = jax.eval_shape(run, state, first_row)[1]
+
+            def body(carry, row):
+                current, stopped = carry
+                skipped = (current, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                                 metrics_shape))
+                new_state, metrics = jax.lax.cond(stopped, lambda: skipped,
+                                                  lambda: run(current, row))
+                stopped_after = jnp.logical_or(stopped, phase.batch_stop(metrics))
+                return (new_state, stopped_after), (metrics, jnp.logical_not(stopped))
+
+            (state, done), (metrics, active) = jax.lax.scan(body, (state, done), indices,
+                                                            unroll=unroll)
+        evaluation = (phase.evaluate(state, eval_data) if with_evaluation
+                      else jnp.full((), jnp.nan, jnp.float32))
+        return state, done, metrics, active, all_finite(state), evaluation
+
+    return parallel.jit(block, donate_argnums=0)
 
 
-def _epoch_parts(method: UnlearningMethod, system: System, *, early_stop: bool,
-                 batch_stop: float, target: int, parallel: DataParallel, eval_system: System):
-    """The two pure halves of an epoch: `run_steps` (a `lax.scan` of `method.step` that skips the
-    steps after an early stop) and `evaluate` (the backdoor accuracy on all of D_e)."""
+class _Pending(NamedTuple):
+    """A dispatched block whose numbers the host has not read yet."""
 
-    def run_steps(state: UnlearnState, done, erased_idx, remain_idx, data: Batch, key: jax.Array,
-                  unroll: bool = False):
-        def run(current, indices):
-            e, r = indices
-            batch = parallel.constrain(Batch(data.erased_images[e], data.erased_targets[e],
-                                             data.remain_images[r], data.remain_labels[r]))
-            return method.step(current, batch, key)
-
-        metrics_shape = jax.eval_shape(run, state, (erased_idx[0], remain_idx[0]))[1]
-
-        def body(carry, indices):
-            current, done = carry
-            skipped = (current, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape))
-            new_state, metrics = jax.lax.cond(done, lambda: skipped, lambda: run(current, indices))
-            active = jnp.logical_not(done)
-            if early_stop:
-                done = jnp.logical_or(done, metrics.backdoor < batch_stop)
-            return (new_state, done), (metrics, active)
-
-        (state, done), (metrics, active) = jax.lax.scan(body, (state, done),
-                                                        (erased_idx, remain_idx), unroll=unroll)
-        return state, done, metrics, active
-
-    def evaluate(state: UnlearnState, eval_batches, eval_mask, eval_key):
-        return target_rate(eval_system, state.params, state.batch_stats, eval_batches, eval_mask,
-                           target, eval_key)
-
-    return run_steps, evaluate
+    phase: Phase
+    epoch: int
+    outputs: tuple  # (metrics, active, finite, evaluation), device arrays
+    ends_epoch: bool
 
 
-def make_epoch(method: UnlearningMethod, system: System, *, early_stop: bool, batch_stop: float,
-               target: int, parallel: DataParallel = DataParallel(), per_step: bool = False,
-               eval_system: System | None = None, evaluate_each_epoch: bool = True):
-    """The jitted epoch: a `lax.scan` of `method.step` that skips the steps after an early stop,
-    followed by the backdoor accuracy on all of D_e in evaluation mode, in the same dispatch.
+class _Epoch:
+    """Running sums of an epoch's metrics over the steps that ran."""
 
-    The returned function takes `(state, erased_idx, remain_idx, data, key, eval_batches,
-    eval_mask, eval_key)` and returns `(state, step_metrics, active, erased_backdoor)`; the
-    backdoor accuracy is read through `eval_system` (default `system`: see
-    `evaluation.system_for_evaluation`); without `evaluate_each_epoch` it is not computed (NaN),
-    for runs that no D_e evaluation can stop. On a mesh (`parallel`), the index arrays come
-    sharded on their batch axis and the rest replicated.
-    `per_step` dispatches each step on its own instead (the same computation, for codecs that XLA
-    runs slower inside loops: `train.convolutions_slow_in_loops`); it has the same `lower(...)
-    .compile()` interface.
-    """
-    run_steps, evaluate = _epoch_parts(method, system, early_stop=early_stop,
-                                       batch_stop=batch_stop, target=target, parallel=parallel,
-                                       eval_system=eval_system or system)
-    if not evaluate_each_epoch:
-        evaluate = _not_evaluated
-    if per_step:
-        return _SteppedEpoch(parallel.jit(functools.partial(run_steps, unroll=True),
-                                          donate_argnums=0), parallel.jit(evaluate))
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
 
-    def epoch(state: UnlearnState, erased_idx, remain_idx, data: Batch, key: jax.Array,
-              eval_batches, eval_mask, eval_key):
-        state, _, metrics, active = run_steps(state, jnp.zeros((), bool), erased_idx, remain_idx,
-                                              data, key)
-        return state, metrics, active, evaluate(state, eval_batches, eval_mask, eval_key)
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        for name, column in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(np.sum(column, dtype=np.float64))
+        self.steps += len(next(iter(values.values()))) if values else 0
 
-    return parallel.jit(epoch, donate_argnums=0)
+    def means(self) -> dict[str, float]:
+        return {name: total / max(self.steps, 1) for name, total in self.sums.items()}
 
 
-def _not_evaluated(state, eval_batches, eval_mask, eval_key):
-    del state, eval_batches, eval_mask, eval_key
-    return jnp.full((), jnp.nan, jnp.float32)
+def _columns(metrics: Any, active: np.ndarray) -> dict[str, np.ndarray]:
+    """A metrics NamedTuple of stacked per-step arrays → {field: values of the steps that ran}."""
+    return {name: np.asarray(value)[active] for name, value in metrics._asdict().items()
+            if value is not None}
 
 
-class _SteppedEpoch:
-    """An epoch as one dispatch per step plus one for the evaluation (see `make_epoch`)."""
+def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name: str,
+        parallel: DataParallel = DataParallel(), block_steps: int = 0, per_step: bool = False,
+        eval_data: Any = None, hooks: Sequence[Hook] = (), step_offset: int = 0,
+        when_non_finite: str = "") -> tuple[Any, Report]:
+    """Runs `phases` from `state`; returns the final state and a `Report`.
 
-    def __init__(self, step, evaluate):
-        self._step, self._evaluate = step, evaluate
-        self._compiled = None
-
-    def lower(self, state, erased_idx, remain_idx, data, key, eval_batches, eval_mask, eval_key):
-        done = jnp.zeros((), bool)
-        self._compiled = (
-            self._step.lower(state, done, erased_idx[:1], remain_idx[:1], data, key).compile(),
-            self._evaluate.lower(state, eval_batches, eval_mask, eval_key).compile())
-        return self
-
-    def compile(self):
-        return self
-
-    def __call__(self, state, erased_idx, remain_idx, data, key, eval_batches, eval_mask, eval_key):
-        step, evaluate = self._compiled
-        done, metrics, active = jnp.zeros((), bool), [], []
-        for t in range(erased_idx.shape[0]):
-            state, done, step_metrics, step_active = step(
-                state, done, erased_idx[t:t + 1], remain_idx[t:t + 1], data, key)
-            metrics.append(step_metrics)
-            active.append(step_active)
-        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *metrics)
-        return (state, stacked, jnp.concatenate(active),
-                evaluate(state, eval_batches, eval_mask, eval_key))
-
-
-def _erased_eval_batches(split: ErasureSplit, config: ml_collections.ConfigDict):
-    images = np.tile(split.erased_images, (config.eval_draws, 1, 1, 1))  # as evaluate_system
-    indices, mask = padded_batches(len(images), min(config.eval_batch_size, len(images)))
-    return jax.device_put(images[indices]), jax.device_put(mask)
-
-
-def erased_backdoor_accuracy(system: System, state: UnlearnState, split: ErasureSplit,
-                             config: ml_collections.ConfigDict) -> float:
-    """Receiver backdoor accuracy on all of D_e, in evaluation mode, with the stopping key."""
-    batches, mask = _erased_eval_batches(split, config)
-    return float(_target_rate(system_for_evaluation(system, config), state.params,
-                              state.batch_stats, batches, mask, split.target_class,
-                              _stopping_key(config)))
-
-
-_target_rate = jax.jit(target_rate, static_argnums=(0, 5))
-
-
-def _stopping_key(config: ml_collections.ConfigDict) -> jax.Array:
-    # Not the key of the final evaluation: stopping on the very noise draws that are then reported
-    # would bias the reported backdoor accuracy low.
-    return jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 99)
-
-
-def run_erased_loop(method: UnlearningMethod, name: str, system: System, state: UnlearnState,
-                    split: ErasureSplit, config: ml_collections.ConfigDict) -> tuple[UnlearnState, LoopReport]:
-    """Runs `method` for up to `max_epochs` epochs with the spec's stopping rules.
+    Args:
+      phases: run in order, each over its `epochs`.
+      state: a pytree with `params` and `batch_stats` fields (checked for finiteness).
+      data: the arrays the phases' `gather` reads (placed on the device, or the mesh, once).
+      key: passed to every step; steps derive their randomness with `fold_in(key, step)`.
+      name: the run's name in errors and progress lines ("train", "scu", ...).
+      parallel: the device mesh.
+      block_steps: steps per dispatch; 0 is a whole epoch (or one step with `per_step`).
+      per_step: blocks of one unrolled step (codecs that XLA runs slower inside loops).
+      eval_data: the arrays `Phase.evaluate` reads.
+      hooks: see `hooks.Hook`; `needs_state(epochs_done)` makes the engine wait for that
+        epoch's state before dispatching the next one.
+      step_offset: steps done before this call (a resumed run), for step numbers.
+      when_non_finite: appended to the `NonFiniteError` message (what was kept).
 
     Raises:
-      NonFiniteError: a loss became NaN or infinite; names the method and the step. The state
-        returned by the last finite epoch is not passed on.
+      NonFiniteError: a loss, parameter or statistic became NaN or infinite.
     """
-    u = config.unlearning
-    batch_size = min(u.batch_size, len(split.erased_images))
-    parallel = data_parallel(config)
-    if batch_size % parallel.size:
-        raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
-                          f"{len(split.erased_images)} images) does not split evenly over the "
-                          f"{parallel.size} devices of config.parallel.devices")
-    data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
-    # The D_e re-evaluation (eval_draws passes of all of D_e) is only made where it can stop the
-    # run; the reference's MNIST SCU and its CIFAR-10 loops have no such stop.
-    stops_on_eval = u.early_stop and u.epoch_stop > 0 and u.stop_on == "eval"
-    epoch_fn = make_epoch(method, system, early_stop=u.early_stop, batch_stop=u.batch_stop,
-                          target=split.target_class, parallel=parallel,
-                          per_step=convolutions_slow_in_loops(config),
-                          eval_system=system_for_evaluation(system, config),
-                          evaluate_each_epoch=stops_on_eval)
-    eval_batches, eval_mask = _erased_eval_batches(split, config)
-    eval_key = _stopping_key(config)
     if parallel.mesh is None:
-        data = jax.device_put(data)
+        data, eval_data = jax.device_put((data, eval_data))
     else:
-        state, data, key, eval_batches, eval_mask, eval_key = parallel.replicate(
-            (state, data, key, eval_batches, eval_mask, eval_key))
-    report = LoopReport()
-
-    def indices_of(epoch: int):
-        erased_idx, remain_idx = epoch_indices(config.seed, epoch, len(split.erased_images),
-                                               len(split.remain_images), batch_size,
-                                               drop_partial=u.partial_batch == "drop")
-        return parallel.shard_batches(erased_idx), parallel.shard_batches(remain_idx)
-
+        state, data, key, eval_data = parallel.replicate((state, data, key, eval_data))
+    report = Report()
+    compiled: dict[tuple, Any] = {}
+    pending: list[_Pending] = []
+    epoch_numbers = _Epoch()
+    hook_seconds = 0.0
     started = time.perf_counter()
-    erased_idx, remain_idx = indices_of(0)
-    compiled = epoch_fn.lower(state, erased_idx, remain_idx, data, key, eval_batches, eval_mask,
-                              eval_key).compile()
-    report.compile_seconds = time.perf_counter() - started
 
-    started = time.perf_counter()
-    for epoch in range(u.max_epochs):
-        erased_idx, remain_idx = indices_of(epoch)
-        state, metrics, active, backdoor = compiled(state, erased_idx, remain_idx, data, key,
-                                                    eval_batches, eval_mask, eval_key)
+    def executable(phase, state, done, indices, with_evaluation):
+        length = jax.tree.leaves(indices)[0].shape[0]
+        cache_key = (phase.name, length, with_evaluation)
+        if cache_key not in compiled:
+            unroll = per_step and not block_steps
+            begun = time.perf_counter()
+            compiled[cache_key] = make_block(
+                phase, parallel, unroll=unroll, with_evaluation=with_evaluation,
+            ).lower(state, done, indices, data, key, eval_data).compile()
+            report.compile_seconds += time.perf_counter() - begun
+        return compiled[cache_key]
+
+    def read(block: _Pending, state: Any | None) -> bool:
+        """Checks and reports a dispatched block; returns whether its phase should stop."""
+        nonlocal epoch_numbers, hook_seconds
+        metrics, active, finite, evaluation = block.outputs
         active = np.asarray(active)
         losses = np.asarray(metrics.loss)[active]
-        if not np.all(np.isfinite(losses)):
-            bad = report.steps + int(np.argmin(np.isfinite(losses)))
-            raise NonFiniteError(f"{name}: loss became non-finite at unlearning step {bad} "
-                                 f"(epoch {epoch + 1}); no state was saved")
-        report.steps += int(active.sum())
-        report.epochs = epoch + 1
-        batch_backdoor = float(np.asarray(metrics.backdoor)[active].mean())
-        backdoor = float(backdoor) if stops_on_eval else None
-        report.history.append({
-            "epoch": epoch + 1, "steps": report.steps, "loss": float(losses.mean()),
-            "batch_backdoor": batch_backdoor, "erased_backdoor": backdoor,
-        })
-        logging.info("%s epoch %d: %d steps, loss %.4f, backdoor %.3f over the epoch's batches%s",
-                     name, epoch + 1, report.steps, losses.mean(), batch_backdoor,
-                     "" if backdoor is None else f", {backdoor:.3f} on D_e after it")
-        stop_value = batch_backdoor if u.stop_on == "epoch_batches" else backdoor
-        if u.early_stop and stop_value is not None and stop_value < u.epoch_stop:
-            break
+        if not np.all(np.isfinite(losses)) or not bool(finite):
+            loss_bad = not np.all(np.isfinite(losses))
+            bad = int(np.argmin(np.isfinite(losses))) if loss_bad else len(losses) - 1
+            what = "loss" if loss_bad else "parameters"
+            raise NonFiniteError(
+                f"{name}: {block.phase.name} {what} became non-finite at step "
+                f"{step_offset + report.steps + bad} (epoch {block.epoch + 1}){when_non_finite}")
+        columns = _columns(metrics, active)
+        first_step = step_offset + report.steps
+        report.steps += len(losses)
+        epoch_numbers.add(columns)
+        begun = time.perf_counter()
+        result = BlockResult(name, block.phase.name, block.epoch, first_step, columns)
+        for hook in hooks:
+            hook.on_block(result)
+        stop = False
+        if block.ends_epoch:
+            summary = {"epoch": block.epoch + 1, "steps": report.steps, **epoch_numbers.means()}
+            if block.phase.evaluate is not None:
+                summary[block.phase.evaluation_name] = float(evaluation)
+            report.history.append(summary)
+            report.epochs += 1
+            report.seconds = begun - started - report.compile_seconds - hook_seconds
+            epoch_numbers = _Epoch()
+            for hook in hooks:
+                hook.on_epoch(EpochResult(name, block.phase.name, block.epoch,
+                                          step_offset + report.steps, summary, report), state)
+            stop = block.phase.stop is not None and bool(block.phase.stop(summary))
+        hook_seconds += time.perf_counter() - begun
+        return stop
+
+    for phase in phases:
+        for epoch in phase.epochs:
+            if phase.start_epoch is not None:
+                state = phase.start_epoch(state)
+            indices = phase.batches(epoch)
+            steps = jax.tree.leaves(indices)[0].shape[0]
+            block = block_steps or (1 if per_step else steps)
+            done = jnp.zeros((), bool)
+            for first in range(0, steps, block):
+                ends_epoch = first + block >= steps
+                with_evaluation = ends_epoch and phase.evaluate is not None
+                block_indices = jax.tree.map(
+                    lambda a: parallel.shard_batches(a[first:first + block]), indices)
+                run_block = executable(phase, state, done, block_indices, with_evaluation)
+                state, done, *outputs = run_block(state, done, block_indices, data, key,
+                                                  eval_data)
+                pending.append(_Pending(phase, epoch, tuple(outputs), ends_epoch))
+                while len(pending) > 1:  # one block late: the next one is already running
+                    read(pending.pop(0), None)
+            epochs_done = epoch + 1
+            wait = (phase.stop is not None or epoch == phase.epochs[-1]
+                    or any(hook.needs_state(epochs_done) for hook in hooks))
+            if wait:
+                if read(pending.pop(), state):
+                    break
+    for block in pending:
+        read(block, None)
     jax.block_until_ready(state)
-    report.unlearn_seconds = time.perf_counter() - started
+    report.seconds = time.perf_counter() - started - report.compile_seconds - hook_seconds
+    for hook in hooks:
+        hook.on_end(name, report)
     return state, report

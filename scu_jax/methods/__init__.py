@@ -1,46 +1,51 @@
-"""Unlearning methods: SCU, its ablation and the baselines (spec §5, §6).
+"""The methods: training (the recipe every training-style run uses), SCU, its ablation and the
+unlearning baselines, as factories with explicit hyper-parameters (optax style).
 
-Erased-data methods (`scu`, `scu_no_cc`, `vbu`, `hbu`) are factories returning an
-`UnlearningMethod(init, step)` run by the shared loop in `loop.py`; `finetune` and `retrain` return a
-`TrainingMethod` run by the training recipe on D_r.
+Erased-data methods (`scu`, `scu_no_cc`, `vbu`, `hbu`) return a `Method(init, step)` that
+`erased.unlearning_phase` turns into the engine's phase; `finetune` is the training recipe's codec
+phase on D_r; retraining is the training recipe from scratch on D_r (`runs/unlearn.py`).
 """
 
 from scu_jax.methods.base import Batch
+from scu_jax.methods.base import CodecObjective
+from scu_jax.methods.base import Method
 from scu_jax.methods.base import StepMetrics
-from scu_jax.methods.base import TrainingMethod
 from scu_jax.methods.base import UnlearnState
-from scu_jax.methods.base import UnlearningMethod
+from scu_jax.methods.base import forget_term
+from scu_jax.methods.base import gradient_method
+from scu_jax.methods.base import make_optimizer
+from scu_jax.methods.erased import unlearning_phase
 from scu_jax.methods.finetune import finetune
 from scu_jax.methods.hbu import hbu
 from scu_jax.methods.hbu import hessian_vector_product
 from scu_jax.methods.hbu import hutchinson_diagonal
-from scu_jax.engine.loop import run_erased_loop
-from scu_jax.methods.retrain import retrain
 from scu_jax.methods.scu import scu
 from scu_jax.methods.scu import scu_no_cc
+from scu_jax.methods.training import Examples
+from scu_jax.methods.training import Recipe
+from scu_jax.methods.training import TrainMetrics
+from scu_jax.methods.training import TrainState
 from scu_jax.methods.vbu import vbu
-
-from scu_jax.config import METHODS
-
-ERASED_LOOP_METHODS = {"scu": scu, "scu_no_cc": scu_no_cc, "vbu": vbu, "hbu": hbu}
-TRAINING_METHODS = {"finetune": finetune, "retrain": retrain}
 
 __all__ = (
     "Batch",
-    "ERASED_LOOP_METHODS",
-    "METHODS",
+    "CodecObjective",
+    "Examples",
+    "Method",
+    "Recipe",
     "StepMetrics",
-    "TRAINING_METHODS",
-    "TrainingMethod",
+    "TrainMetrics",
+    "TrainState",
     "UnlearnState",
-    "UnlearningMethod",
     "finetune",
+    "forget_term",
+    "gradient_method",
     "hbu",
     "hessian_vector_product",
     "hutchinson_diagonal",
-    "retrain",
-    "run_erased_loop",
+    "make_optimizer",
     "scu",
     "scu_no_cc",
+    "unlearning_phase",
     "vbu",
 )

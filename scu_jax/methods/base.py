@@ -1,21 +1,47 @@
-"""What every unlearning method shares: its state, its factory type and the system's forward pass.
+"""What every method shares: states, the factory type, the codec objective, the forward pass.
 
-A method is a factory `method(config, system) -> UnlearningMethod(init, step)` in the style of an
-optax `GradientTransformation`: `init` builds a pytree state from the trained system, `step` is a
-pure function of `(state, erased batch, remaining batch, key)` that the loop jits with the state
-donated and scans over a whole epoch.
+A method is a factory in the style of an optax `GradientTransformation`: it takes the system and
+explicit hyper-parameters and returns `Method(init, step)`. `init(params, batch_stats)` builds a
+pytree state from a trained (or fresh) system; `step(state, batch, key)` is pure and is what the
+engine (`scu_jax.engine`) scans over an epoch with the state donated. Steps draw their randomness
+from `fold_in(key, state.step)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
+import optax
 
+from scu_jax import losses
+from scu_jax.data.augment import random_crop
 from scu_jax.models import CodecOutput, System, apply_receiver, to_unit_interval
+
+
+class Method(NamedTuple):
+    """A method as pure functions (optax style)."""
+
+    init: Callable[[dict[str, Any], dict[str, Any]], Any]
+    step: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecObjective:
+    """The codec's training loss `β·KL(q(z|x) ‖ N(0, I)) + mse_weight·MSE + ce_weight·CE`
+    (the paper's VAE objective; the CE term trains the receiver jointly on CIFAR)."""
+
+    beta: float = 1.0
+    mse_weight: float = 1.0
+    ce_weight: float = 0.0
+
+    @property
+    def joint_receiver(self) -> bool:
+        """Whether the receiver trains (and unlearns) with the codec."""
+        return self.ce_weight > 0
 
 
 @flax.struct.dataclass
@@ -24,22 +50,25 @@ class UnlearnState:
 
     step: jax.Array
     params: dict[str, Any]  # {"codec": ..., "receiver": ...}
-    batch_stats: dict[str, Any]  # codec BatchNorm running averages ({} for the MLP codec)
+    batch_stats: dict[str, Any]  # BatchNorm running averages ({} for the MLP codec)
     opt_state: Any  # the method's optimiser state (() for methods without one)
     original: dict[str, Any]  # the frozen original codec {"params", "batch_stats"} (θ_o)
 
 
 class StepMetrics(NamedTuple):
-    """Per-step numbers every method reports; `backdoor` drives the early stop."""
+    """Per-step numbers of an unlearning method; `backdoor` drives the early stop. The adaptive
+    weights `a`, `b` are SCU's (None for methods without them)."""
 
     loss: jax.Array
     backdoor: jax.Array  # fraction of the erased batch that the receiver labels as the target
-    forget: jax.Array  # the erased-data term (MSE or CE) before weighting
+    forget: jax.Array  # the erased-data term before weighting
     utility: jax.Array  # the remaining-data loss (0 where the method has none)
+    a: jax.Array | None = None
+    b: jax.Array | None = None
 
 
 class Batch(NamedTuple):
-    """One step's data: an erased batch (target labels) and a remaining batch (true labels)."""
+    """One unlearning step's data: an erased batch (target labels) and a remaining batch."""
 
     erased_images: jax.Array
     erased_targets: jax.Array
@@ -47,28 +76,14 @@ class Batch(NamedTuple):
     remain_labels: jax.Array
 
 
-class UnlearningMethod(NamedTuple):
-    """An unlearning method as pure functions (optax style)."""
-
-    init: Callable[[dict[str, Any], dict[str, Any]], UnlearnState]
-    step: Callable[[UnlearnState, Batch, jax.Array], tuple[UnlearnState, StepMetrics]]
+def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTransformation:
+    """Adam with global grad-norm clipping (the reference's `clip_grad_norm_(…, 5)`)."""
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
 
 
-class TrainingMethod(NamedTuple):
-    """A method that runs the training recipe (`train.fit`) on D_r: finetune and retrain.
-
-    `init(params, batch_stats)` gives the `TrainState` to start from, `step` is the codec step it
-    scans over D_r batches, `config` is the recipe `train.fit` runs (epochs, learning rate).
-    """
-
-    init: Callable[[dict[str, Any], dict[str, Any]], Any]
-    step: Callable[..., Any]
-    config: ml_collections.ConfigDict
-
-
-def trainable_params(params: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The parameters a method updates: the codec, plus the receiver where it trains jointly (CIFAR)."""
-    if config.train.ce_weight > 0:
+def trainable_params(params: dict[str, Any], joint_receiver: bool) -> dict[str, Any]:
+    """The parameters a step updates: the codec, and the receiver where it trains jointly."""
+    if joint_receiver:
         return {"codec": params["codec"], "receiver": params["receiver"]}
     return {"codec": params["codec"]}
 
@@ -79,12 +94,12 @@ def frozen_original(params: dict[str, Any], batch_stats: dict[str, Any]) -> dict
 
 
 def codec_forward(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
-                  images: jax.Array, key: jax.Array) -> tuple[CodecOutput, dict[str, Any]]:
+                  images: jax.Array, latent_key: jax.Array, channel_key: jax.Array
+                  ) -> tuple[CodecOutput, dict[str, Any]]:
     """One training-mode pass (batch statistics) through encoder, channel and decoder.
 
     Returns the outputs and the updated BatchNorm running averages.
     """
-    latent_key, channel_key = jax.random.split(key)
     out, mutated = system.codec.apply(
         {"params": params["codec"], "batch_stats": batch_stats}, to_unit_interval(images),
         train=True, rngs={"latent": latent_key, "channel": channel_key}, mutable=["batch_stats"],
@@ -93,16 +108,65 @@ def codec_forward(system: System, params: dict[str, Any], batch_stats: dict[str,
 
 
 def receiver_logits(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
-                    x_hat: jax.Array, config: ml_collections.ConfigDict
-                    ) -> tuple[jax.Array, dict[str, Any]]:
-    """The receiver's logits on x̂ (training mode, as the reference's unlearning loops run it)
-    and the updated BatchNorm statistics of a ResNet receiver; the receiver is frozen unless it
-    trains jointly."""
+                    x_hat: jax.Array, joint_receiver: bool) -> tuple[jax.Array, dict[str, Any]]:
+    """The receiver's logits on x̂ in training mode (as the reference runs it in training and
+    unlearning) and its updated BatchNorm statistics; no gradient reaches a receiver that does
+    not train jointly."""
     receiver_params = params["receiver"]
-    if config.train.ce_weight <= 0:
+    if not joint_receiver:
         receiver_params = jax.lax.stop_gradient(receiver_params)
     return apply_receiver(system, {"receiver": receiver_params}, batch_stats, x_hat, train=True)
 
 
 def backdoor_rate(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, axis=-1) == targets)
+
+
+def forget_term(erased_objective: str, ce_weight: float, x_hat: jax.Array, x: jax.Array,
+                logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The erased-data term F_e that unlearning ascends.
+
+    `mse`: MSE(x̂_e, x_e) (MNIST); `ce`: CE(receiver(x̂_e), y_target)·ce_weight; `mse+ce`: their
+    sum, `MSE + CE/30`, the authors' CIFAR scripts' term. The CE forms need `ce_weight > 0`
+    (the config refuses them otherwise: the term would be 0).
+    """
+    term = jnp.zeros((), jnp.float32)
+    if erased_objective in ("mse", "mse+ce"):
+        term = term + losses.reconstruction_mse(x_hat, x)
+    if erased_objective in ("ce", "mse+ce"):
+        term = term + ce_weight * losses.cross_entropy(logits, targets)
+    return term
+
+
+def remain_inputs(images: jax.Array, key: jax.Array, augment: bool) -> jax.Array:
+    """A D_r batch in [0, 1]; with `augment`, freshly cropped (the reference's CIFAR D_r loader
+    crops on every access)."""
+    x = to_unit_interval(images)
+    return random_crop(key, x) if augment else x
+
+
+def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
+                    joint_receiver: bool) -> Method:
+    """An Adam (grad-norm clipped) unlearning method minimising
+    `loss_fn(params, batch_stats, θ_o, batch, key) → (loss, (new_batch_stats, StepMetrics))`."""
+    tx = make_optimizer(learning_rate, grad_clip)
+
+    def init(params, batch_stats) -> UnlearnState:
+        return UnlearnState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                            opt_state=tx.init(trainable_params(params, joint_receiver)),
+                            original=frozen_original(params, batch_stats))
+
+    def step(state: UnlearnState, batch: Batch, key: jax.Array):
+        def objective(trainable):
+            params = {**state.params, **trainable}
+            return loss_fn(params, state.batch_stats, state.original, batch,
+                           jax.random.fold_in(key, state.step))
+
+        trainable = trainable_params(state.params, joint_receiver)
+        (_, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        params = {**state.params, **optax.apply_updates(trainable, updates)}
+        return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
+
+    return Method(init, step)

@@ -1,4 +1,4 @@
-"""HBU, Hessian-based unlearning as the reference runs it (spec §6).
+"""HBU, Hessian-based unlearning as the authors' reference code runs it.
 
 Per (erased, remaining) batch pair: a one-sample Hutchinson estimate of the diagonal Hessian of the
 remaining loss `L_r = β·KL_prior + MSE`, `h = v ⊙ (H_r v)` with Rademacher v, the gradient g of the
@@ -18,13 +18,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from scu_jax import losses
+from scu_jax.methods.base import (Batch, CodecObjective, Method, StepMetrics, UnlearnState,
+                                  backdoor_rate, codec_forward, frozen_original, receiver_logits,
+                                  remain_inputs, trainable_params)
 from scu_jax.models import System, to_unit_interval
-from scu_jax.methods.base import (Batch, StepMetrics, UnlearnState, UnlearningMethod, backdoor_rate,
-                                  codec_forward, frozen_original, receiver_logits, trainable_params)
-from scu_jax.methods.scu import remain_inputs
 
 # Folded into the run's key for the one probe that `hbu_fixed_probe` reuses (no step is this
 # large, so it never collides with a step's own key).
@@ -58,8 +57,14 @@ def probe_key(key: jax.Array, step: jax.Array, *, fixed: bool) -> jax.Array:
     return jax.random.split(jax.random.fold_in(key, step), 3)[2]
 
 
-def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
-    lr, t = config.unlearning.learning_rate, config.train
+def hbu(system: System, objective: CodecObjective, *, learning_rate: float,
+        fixed_probe: bool = False, augment_remain: bool = False) -> Method:
+    """HBU's ascent step (see the module docstring) at `learning_rate` (its `lr`).
+
+    `fixed_probe`: one Rademacher probe for the whole run (the reference's fixed seed);
+    `augment_remain`: D_r batches freshly cropped at every step.
+    """
+    lr, joint = learning_rate, objective.joint_receiver
 
     def init(params, batch_stats) -> UnlearnState:
         return UnlearnState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -68,23 +73,26 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
     def step(state: UnlearnState, batch: Batch, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
         erased_key, remain_key, _ = jax.random.split(step_key, 3)
-        probe = probe_key(key, state.step, fixed=config.unlearning.hbu_fixed_probe)
-        trainable = trainable_params(state.params, config)
-        x_r = remain_inputs(config, batch.remain_images, jax.random.fold_in(step_key, 5))
+        probe = probe_key(key, state.step, fixed=fixed_probe)
+        trainable = trainable_params(state.params, joint)
+        x_r = remain_inputs(batch.remain_images, jax.random.fold_in(step_key, 5), augment_remain)
         x_e = to_unit_interval(batch.erased_images)
 
         def remain_loss(trainable_params_):
             params = {**state.params, **trainable_params_}
-            out, _ = codec_forward(system, params, state.batch_stats, x_r, remain_key)
-            return t.beta * losses.kl_to_prior(out.mu, out.logvar) + losses.reconstruction_mse(out.x_hat, x_r)
+            out, _ = codec_forward(system, params, state.batch_stats, x_r,
+                                   *jax.random.split(remain_key))
+            return (objective.beta * losses.kl_to_prior(out.mu, out.logvar)
+                    + losses.reconstruction_mse(out.x_hat, x_r))
 
         def erased_loss(trainable_params_):
             params = {**state.params, **trainable_params_}
-            out, batch_stats = codec_forward(system, params, state.batch_stats, x_e, erased_key)
-            logits, batch_stats = receiver_logits(system, params, batch_stats, out.x_hat, config)
-            loss = losses.codec_loss(out.mu, out.logvar, out.x_hat, x_e, beta=t.beta,
-                                     mse_weight=t.mse_weight, receiver_logits=logits,
-                                     labels=batch.erased_targets, ce_weight=t.ce_weight)
+            out, batch_stats = codec_forward(system, params, state.batch_stats, x_e,
+                                             *jax.random.split(erased_key))
+            logits, batch_stats = receiver_logits(system, params, batch_stats, out.x_hat, joint)
+            loss = losses.codec_loss(out.mu, out.logvar, out.x_hat, x_e, beta=objective.beta,
+                                     mse_weight=objective.mse_weight, receiver_logits=logits,
+                                     labels=batch.erased_targets, ce_weight=objective.ce_weight)
             return loss, (logits, batch_stats)
 
         diagonal = hutchinson_diagonal(remain_loss, trainable, probe)
@@ -99,4 +107,4 @@ def hbu(config: ml_collections.ConfigDict, system: System) -> UnlearningMethod:
         return state.replace(step=state.step + 1, params={**state.params, **updated},
                              batch_stats=batch_stats), metrics
 
-    return UnlearningMethod(init, step)
+    return Method(init, step)

@@ -8,7 +8,6 @@ from scu_jax.models.codec import with_receiver
 from scu_jax.models.codec import CodecOutput
 from scu_jax.models.codec import SemanticCodec
 from scu_jax.models.codec import System
-from scu_jax.models.codec import build_system
 from scu_jax.models.codec import init_system
 from scu_jax.models.codec import to_unit_interval
 from scu_jax.models.codec import without_channel
@@ -37,7 +36,6 @@ __all__ = (
     "SemanticCodec",
     "System",
     "apply_receiver",
-    "build_system",
     "init_system",
     "layer_inits",
     "receiver_of",

@@ -15,11 +15,8 @@ from typing import Any, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from scu_jax.channels import Channel
-from scu_jax.models.mlp import MLP, MLPDecoder, Receiver
-from scu_jax.models.resnet import ResNet18, ResNetDecoder, ResNetReceiver
 
 MODELS = ("mlp", "resnet18")
 RECEIVER_MODELS = ("mlp", "resnet18")
@@ -74,45 +71,6 @@ class System(NamedTuple):
 
     codec: SemanticCodec
     receiver: nn.Module  # Receiver (MLP) or ResNetReceiver
-
-
-def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
-                 num_classes: int) -> System:
-    """Builds the codec and receiver that `config.model` and `config.channel` describe."""
-    model, channel_config = config.model, config.channel
-    channel = Channel(
-        channel=channel_config.name,
-        family=channel_config.family,
-        snr_db=float(channel_config.snr_db),
-        k_factor=float(channel_config.k_factor),
-        fading=channel_config.fading,
-        equalizer=channel_config.equalizer,
-        draw=channel_config.draw,
-    )
-    image_size = 1
-    for dim in image_shape:
-        image_size *= dim
-    init = model.init
-    if model.name == "mlp":
-        latent_dim = model.latent_dim
-        encoder = MLP(2 * latent_dim, model.hidden, init)
-        decoder = MLPDecoder(tuple(image_shape), model.hidden, init)
-    elif model.name == "resnet18":
-        # The reference's CIFAR latent has one value per pixel (d = 3072) so that it can be
-        # reshaped into an image for the second ResNet.
-        latent_dim = image_size
-        dtype = jnp.dtype(model.dtype)
-        encoder = ResNet18(2 * latent_dim, tuple(model.widths), dtype, init)
-        decoder = ResNetDecoder(tuple(image_shape), tuple(model.widths), dtype, init)
-    else:
-        raise ValueError(f"unknown model {model.name!r}; choose one of: {', '.join(MODELS)}")
-    codec = SemanticCodec(encoder, decoder, channel, latent_dim)
-    if model.receiver == "resnet18":
-        receiver = ResNetReceiver(num_classes, tuple(image_shape), tuple(model.widths),
-                                  jnp.dtype(model.dtype), init)
-    else:
-        receiver = Receiver(num_classes, model.hidden, init)
-    return System(codec, receiver)
 
 
 def without_channel(system: System) -> System:

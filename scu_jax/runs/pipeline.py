@@ -26,10 +26,12 @@ from absl import logging
 
 from scu_jax.runs.files import check_workdir, write_json_atomic
 from scu_jax.evaluation import RECEIVER_METRICS, describe_protocol
-from scu_jax.runs.train import RESULTS_FILE, train_and_evaluate
+from scu_jax.runs.files import RESULTS_FILE
+from scu_jax.runs.train import train_and_evaluate
 from scu_jax.errors import NonFiniteError
-from scu_jax.runs.unlearn import evaluate_workdir, unlearn_and_evaluate
-from scu_jax.methods import METHODS
+from scu_jax.runs.evaluate import evaluate_workdir
+from scu_jax.runs.unlearn import unlearn_and_evaluate
+from scu_jax.config import METHODS
 
 COMPARISON_TABLE = "comparison.md"
 COLUMNS = (  # (results key, header, scale, decimals)

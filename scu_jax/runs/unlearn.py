@@ -10,23 +10,29 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-import chex
 import jax
 import ml_collections
 from absl import logging
 
-from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
-from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
-from scu_jax.runs.files import check_workdir, remove_run_outputs, write_json_atomic
-from scu_jax.config import config_from_json, method_config, training_fingerprint, validate_config
-from scu_jax.evaluation import full_evaluation, save_samples
-from scu_jax.models import System, init_system, receiver_of
-from scu_jax.parallel import barrier, data_parallel, is_primary
-from scu_jax.errors import NonFiniteError
-from scu_jax.runs.train import build_for, fit, fit_with_checkpoints, initial_state
-from scu_jax.methods import ERASED_LOOP_METHODS, TRAINING_METHODS, run_erased_loop
+import numpy as np
 
-RESULTS_FILE = "results.json"
+from scu_jax import engine
+from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config,
+                            training_fingerprint, validate_config)
+from scu_jax.data import ErasureSplit
+from scu_jax.data.batching import padded_batches
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
+from scu_jax.evaluation import full_evaluation, save_samples, system_for_evaluation, target_rate
+from scu_jax.methods import Batch, training, unlearning_phase
+from scu_jax.models import System, receiver_of
+from scu_jax.parallel import barrier, is_primary
+from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
+                                finetune_recipe, method_of, recipe_of)
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
+from scu_jax.runs.saved import load_variables, receiver_entries
+from scu_jax.runs.train import fit, fit_with_checkpoints, progress_and_summaries
+
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
 
 
@@ -42,50 +48,6 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]
     else:
         unlearning.pop("finetune_epochs")
     return {"training": training_fingerprint(config), "unlearning": unlearning}
-
-
-def _restore(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
-             image_shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restores any saved state read-only: `({"params", "batch_stats"[, "original_receiver"]},
-    saved_metadata)`."""
-    checkpoints = Checkpoints(workdir, read_only=True)
-    if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"{pathlib.Path(workdir)} holds no checkpoint")
-    meta = checkpoints.saved_config()
-    if meta.get("kind") == "unlearned":
-        variables = init_system(system, jax.random.PRNGKey(0), image_shape)
-        target = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-        if meta.get("stores_original_receiver"):
-            target.update(_receiver_entries(receiver_of(variables["params"], variables["batch_stats"])))
-        return checkpoints.restore(target), meta
-    state = checkpoints.restore(initial_state(system, config, image_shape))
-    return {"params": state.params, "batch_stats": state.batch_stats}, meta
-
-
-def _receiver_entries(receiver: tuple[Any, Any]) -> dict[str, Any]:
-    """How an unlearned checkpoint stores the original receiver (its statistics only if it has
-    BatchNorm, so that MLP-receiver checkpoints keep their layout)."""
-    receiver_params, receiver_stats = receiver
-    entries = {"original_receiver": receiver_params}
-    if receiver_stats is not None:
-        entries["original_receiver_batch_stats"] = receiver_stats
-    return entries
-
-
-def _original_receiver(restored: dict[str, Any]) -> tuple[Any, Any] | None:
-    if "original_receiver" not in restored:
-        return None
-    return restored["original_receiver"], restored.get("original_receiver_batch_stats")
-
-
-def load_variables(workdir: str | pathlib.Path, system: System, config: ml_collections.ConfigDict,
-                   image_shape: tuple[int, ...]) -> tuple[dict, dict, dict[str, Any]]:
-    """Reads the system variables of any saved state (trained or unlearned), read-only.
-
-    Returns `(params, batch_stats, saved_metadata)`.
-    """
-    restored, meta = _restore(workdir, system, config, image_shape)
-    return restored["params"], restored["batch_stats"], meta
 
 
 def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
@@ -183,14 +145,10 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         params, batch_stats, _ = load_variables(out_path, system, config, image_shape)
         run_info = saved_meta["run"]
     else:
-        params, batch_stats, run_info = _run_method(method, system, config, split, trained_params,
+        params, batch_stats, run_info = RUNNERS[method](config, system, split, trained_params,
                                                     trained_stats, out_path, image_shape)
-        try:
-            chex.assert_tree_all_finite((params, batch_stats))
-        except AssertionError:
-            raise NonFiniteError(f"{method}: the unlearned parameters are not finite; nothing saved") from None
         out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
-                                     **_receiver_entries(original_receiver)}, config,
+                                     **receiver_entries(original_receiver)}, config,
                  {"kind": "unlearned", "method": method, "run": run_info,
                   "stores_original_receiver": True,
                   "unlearning_fingerprint": _unlearning_fingerprint(config)})
@@ -217,68 +175,106 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     return results
 
 
-def _run_method(method: str, system: System, config: ml_collections.ConfigDict, split, params,
-                batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict[str, Any]]:
-    if method in ERASED_LOOP_METHODS:
-        algorithm = ERASED_LOOP_METHODS[method](config, system)
-        state, report = run_erased_loop(algorithm, method, system,
-                                        algorithm.init(params, batch_stats), split, config)
-        info = {"unlearn_seconds": report.unlearn_seconds, "compile_seconds": report.compile_seconds,
-                "steps": report.steps, "epochs": report.epochs, "history": report.history}
-        return state.params, state.batch_stats, info
-    recipe = TRAINING_METHODS[method](config, system)
-    images, labels = split.remain_images, split.remain_labels
-    if config.train.crop_once:
-        # The training set's own copies of D_r (cropped once, as the original system saw them).
-        keep = ~split.train_is_erased
-        images, labels = split.train_images[keep], split.train_labels[keep]
-    if method == "retrain":
-        # Exact unlearning: the original recipe from scratch on D_r, checkpointed as training is.
-        state, report = fit_with_checkpoints(system, recipe.config, workdir, images, labels,
-                                             kind="retrain", image_shape=image_shape,
-                                             subdir=RETRAIN_PROGRESS_DIR)
-    else:
-        state, report = fit(system, recipe.config, recipe.init(params, batch_stats), images,
-                            labels, name=method)
+def _erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
+                 params, batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+    """An erased-data method (scu, scu_no_cc, vbu, hbu) through the engine, with its stopping
+    rules; its curves go to `workdir/summaries/<method>`."""
+    del image_shape
+    u, name = config.unlearning, config.unlearning.method
+    batch_size = min(u.batch_size, len(split.erased_images))
+    parallel = data_parallel(config)
+    if batch_size % parallel.size:
+        raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
+                          f"{len(split.erased_images)} images) does not split evenly over the "
+                          f"{parallel.size} devices of config.parallel.devices")
+    method = method_of(config, system)
+    eval_system, target = system_for_evaluation(system, config), split.target_class
+
+    def evaluate(state, eval_data):
+        batches, mask, key = eval_data
+        return target_rate(eval_system, state.params, state.batch_stats, batches, mask, target, key)
+
+    phase = unlearning_phase(
+        method, seed=config.seed, num_erased=len(split.erased_images),
+        num_remain=len(split.remain_images), batch_size=batch_size, max_epochs=u.max_epochs,
+        drop_partial=u.partial_batch == "drop", early_stop=u.early_stop, batch_stop=u.batch_stop,
+        epoch_stop=u.epoch_stop, stop_on=u.stop_on, evaluate=evaluate)
+    # The D_e re-evaluation (eval_draws passes of all of D_e) is only made where it can stop the
+    # run; the reference's MNIST SCU and its CIFAR-10 loops have no such stop.
+    eval_data = None
+    if phase.evaluate is not None:
+        eval_data = (*erased_eval_batches(split, config), stopping_key(config))
+    steps_per_epoch = phase.batches(0)[0].shape[0]
+    hooks, writer = progress_and_summaries(config, workdir, u.max_epochs * steps_per_epoch,
+                                           (u.max_epochs - 1,), name)
+    data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
+    try:
+        state, report = engine.run(
+            [phase], method.init(params, batch_stats), data,
+            jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), name=name, parallel=parallel,
+            per_step=convolutions_slow_in_loops(config), eval_data=eval_data, hooks=hooks,
+            when_non_finite="; no state was saved")
+    finally:
+        if writer is not None:
+            writer.close()
     info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
-            "steps": report.steps,
-            "epochs": recipe.config.train.receiver_epochs + recipe.config.train.epochs}
+            "steps": report.steps, "epochs": report.epochs, "history": report.history}
     return state.params, state.batch_stats, info
 
 
-def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
-                     output: str | None = None, samples_file: str | None = None) -> dict[str, Any]:
-    """Evaluates the system saved in `workdir` under the config stored with it (read only).
+def _remain_set(config: ml_collections.ConfigDict, split: ErasureSplit):
+    """D_r as the training recipe sees it: with `train.crop_once`, the training set's own
+    copies (cropped once, as the original system saw them)."""
+    if config.train.crop_once:
+        keep = ~split.train_is_erased
+        return split.train_images[keep], split.train_labels[keep]
+    return split.remain_images, split.remain_labels
 
-    Args:
-      workdir: any scu-train or scu-unlearn workdir.
-      reference_workdir: optional `retrain` result to measure the distance to.
-      output: optional JSON file for the results (written atomically; never inside `workdir`'s
-        checkpoints).
-      samples_file: optional .npz for the report's reconstructions and membership scores.
-    """
-    checkpoints = Checkpoints(workdir, read_only=True)
-    if checkpoints.latest_step() is None:
-        raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint")
-    meta = checkpoints.saved_config()
-    config = config_from_json(meta["config"])
-    validate_config(config)
-    split, system, image_shape = build_for(config)
-    restored, _ = _restore(workdir, system, config, image_shape)
-    if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
-        logging.warning("%s was saved before unlearned systems kept the original receiver: its own "
-                        "receiver reads every metric", workdir)
-    params, batch_stats = restored["params"], restored["batch_stats"]
-    reference = None
-    if reference_workdir is not None:
-        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
-        reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
-                              original_receiver=_original_receiver(restored))
-    if samples_file is not None:
-        save_samples(system, params, batch_stats, split, config, samples_file)
-    results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
-                    "checkpoint_step": checkpoints.latest_step()})
-    if output is not None:
-        write_json_atomic(output, results)
-    return results
+
+def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
+              batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+    """The training recipe's codec phase on D_r from the trained system, fresh optimisers."""
+    del image_shape
+    recipe = finetune_recipe(config)
+    images, labels = _remain_set(config, split)
+    state, report = fit(system, recipe, config, training.train_state_from(params, batch_stats,
+                                                                           recipe),
+                        images, labels, name="finetune", workdir=workdir,
+                        summaries_subdir="finetune", when_non_finite="; no state was saved")
+    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+            "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}
+    return state.params, state.batch_stats, info
+
+
+def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
+             batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+    """Exact unlearning: the original recipe from scratch on D_r, checkpointed as training is
+    (in `workdir/retrain_checkpoints`, so an interrupted retraining resumes)."""
+    del params, batch_stats  # exact unlearning starts from scratch
+    recipe = recipe_of(config)
+    images, labels = _remain_set(config, split)
+    state, report = fit_with_checkpoints(system, recipe, config, workdir, images, labels,
+                                         kind="retrain", image_shape=image_shape,
+                                         subdir=RETRAIN_PROGRESS_DIR)
+    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+            "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}
+    return state.params, state.batch_stats, info
+
+
+# How each method runs in a workdir (`config.METHODS` names them all).
+RUNNERS = {**{name: _erased_loop for name in ERASED_LOOP_METHODS},
+           "finetune": _finetune, "retrain": _retrain}
+
+
+def erased_eval_batches(split: ErasureSplit, config: ml_collections.ConfigDict):
+    """All of D_e, `eval_draws` times over, in padded evaluation batches (as `evaluate_system`)."""
+    images = np.tile(split.erased_images, (config.eval_draws, 1, 1, 1))
+    indices, mask = padded_batches(len(images), min(config.eval_batch_size, len(images)))
+    return images[indices], mask
+
+
+def stopping_key(config: ml_collections.ConfigDict) -> jax.Array:
+    """The key of the D_e evaluations that may stop a run. Not the final evaluation's: stopping
+    on the very noise draws that are then reported would bias the reported backdoor accuracy
+    low."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 99)

@@ -1,0 +1,153 @@
+"""A run's pieces from its config: the data split, the system, the mesh, the recipe, the method.
+
+The config is resolved and validated once, at the top of a run (`runs/train.py`,
+`runs/unlearn.py`); the functions here turn it into the explicit values the library takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from scu_jax.channels import Channel
+from scu_jax.config import ERASED_LOOP_METHODS, validate_config
+from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
+from scu_jax.methods import CodecObjective, Method, Recipe, finetune, hbu, scu, scu_no_cc, vbu
+from scu_jax.models import (MODELS, MLP, MLPDecoder, Receiver, ResNet18, ResNetDecoder,
+                            ResNetReceiver, SemanticCodec, System)
+from scu_jax.parallel import DataParallel, mesh_for
+
+
+def data_parallel(config: ml_collections.ConfigDict) -> DataParallel:
+    """The mesh `config.parallel.devices` selects; both batch sizes must split over it."""
+    return mesh_for(config.parallel.devices, {
+        "train.batch_size": config.train.batch_size,
+        "unlearning.batch_size": config.unlearning.batch_size})
+
+
+def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
+                 num_classes: int) -> System:
+    """Builds the codec and receiver that `config.model` and `config.channel` describe."""
+    model, channel_config = config.model, config.channel
+    channel = Channel(
+        channel=channel_config.name,
+        family=channel_config.family,
+        snr_db=float(channel_config.snr_db),
+        k_factor=float(channel_config.k_factor),
+        fading=channel_config.fading,
+        equalizer=channel_config.equalizer,
+        draw=channel_config.draw,
+    )
+    image_size = 1
+    for dim in image_shape:
+        image_size *= dim
+    init = model.init
+    if model.name == "mlp":
+        latent_dim = model.latent_dim
+        encoder = MLP(2 * latent_dim, model.hidden, init)
+        decoder = MLPDecoder(tuple(image_shape), model.hidden, init)
+    elif model.name == "resnet18":
+        # The reference's CIFAR latent has one value per pixel (d = 3072) so that it can be
+        # reshaped into an image for the second ResNet.
+        latent_dim = image_size
+        dtype = jnp.dtype(model.dtype)
+        encoder = ResNet18(2 * latent_dim, tuple(model.widths), dtype, init)
+        decoder = ResNetDecoder(tuple(image_shape), tuple(model.widths), dtype, init)
+    else:
+        raise ValueError(f"unknown model {model.name!r}; choose one of: {', '.join(MODELS)}")
+    codec = SemanticCodec(encoder, decoder, channel, latent_dim)
+    if model.receiver == "resnet18":
+        receiver = ResNetReceiver(num_classes, tuple(image_shape), tuple(model.widths),
+                                  jnp.dtype(model.dtype), init)
+    else:
+        receiver = Receiver(num_classes, model.hidden, init)
+    return System(codec, receiver)
+
+
+def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
+    """Loads the configured dataset (capped for smoke runs) and builds the erasure split."""
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir or None)
+    if config.max_train_examples or config.max_test_examples:
+        n_train = config.max_train_examples or len(dataset.train_images)
+        n_test = config.max_test_examples or len(dataset.test_images)
+        dataset = dataclasses.replace(
+            dataset,
+            train_images=dataset.train_images[:n_train], train_labels=dataset.train_labels[:n_train],
+            test_images=dataset.test_images[:n_test], test_labels=dataset.test_labels[:n_test],
+        )
+    erasure = config.erasure
+    return make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
+                              target_class=erasure.target_class, seed=config.seed,
+                              crop_once=4 if config.train.crop_once else 0,
+                              remain_size=erasure.remain_size)
+
+
+def image_shape_and_classes(split: ErasureSplit,
+                            config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
+    num_classes = 20 if config.dataset == "cifar100" else 10
+    return tuple(split.train_images.shape[1:]), num_classes
+
+
+def build_for(config: ml_collections.ConfigDict) -> tuple[ErasureSplit, System, tuple[int, ...]]:
+    """Validates the config, loads its erasure split and builds its system."""
+    validate_config(config)
+    split = load_split(config)
+    image_shape, num_classes = image_shape_and_classes(split, config)
+    return split, build_system(config, image_shape, num_classes), image_shape
+
+
+def convolutions_slow_in_loops(config: ml_collections.ConfigDict) -> bool:
+    """Whether XLA's CPU backend runs this codec's step slower inside a `lax.scan` loop.
+
+    Inside a while loop XLA's layout assignment gives the ResNet's weight-gradient convolutions
+    non-canonical layouts, which the CPU runtime runs on its slow generic path (README,
+    "Performance"); the engine then dispatches one step at a time. The MLP codec has no
+    convolutions; GPUs are not affected.
+    """
+    return config.model.name == "resnet18" and jax.default_backend() == "cpu"
+
+
+def objective_of(config: ml_collections.ConfigDict) -> CodecObjective:
+    train = config.train
+    return CodecObjective(beta=train.beta, mse_weight=train.mse_weight, ce_weight=train.ce_weight)
+
+
+def recipe_of(config: ml_collections.ConfigDict) -> Recipe:
+    """The training recipe `config.train` describes."""
+    train = config.train
+    return Recipe(objective=objective_of(config), learning_rate=train.learning_rate,
+                  receiver_learning_rate=train.receiver_learning_rate, grad_clip=train.grad_clip,
+                  batch_size=train.batch_size, receiver_epochs=train.receiver_epochs,
+                  epochs=train.epochs, crop=bool(train.augment and not train.crop_once),
+                  reset_optimizer_each_epoch=train.reset_optimizer_each_epoch)
+
+
+def finetune_recipe(config: ml_collections.ConfigDict) -> Recipe:
+    u = config.unlearning
+    return finetune(recipe_of(config), learning_rate=u.learning_rate, batch_size=u.batch_size,
+                    epochs=u.finetune_epochs)
+
+
+def method_of(config: ml_collections.ConfigDict, system: System) -> Method:
+    """The erased-data method `config.unlearning.method` names, with its hyper-parameters
+    (after `config.method_config` has applied its `unlearning.per_method` entry)."""
+    u, objective = config.unlearning, objective_of(config)
+    name = u.method
+    if name not in ERASED_LOOP_METHODS:
+        raise ValueError(f"{name!r} is not an erased-data method ({', '.join(ERASED_LOOP_METHODS)})")
+    if name == "hbu":
+        return hbu(system, objective, learning_rate=u.learning_rate,
+                   fixed_probe=u.hbu_fixed_probe, augment_remain=u.augment_remain)
+    if name == "vbu":
+        return vbu(system, objective, learning_rate=u.learning_rate, grad_clip=u.grad_clip,
+                   beta_u=u.beta_u, erased_objective=u.erased_objective)
+    factory = scu if name == "scu" else scu_no_cc
+    return factory(system, objective, learning_rate=u.learning_rate, grad_clip=u.grad_clip,
+                   lambda_kl=u.lambda_kl, beta_u=u.beta_u, rho=u.rho,
+                   erased_objective=u.erased_objective,
+                   stop_weight_gradient=u.stop_weight_gradient,
+                   unit_mse_in_weights=u.unit_mse_in_weights, augment_remain=u.augment_remain)

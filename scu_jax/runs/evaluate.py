@@ -1,0 +1,52 @@
+"""Evaluating a saved system in its workdir under the config stored with it (`scu-evaluate`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import logging
+
+from scu_jax.config import config_from_json, validate_config
+from scu_jax.evaluation import full_evaluation, save_samples
+from scu_jax.runs.build import build_for
+from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.runs.files import write_json_atomic
+from scu_jax.runs.saved import load_variables, original_receiver, restore_saved
+
+
+def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
+                     output: str | None = None, samples_file: str | None = None) -> dict[str, Any]:
+    """Evaluates the system saved in `workdir` under the config stored with it (read only).
+
+    Args:
+      workdir: any scu-train or scu-unlearn workdir.
+      reference_workdir: optional `retrain` result to measure the distance to.
+      output: optional JSON file for the results (written atomically; never inside `workdir`'s
+        checkpoints).
+      samples_file: optional .npz for the report's reconstructions and membership scores.
+    """
+    checkpoints = Checkpoints(workdir, read_only=True)
+    if checkpoints.latest_step() is None:
+        raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint")
+    meta = checkpoints.saved_config()
+    config = config_from_json(meta["config"])
+    validate_config(config)
+    split, system, image_shape = build_for(config)
+    restored, _ = restore_saved(workdir, system, config, image_shape)
+    if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
+        logging.warning("%s was saved before unlearned systems kept the original receiver: its own "
+                        "receiver reads every metric", workdir)
+    params, batch_stats = restored["params"], restored["batch_stats"]
+    reference = None
+    if reference_workdir is not None:
+        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
+        reference = (ref_params, ref_stats)
+    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
+                              original_receiver=original_receiver(restored))
+    if samples_file is not None:
+        save_samples(system, params, batch_stats, split, config, samples_file)
+    results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
+                    "checkpoint_step": checkpoints.latest_step()})
+    if output is not None:
+        write_json_atomic(output, results)
+    return results
