@@ -13,13 +13,17 @@ same run on the same machine. Rerunning resumes (finished cells are reused).
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
 from typing import Any
 
 import numpy as np
 from absl import app, flags
+
+from scu_jax.experiments.aggregate import with_speedups
+from scu_jax.experiments.scheduler import run_experiment
+from scu_jax.experiments.sweeps import experiment_config
+from scu_jax.runs.files import write_text_atomic
+from scu_jax.runs.logs import quiet_library_logs
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/bench_e2e", "The sweep's experiment directory.")
 _JSON = flags.DEFINE_string("json", "runs/end_to_end.json", "Where the JSON summary goes.")
@@ -29,8 +33,6 @@ _EDRS = flags.DEFINE_list("edrs", ["0.02", "0.04", "0.06", "0.08", "0.10"], "Era
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """{method: {edr: {seconds, retrain_seconds, speedup, backdoor, accuracy_clean}}}, seed means."""
-    from scu_jax.report import with_speedups
-
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     retrain = {row["group"]: row["unlearn_seconds"] for row in rows if row["method"] == "retrain"}
     for row in with_speedups(rows):
@@ -75,9 +77,6 @@ def main(argv: list[str]) -> None:
         edrs = tuple(float(edr) for edr in _EDRS.value)
     except ValueError:
         sys.exit("benchmarks.end_to_end: error: --seeds must be integers and --edrs numbers")
-    from scu_jax.binaries.common import quiet_library_logs
-    from scu_jax.experiment import experiment_config, run_experiment
-
     quiet_library_logs()
     config = experiment_config("edr_sweep")
     config.grid.seeds, config.grid.edr = seeds, edrs
@@ -87,12 +86,8 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileExistsError) as error:
         sys.exit(f"benchmarks.end_to_end: error: {' '.join(str(error).split())}")
     summary = summarise(report.rows)
-    out = pathlib.Path(_JSON.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"seeds": seeds, "edrs": edrs, "summary": summary,
-                               "sweep_seconds": report.seconds}, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(_JSON.value, json.dumps({"seeds": seeds, "edrs": edrs, "summary": summary,
+                                               "sweep_seconds": report.seconds}, indent=2) + "\n")
     print(markdown(summary), end="")
 
 

@@ -14,13 +14,13 @@ Throughput does not depend on pixel values, so the images are synthetic uint8 no
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import sys
 import time
 from typing import Any, Callable
 
 from absl import app, flags
+
+from scu_jax.runs.files import write_text_atomic
 
 _OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
 _BATCHES = flags.DEFINE_list("batches", ["16", "128", "1024"], "Batch sizes (MNIST codec).")
@@ -202,7 +202,7 @@ def torch_step_throughput(method: str, batch_size: int, repeats: int) -> dict[st
 
 
 def _machine() -> dict[str, Any]:
-    from scu_jax.experiment import machine_info
+    from scu_jax.experiments.machine import machine_info
 
     info = machine_info()
     if _TORCH.value:
@@ -260,11 +260,7 @@ def main(argv: list[str]) -> None:
               + (f", torch {row['torch_samples_per_s']:,.0f}/s" if "torch_samples_per_s" in row else ""),
               file=sys.stderr, flush=True)
     results["steps"] = rows
-    out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(_OUT.value, json.dumps(results, indent=2) + "\n")
     print(f"matmul peak (float32, {results['matmul_size']}²): JAX "
           f"{results['jax_matmul_flops'] / 1e9:.1f} GFLOP/s"
           + (f", PyTorch {results['torch_matmul_flops'] / 1e9:.1f} GFLOP/s"

@@ -243,7 +243,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
+def first_difference(saved: Any, wanted: Any, where: str = "there", path: str = "config") -> str:
+    """The first field (in sorted order) where two JSON-able configs differ, as one phrase:
+    `config.train.epochs is 300 {where} but 20 now`; "" if they are equal.
+
+    `saved` is what a directory holds, `wanted` what the run asks for; a field missing from one
+    side reads as None.
+    """
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        for key in sorted(set(saved) | set(wanted)):
+            found = first_difference(saved.get(key), wanted.get(key), where, f"{path}.{key}")
+            if found:
+                return found
+        return ""
+    return "" if saved == wanted else f"{path} is {saved!r} {where} but {wanted!r} now"
+
+
+def check_field(condition: bool, field: str, value: Any, allowed: str) -> None:
+    """Raises `ConfigError("config.FIELD=VALUE: ALLOWED")` unless `condition` holds."""
     if not condition:
         raise ConfigError(f"config.{field}={value!r}: {allowed}")
 
@@ -256,7 +273,7 @@ def _choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
     value = config
     for part in field.split("."):
         value = value[part]
-    _check(value in choices, field, value, f"must be one of: {', '.join(sorted(choices))}")
+    check_field(value in choices, field, value, f"must be one of: {', '.join(sorted(choices))}")
 
 
 def _number(config, field: str, low: float, high: float = math.inf, *, integer: bool = False,
@@ -270,7 +287,7 @@ def _number(config, field: str, low: float, high: float = math.inf, *, integer: 
         ok = (value > low if low_open else value >= low) and value <= high
     bracket = "(" if low_open else "["
     upper = "inf)" if math.isinf(high) else f"{high}]"
-    _check(ok, field, value, f"must be {kind} in {bracket}{low}, {upper}")
+    check_field(ok, field, value, f"must be {kind} in {bracket}{low}, {upper}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -285,9 +302,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "channel.fading", FADINGS)
     _choice(config, "channel.equalizer", EQUALIZERS)
     _choice(config, "channel.draw", DRAWS)
-    _check(config.channel.draw == "element" or config.channel.family == "paper", "channel.draw",
-           config.channel.draw, "'scalar' is the reference's draw of the paper family; the physical "
-           "family draws per symbol")
+    check_field(config.channel.draw == "element" or config.channel.family == "paper",
+                "channel.draw", config.channel.draw, "'scalar' is the reference's draw of the paper "
+                "family; the physical family draws per symbol")
     _number(config, "seed", 0, 2**31 - 1, integer=True)
     _number(config, "eval_seed", 0, 2**31 - 1, integer=True)
     _number(config, "max_train_examples", 0, integer=True)
@@ -296,12 +313,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "erasure.base_class", 0, integer=True)
     _number(config, "erasure.target_class", 0, integer=True)
     _choice(config, "erasure.remain_size", ("rest", "requested"))
-    _check(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
-           config.erasure.target_class, "must differ from erasure.base_class")
+    check_field(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
+                config.erasure.target_class, "must differ from erasure.base_class")
     _number(config, "model.latent_dim", 1, integer=True)
     _number(config, "model.hidden", 1, integer=True)
-    _check(len(config.model.widths) > 0 and all(_finite(w) and w >= 1 for w in config.model.widths),
-           "model.widths", config.model.widths, "must be a non-empty list of positive integers")
+    widths = config.model.widths
+    check_field(len(widths) > 0 and all(_finite(w) and w >= 1 for w in widths), "model.widths",
+                widths, "must be a non-empty list of positive integers")
     _number(config, "channel.snr_db", -50.0, 100.0)
     _number(config, "channel.k_factor", 0.0, 1e6)
     _number(config, "train.batch_size", 1, 65536, integer=True)
@@ -314,8 +332,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "train.mse_weight", 0.0)
     _number(config, "train.ce_weight", 0.0)
     _number(config, "train.steps_per_dispatch", 0, integer=True)
-    _check(not config.train.crop_once or config.train.augment, "train.crop_once",
-           config.train.crop_once, "needs train.augment=True (it says when to crop)")
+    check_field(not config.train.crop_once or config.train.augment, "train.crop_once",
+                config.train.crop_once, "needs train.augment=True (it says when to crop)")
     _number(config, "eval_batch_size", 1, 65536, integer=True)
     _number(config, "log_every_seconds", 0.0)
     _number(config, "summary_every_steps", 0, integer=True)
@@ -326,11 +344,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _choice(config, "evaluation.channel", EVALUATION_CHANNELS)
     _choice(config, "evaluation.receiver", RECEIVERS)
     unknown = sorted(set(config.unlearning.per_method) - set(METHODS))
-    _check(not unknown, "unlearning.per_method", unknown, f"names methods from: {', '.join(METHODS)}")
+    check_field(not unknown, "unlearning.per_method", unknown,
+                f"names methods from: {', '.join(METHODS)}")
     for method, overrides in config.unlearning.per_method.items():
         fields = sorted(set(overrides) - set(_PER_METHOD_FIELDS))
-        _check(not fields, f"unlearning.per_method.{method}", fields,
-               f"may set only: {', '.join(_PER_METHOD_FIELDS)}")
+        check_field(not fields, f"unlearning.per_method.{method}", fields,
+                    f"may set only: {', '.join(_PER_METHOD_FIELDS)}")
     _validate_unlearning(config)
     for method in config.unlearning.per_method:
         # The base fields passed: what fails now is a value this entry sets.
@@ -342,16 +361,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "evaluation.mi_steps", 0, 10**7, integer=True)
     _number(config, "evaluation.mi_batch_size", 2, 65536, integer=True)
     _number(config, "evaluation.mi_max_examples", 2, integer=True)
-    _check(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
-           config.evaluation.mi_sets, "must be a subset of: erased, remain")
+    check_field(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
+                config.evaluation.mi_sets, "must be a subset of: erased, remain")
 
 
 def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     """The `config.unlearning` fields of one method's run (after `method_config`)."""
     _choice(config, "unlearning.erased_objective", ERASED_OBJECTIVES)
-    _check(config.unlearning.erased_objective == "mse" or config.train.ce_weight > 0,
-           "unlearning.erased_objective", config.unlearning.erased_objective,
-           "needs the receiver's CE term (train.ce_weight > 0), or the forget term is 0: use 'mse'")
+    check_field(config.unlearning.erased_objective == "mse" or config.train.ce_weight > 0,
+                "unlearning.erased_objective", config.unlearning.erased_objective,
+                "needs the receiver's CE term (train.ce_weight > 0), or the forget term is 0: "
+                "use 'mse'")
     _choice(config, "unlearning.stop_on", ("epoch_batches", "eval"))
     _choice(config, "unlearning.partial_batch", ("wrap", "drop"))
     _number(config, "unlearning.beta_u", 0.0, 1e6)
@@ -367,4 +387,4 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):
         value = config.unlearning[field]
-        _check(isinstance(value, bool), f"unlearning.{field}", value, "must be true or false")
+        check_field(isinstance(value, bool), f"unlearning.{field}", value, "must be true or false")

@@ -195,12 +195,12 @@ def test_common_fail_prints_one_line_and_exits(capsys):
     assert capsys.readouterr().err == "scu-x: error: first line second line\n"
 
 
-def test_common_quiet_filter_drops_orbax_chatter_only():
+def test_quiet_filter_drops_orbax_chatter_only():
     import logging
 
-    from scu_jax.binaries import common
+    from scu_jax.runs.logs import QuietLibraries
 
-    quiet = common._QuietLibraries()
+    quiet = QuietLibraries()
 
     def record(path, level, message):
         return logging.LogRecord("absl", level, path, 1, message, None, None)

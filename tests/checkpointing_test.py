@@ -1,6 +1,7 @@
 """Orbax round trip, config mismatch detection, unreadable checkpoints, atomic JSON writes."""
 
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,9 @@ def test_write_json_atomic_replaces_whole_file(tmp_path):
     files.write_json_atomic(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file the user writes
 
     class Unserialisable:
         pass

@@ -177,3 +177,22 @@ def test_a_checkpoint_written_before_new_fields_stays_compatible(tmp_path):
     config.channel.draw = "scalar"
     with pytest.raises(ValueError, match="config.channel.draw is 'element' in the checkpoint"):
         Checkpoints(tmp_path, read_only=True).check_compatible(config)
+
+
+def test_first_difference_names_the_first_differing_field_in_sorted_order():
+    saved = {"train": {"epochs": 300, "batch_size": 16}, "seed": 0}
+    wanted = {"train": {"epochs": 20, "batch_size": 8}, "seed": 0, "extra": 1}
+    assert config_lib.first_difference(saved, saved) == ""
+    # Sorted keys: "extra" (None there) comes before "train", and batch_size before epochs.
+    assert config_lib.first_difference(saved, wanted) == "config.extra is None there but 1 now"
+    del wanted["extra"]
+    assert (config_lib.first_difference(saved, wanted, "in the checkpoint")
+            == "config.train.batch_size is 16 in the checkpoint but 8 now")
+    assert config_lib.first_difference(None, {"a": 1}) == "config is None there but {'a': 1} now"
+
+
+def test_check_field_raises_one_line_naming_field_value_and_rule():
+    config_lib.check_field(True, "grid.edr", (0.1,), "anything")
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.check_field(False, "grid.edr", (0.7,), "must be numbers in (0, 0.5]")
+    assert str(error.value) == "config.grid.edr=(0.7,): must be numbers in (0, 0.5]"

@@ -6,7 +6,7 @@ import pytest
 
 from scu_jax import config as config_lib
 from scu_jax import presets
-from scu_jax.runs import pipeline
+from scu_jax.experiments import pipeline
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ Run:
 
 import ml_collections
 
-from scu_jax import experiment
+from scu_jax.experiments import sweeps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return experiment.experiment_config("snr_sweep", arg)
+    return sweeps.experiment_config("snr_sweep", arg)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging as std_logging
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -12,24 +11,12 @@ from absl import flags, logging
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
 from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError, NonFiniteError
+from scu_jax.runs.logs import quiet_library_logs
 
 # Bad input: the user can fix it by changing a flag, a config field or a path.
 USAGE_ERRORS = (ConfigError, CheckpointMismatchError, CheckpointReadError, DatasetUnavailableError,
                 ValueError, FileNotFoundError, FileExistsError)
 EXIT_USAGE = 2
-
-
-class _QuietLibraries(std_logging.Filter):
-    """Keeps Orbax's per-save INFO chatter, and its notices that a directory we opened read-only
-    on purpose is read-only, out of the progress log; other warnings still pass."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        if record.levelno < std_logging.WARNING:
-            return False
-        message = record.getMessage()
-        return "read only" not in message and "read_only=True" not in message
 
 
 def define_overwrite_flag():
@@ -64,10 +51,6 @@ def initialize_distributed(program: str, holders, config: "ml_collections.Config
         join(coordinator, processes, process_id, config.parallel.devices)
     except ValueError as error:
         fail(program, error)
-
-
-def quiet_library_logs() -> None:
-    std_logging.getLogger("absl").addFilter(_QuietLibraries())
 
 
 def fail(program: str, message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -41,8 +41,8 @@ def _main(argv: list[str]) -> None:
                              "this process)")
 
     def body() -> None:
-        from scu_jax.experiment import run_experiment
-        from scu_jax.report import write_report
+        from scu_jax.experiments.report import write_report
+        from scu_jax.experiments.scheduler import run_experiment
 
         done = run_experiment(config, _WORKDIR.value, workers=_WORKERS.value,
                               overwrite=_OVERWRITE.value, compilation_cache=_CACHE.value)

@@ -38,7 +38,7 @@ def _main(argv: list[str]) -> None:
     def body() -> None:
         import pathlib
 
-        from scu_jax.runs.pipeline import COMPARISON_TABLE, run_pipeline
+        from scu_jax.experiments.pipeline import COMPARISON_TABLE, run_pipeline
 
         run_pipeline(config, _WORKDIR.value, seeds=seeds, methods=_METHODS.value,
                      overwrite=_OVERWRITE.value)

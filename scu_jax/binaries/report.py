@@ -22,7 +22,7 @@ def _main(argv: list[str]) -> None:
         common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from scu_jax.report import write_report
+        from scu_jax.experiments.report import write_report
 
         print(f"report: {write_report(_WORKDIR.value)}")
 

@@ -17,24 +17,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from scu_jax.config import config_from_json, first_difference, training_fingerprint
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
-from scu_jax.config import config_from_json, training_fingerprint
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-
-
-def _describe_difference(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> str:
-    for key in sorted(set(saved) | set(wanted)):
-        a, b = saved.get(key), wanted.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _describe_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"config.{prefix}{key} is {a!r} in the checkpoint but {b!r} now"
-    return ""
 
 
 class Checkpoints:
@@ -83,7 +69,7 @@ class Checkpoints:
         # Rebuilt on today's schema: a field added since the checkpoint was written takes its
         # default, which is the behaviour the checkpoint was trained with.
         saved = training_fingerprint(config_from_json(self.saved_config().get("training", {})))
-        difference = _describe_difference(saved, training_fingerprint(config))
+        difference = first_difference(saved, training_fingerprint(config), "in the checkpoint")
         if difference:
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint of a different configuration ({difference});"

@@ -10,8 +10,8 @@ import contextlib
 import json
 import os
 import pathlib
+import secrets
 import shutil
-import tempfile
 from typing import Any, Iterator
 
 RESULTS_FILE = "results.json"
@@ -54,9 +54,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[pathlib.Path]:
     `path`, otherwise it is removed and `path` is left as it was."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = pathlib.Path(tmp)
+    # Not tempfile.mkstemp: its files are private (0600), and results, figures and reports are
+    # read by others; created here with 0666 & ~umask, like any file the user writes.
+    tmp_path = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as handle:

@@ -1,0 +1,153 @@
+"""The main job: train → unlearn with every method → evaluate, over seeds, as one comparison table.
+
+`run_pipeline(config, workdir, seeds, methods)` lays out
+```
+WORKDIR/seed_<s>/train           the original system (scu-train)
+WORKDIR/seed_<s>/original.json   its full evaluation (MIA, MI, distance to retrain)
+WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json (scu-unlearn)
+WORKDIR/comparison.json, .md     mean ± std over seeds, per method, and the protocol
+```
+Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
+`retrain` runs first so that every other method reports its distance to exact unlearning.
+Every row is read by the receiver `config.evaluation.receiver` names (the original system's by
+default); a system whose own receiver differs (retraining's, trained on D_r) gets an extra row,
+`<method> (own receiver)`, with the accuracies its own receiver reads. The statistics and the
+table come from the same code as an experiment's report (`scu_jax.experiments.aggregate`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+from absl import logging
+
+from scu_jax.config import METHODS
+from scu_jax.errors import NonFiniteError
+from scu_jax.evaluation import describe_protocol
+from scu_jax.experiments.aggregate import (format_statistic, other_receiver_row, statistics,
+                                           table_lines, with_speedups)
+from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic
+from scu_jax.runs.train import train_and_evaluate
+from scu_jax.runs.evaluate import evaluate_workdir
+from scu_jax.runs.unlearn import unlearn_and_evaluate
+
+COMPARISON_TABLE = "comparison.md"
+COMPARISON_JSON = "comparison.json"
+COLUMNS = (  # (results key, header, scale, decimals)
+    ("backdoor_accuracy", "backdoor %", 100, 1),
+    ("accuracy_clean", "acc clean %", 100, 1),
+    ("accuracy_test", "acc test %", 100, 1),
+    ("mse_clean", "MSE clean", 1, 2),
+    ("mse_erased", "MSE erased", 1, 2),
+    ("psnr_clean", "PSNR clean", 1, 2),
+    ("mia_auc", "MIA AUC", 1, 3),
+    ("mi_upper_erased", "I(x;z) D_e ≤", 1, 1),
+    ("mse_to_retrain", "x̂ SSE to retrain", 1, 2),
+    ("unlearn_seconds", "time s", 1, 2),
+    ("speedup", "× faster than retrain", 1, 0),
+    ("steps", "steps", 1, 0),
+)
+
+
+def _seed_config(config: ml_collections.ConfigDict, seed: int, method: str | None = None):
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    if method is not None:
+        seeded.unlearning.method = method
+    return seeded
+
+
+def _existing(workdir: pathlib.Path) -> dict[str, Any] | None:
+    path = workdir / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _run_seed(config: ml_collections.ConfigDict, root: pathlib.Path, seed: int,
+              methods: Sequence[str], overwrite: bool,
+              rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Trains (or reuses) one seed's system, runs every method on it, evaluates the original;
+    adds a row per method (and per other receiver) to `rows`."""
+    seed_dir = root / f"seed_{seed}"
+    train_dir = seed_dir / "train"
+    train_and_evaluate(_seed_config(config, seed), str(train_dir), overwrite=overwrite)
+    reference = str(seed_dir / "retrain") if "retrain" in methods else None
+    for method in sorted(methods, key=lambda m: m != "retrain"):  # retrain first: the reference
+        try:
+            result = unlearn_and_evaluate(
+                _seed_config(config, seed, method), str(train_dir), str(seed_dir / method),
+                reference_workdir=None if method == "retrain" else reference, overwrite=overwrite)
+        except NonFiniteError as error:
+            # A diverging baseline is a result of the comparison, not a reason to stop it.
+            logging.warning("seed %d: %s", seed, error)
+            result = {"status": "non-finite", "error": str(error)}
+        result["seed"] = seed
+        rows.setdefault(method, []).append(result)
+        other = other_receiver_row(result)
+        if other is not None:
+            rows.setdefault(f"{method} ({other['receiver']} receiver)", []).append(
+                {**other, "seed": seed})
+    original_file = seed_dir / "original.json"
+    if original_file.exists() and not overwrite:
+        original = json.loads(original_file.read_text())
+    else:
+        original = evaluate_workdir(str(train_dir), reference_workdir=reference,
+                                    output=str(original_file))
+    rows["original"].append({**original, **_existing(train_dir)})
+
+
+def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequence[int],
+                 methods: Sequence[str] = METHODS, overwrite: bool = False) -> dict[str, Any]:
+    """Runs (or resumes) the whole comparison; returns and writes the aggregated table.
+
+    With `overwrite`, stages of another configuration found in `workdir` are replaced instead of
+    refused (and the original systems' cached evaluations are recomputed).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: "
+                         f"{', '.join(METHODS)}")
+    check_workdir(workdir)
+    root = pathlib.Path(workdir)
+    rows: dict[str, list[dict[str, Any]]] = {"original": []}
+    root.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        _run_seed(config, root, seed, methods, overwrite, rows)
+    summary = summarise(rows)
+    protocol = describe_protocol(config)
+    write_json_atomic(root / COMPARISON_JSON, {"protocol": protocol, "methods": summary})
+    table = f"Protocol: {protocol}.\n\n" + markdown_table(summary)
+    write_text_atomic(root / COMPARISON_TABLE, table)
+    logging.info("comparison over seeds %s:\n%s", list(seeds), table)
+    return summary
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean and std over seeds of every column, per method (row label); speed-up against the same
+    seed's retraining (retraining's own is 1). A run that diverged (`status: non-finite`) counts
+    in `diverged`, not in the means."""
+    labelled = [{**row, "method": label} for label, results in rows.items() for row in results]
+    timed = with_speedups(labelled, pair_by="seed", reference_too=True)
+    summary: dict[str, Any] = {}
+    for label in rows:
+        entry = statistics([row for row in timed if row["method"] == label],
+                           [key for key, *_ in COLUMNS])
+        summary[label] = {key: ({"mean": value[0], "std": value[1]} if isinstance(value, tuple)
+                                else value) for key, value in entry.items()}
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The comparison as a Markdown table of mean ± std (the mean alone for one seed)."""
+    lines = []
+    for method, entry in summary.items():
+        diverged = entry.get("diverged", 0)
+        name = method if not diverged else (
+            f"{method} ({diverged} of {diverged + entry['seeds']} diverged)")
+        lines.append([name] + [format_statistic((entry[key]["mean"], entry[key]["std"], 0)
+                                                if key in entry else None,
+                                                scale, decimals, spread=entry["seeds"] > 1)
+                               for key, _, scale, decimals in COLUMNS])
+    return "\n".join(table_lines(["method", *(title for _, title, *_ in COLUMNS)], lines)) + "\n"
