@@ -234,7 +234,7 @@ def test_linen_layer_matches_function(latents):
     np.testing.assert_array_equal(channels.Channel(channel="none").apply({}, z), z)
 
 
-# --- The reference's scalar draw (spec §2) -------------------------------------------------------
+# --- The reference's scalar draw (the authors' reference code) ------------------------------------
 
 _SCALAR_CALLS = 4000
 

@@ -1,4 +1,4 @@
-"""Shapes, parameter counts and BatchNorm behaviour of the codec models (spec §2)."""
+"""Shapes, parameter counts and BatchNorm behaviour of the codec models (the paper's system model)."""
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ def test_channel_noise_only_on_decoder_path():
 
 
 def _expected_resnet_params(widths, in_channels, features):
-    """Counts the spec's ResNet-18 variant by hand: kernels + BN scale/bias + Dense head."""
+    """Counts the reference's ResNet-18 variant by hand: kernels + BN scale/bias + Dense head."""
     count = in_channels * widths[0] + 2 * widths[0]  # stem Conv1×1 (no bias) + BN
     previous = widths[0]
     for width in widths:

@@ -43,7 +43,8 @@ MESH_CHECK = textwrap.dedent("""
     def fit(system, config, images, labels, shape):
         recipe = build.recipe_of(config)
         state = training.initial_state(system, recipe, config.seed, shape)
-        return train.fit(system, recipe, config, state, images, labels)
+        return train.fit(system, recipe, config, state, images, labels,
+                         parallel=build.data_parallel(config))
 
     def max_diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
@@ -86,7 +87,8 @@ MESH_CHECK = textwrap.dedent("""
         config.parallel.devices = devices
         config.unlearning.method = "scu"
         params, stats, _ = unlearn._erased_loop(config, system, split, trained[1].params,
-                                                trained[1].batch_stats, None, None)
+                                                trained[1].batch_stats, None, None,
+                                                build.data_parallel(config))
         params, stats = jax.device_get((params, stats))
         batches, mask = unlearn.erased_eval_batches(split, config)
         backdoor = float(target_rate(system_for_evaluation(system, config), params, stats,

@@ -21,6 +21,7 @@ from scu_jax import engine
 from scu_jax.methods import training
 from scu_jax.methods.training import Examples
 from scu_jax.runs import build
+from scu_jax.runs.summaries import read_scalars
 
 
 def _smoke_config():
@@ -107,6 +108,16 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
     epochs = config.train.receiver_epochs + config.train.epochs  # 3 + 4 in the smoke variant
     assert results["steps"] == int(state.step) == epochs * steps_per_epoch
     chex.assert_tree_all_finite(state.params)
+    # The curves, in TensorBoard event files under the workdir: every epoch's means, every
+    # `summary_every_steps`-th step; the codec's loss falls.
+    curves = read_scalars(full / "summaries" / "train")
+    assert [step for step, _ in curves["receiver/epoch/loss"]] == [64, 128, 192]
+    assert [step for step, _ in curves["codec/epoch/loss"]] == [256, 320, 384, 448]
+    every = config.summary_every_steps
+    assert [step for step, _ in curves["codec/loss"]] == [s for s in range(193, 449)
+                                                          if s % every == 0]
+    assert curves["codec/epoch/loss"][-1][1] < curves["codec/epoch/loss"][0][1]
+    assert all(0 <= v <= 1 for _, v in curves["receiver/epoch/accuracy"])
 
     # Interrupted after the last-but-one epoch: drop the last checkpoint, rerun, same state.
     resumed = tmp_path / "resumed"
@@ -207,7 +218,8 @@ def test_checkpoints_every_n_epochs_and_at_phase_ends(tmp_path, monkeypatch):
     monkeypatch.setattr(Checkpoints, "save", recording_save)
     split, system, _ = _setup(config)
     train.fit_with_checkpoints(system, build.recipe_of(config), config, tmp_path,
-                               split.train_images, split.train_labels, kind="train",
+                               split.train_images, split.train_labels,
+                               parallel=build.data_parallel(config), kind="train",
                                image_shape=split.train_images.shape[1:])
     assert saved == [2, 3, 6]
 
@@ -217,7 +229,7 @@ def _stamped(images):
 
 
 def test_augmentation_keeps_the_trigger_at_its_fixed_position(mock_tfds):
-    """Spec §3: a crop must not move the trigger off the pixels that define D_e (mock CIFAR-10)."""
+    """The erasure protocol: a crop must not move the trigger off the pixels that define D_e (mock CIFAR-10)."""
     config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
     config.max_train_examples, config.erasure.edr = 64, 0.1
     split = build.load_split(config)
@@ -271,7 +283,7 @@ def test_reset_optimizer_each_epoch(reset):
     config.train.reset_optimizer_each_epoch = reset
     split, system, state = _setup(config)
     state, report = train.fit(system, build.recipe_of(config), config, state, split.train_images,
-                              split.train_labels)
+                              split.train_labels, parallel=build.data_parallel(config))
     per_epoch = len(split.train_images) // config.train.batch_size
     counts = {phase: int(optax.tree_utils.tree_get(state.opt_state[phase], "count"))
               for phase in ("receiver", "codec")}

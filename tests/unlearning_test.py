@@ -22,6 +22,8 @@ from scu_jax.methods import base as base_lib
 from scu_jax.runs import build
 from scu_jax.runs import saved as saved_lib
 from scu_jax.runs.evaluate import evaluate_workdir
+from scu_jax.runs.summaries import read_scalars
+from scu_jax import engine
 
 
 # --- Losses -------------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def _erased_pass(system, params, images, key):
 
 @pytest.mark.parametrize("method", ["scu", "scu_no_cc", "vbu"])
 def test_cifar_forget_term_has_the_reconstruction_ascent(method):
-    """Spec §5/§6: CIFAR's L_unl is `λ_kl·KL_eo − β_u·MSE − β_u·CE/30` (VBU `−β_u·MSE −
+    """The authors' CIFAR scripts: CIFAR's L_unl is `λ_kl·KL_eo − β_u·MSE − β_u·CE/30` (VBU `−β_u·MSE −
     β_u·CE/30`): the MSE ascent term is there, computed by hand from the step's own pass."""
     config, system, variables, batch = _cifar_style_mlp()
     step = _method(config, system, method)
@@ -136,7 +138,7 @@ def test_cifar_forget_term_has_the_reconstruction_ascent(method):
 
 
 def test_cifar_hbu_erased_loss_is_the_codec_loss_by_hand():
-    """Spec §6: HBU's CIFAR erased loss is `β·KL_prior + 30·MSE + CE/30`."""
+    """The authors' reference code: HBU's CIFAR erased loss is `β·KL_prior + 30·MSE + CE/30`."""
     config, system, variables, batch = _cifar_style_mlp()
     method = _method(config, system, "hbu")
     key = jax.random.PRNGKey(4)
@@ -228,7 +230,8 @@ def _method(config, system, name):
 
 def _erased_loop(config, system, split, params, batch_stats):
     """Runs `config.unlearning.method` through the engine (no workdir): (params, stats, info)."""
-    return unlearn._erased_loop(config, system, split, params, batch_stats, None, None)
+    return unlearn._erased_loop(config, system, split, params, batch_stats, None, None,
+                                build.data_parallel(config))
 
 
 def erased_backdoor_accuracy(system, params, batch_stats, split, config):
@@ -342,13 +345,35 @@ def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"])
-def test_every_method_end_to_end(trained, tmp_path_factory, method):
+def test_every_method_end_to_end(trained, tmp_path_factory, monkeypatch, method):
     config, workdir = trained
     config = _method_config(config, method, learning_rate=1e-3)
     out = tmp_path_factory.mktemp(method) / "out"
+    runs, real_run = [], engine.run
+
+    def recording_run(phases, *args, name, **kwargs):
+        runs.append((name, [phase.name for phase in phases]))
+        return real_run(phases, *args, name=name, **kwargs)
+
+    monkeypatch.setattr(engine, "run", recording_run)
     results = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
+    # Every method runs on the one engine: the erased-data loop, fine-tuning and retraining alike.
+    expected_phases = {"retrain": ["receiver", "codec"], "finetune": ["codec"]}
+    assert runs == [(method, expected_phases.get(method, ["unlearning"]))]
     saved = json.loads((out / "results.json").read_text())
     assert saved["method"] == method and saved["steps"] == results["steps"] > 0
+    # Its curves are in TensorBoard summaries under the workdir, one point per epoch at least.
+    curves = read_scalars(out / "summaries")
+    phases = expected_phases.get(method, ["unlearning"])
+    assert sum(len(curves[f"{phase}/epoch/loss"]) for phase in phases) == saved["epochs"]
+    assert curves[f"{phases[-1]}/epoch/loss"][-1][0] == saved["steps"]
+    if method in ("scu", "scu_no_cc", "vbu", "hbu"):
+        assert {f"unlearning/epoch/{n}" for n in ("backdoor", "forget", "utility")} <= set(curves)
+        assert all(0 <= v <= 1 for _, v in curves["unlearning/epoch/backdoor"])
+    if method == "scu":  # SCU's adaptive weights a and b, each epoch's means: a + b = 1
+        weights = zip(curves["unlearning/epoch/a"], curves["unlearning/epoch/b"], strict=True)
+        for (step_a, a), (step_b, b) in weights:
+            assert step_a == step_b and a + b == pytest.approx(1.0, abs=1e-5)
     assert saved["unlearn_seconds"] > 0 and saved["compile_seconds"] > 0
     for name in ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "mia_auc",
                  "mi_upper_erased", "psnr_clean", "ssim_clean"):
@@ -430,7 +455,7 @@ def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path
 
 
 def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch):
-    """The reference draws HBU's Rademacher probe once, from a fixed seed (spec §6); by default
+    """The reference draws HBU's Rademacher probe once, from a fixed seed; by default
     each step draws its own (two eager steps, the probe keys recorded)."""
     import importlib
 

@@ -6,7 +6,7 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
 from scu_jax.errors import ConfigError
@@ -103,3 +103,15 @@ def run_guarded(program: str, body: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         logging.warning("interrupted; the latest complete checkpoint is kept")
         fail(program, "interrupted", code=130)
+
+
+def entry(program: str, main: Callable[[], None]) -> Callable[[], None]:
+    """A binary's console-script function: parses the flags (an error is one line, exit 2),
+    refuses stray positional arguments, then runs `main`."""
+
+    def checked(argv: list[str]) -> None:
+        if len(argv) > 1:
+            fail(program, f"unexpected arguments: {' '.join(argv[1:])}")
+        main()
+
+    return lambda: app.run(checked, flags_parser=flags_parser(program))

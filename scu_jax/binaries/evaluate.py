@@ -8,7 +8,7 @@ writes the metrics as JSON (atomically).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from scu_jax.binaries import common
 
@@ -20,10 +20,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Optional JSON file for the metric
 flags.mark_flags_as_required(["workdir"])
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
-
+def _main() -> None:
     def body() -> None:
         from scu_jax.runs.evaluate import evaluate_workdir
 
@@ -39,8 +36,7 @@ def _main(argv: list[str]) -> None:
     common.run_guarded(PROGRAM, body)
 
 
-def run() -> None:
-    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+run = common.entry(PROGRAM, _main)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
@@ -32,9 +32,7 @@ _CACHE = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+def _main() -> None:
     config = common.config_or_fail(PROGRAM, _CONFIG)
     if _WORKERS.value < 0:
         common.fail(PROGRAM, f"--workers={_WORKERS.value}: must be >= 0 (0 runs every task in "
@@ -56,8 +54,7 @@ def _main(argv: list[str]) -> None:
     common.run_guarded(PROGRAM, body)
 
 
-def run() -> None:
-    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+run = common.entry(PROGRAM, _main)
 
 
 if __name__ == "__main__":

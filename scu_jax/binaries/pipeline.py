@@ -8,7 +8,7 @@ Rerunning resumes: finished stages are reused.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
@@ -24,9 +24,7 @@ _OVERWRITE = common.define_overwrite_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
+def _main() -> None:
     config = common.config_or_fail(PROGRAM, _CONFIG)
     try:
         seeds = [int(seed) for seed in _SEEDS.value]
@@ -47,8 +45,7 @@ def _main(argv: list[str]) -> None:
     common.run_guarded(PROGRAM, body)
 
 
-def run() -> None:
-    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+run = common.entry(PROGRAM, _main)
 
 
 if __name__ == "__main__":

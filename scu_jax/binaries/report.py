@@ -8,7 +8,7 @@ WORKDIR/REPORT.md (each through a temporary file and a rename). Needs no JAX com
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from scu_jax.binaries import common
 
@@ -17,10 +17,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "An scu-experiment directory.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
-
+def _main() -> None:
     def body() -> None:
         from scu_jax.experiments.report import write_report
 
@@ -29,8 +26,7 @@ def _main(argv: list[str]) -> None:
     common.run_guarded(PROGRAM, body)
 
 
-def run() -> None:
-    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+run = common.entry(PROGRAM, _main)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
@@ -21,10 +21,7 @@ _DISTRIBUTED = common.define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        common.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
-
+def _main() -> None:
     config = common.config_or_fail(PROGRAM, _CONFIG)
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
@@ -36,8 +33,7 @@ def _main(argv: list[str]) -> None:
     common.run_guarded(PROGRAM, body)
 
 
-def run() -> None:
-    app.run(_main, flags_parser=common.flags_parser(PROGRAM))
+run = common.entry(PROGRAM, _main)
 
 
 if __name__ == "__main__":

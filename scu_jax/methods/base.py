@@ -145,6 +145,13 @@ def remain_inputs(images: jax.Array, key: jax.Array, augment: bool) -> jax.Array
     return random_crop(key, x) if augment else x
 
 
+def unlearn_state(params: dict[str, Any], batch_stats: dict[str, Any],
+                  opt_state: Any = ()) -> UnlearnState:
+    """A method's state at step 0: the trained system, its frozen copy θ_o, `opt_state`."""
+    return UnlearnState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                        opt_state=opt_state, original=frozen_original(params, batch_stats))
+
+
 def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
                     joint_receiver: bool) -> Method:
     """An Adam (grad-norm clipped) unlearning method minimising
@@ -152,9 +159,8 @@ def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
     tx = make_optimizer(learning_rate, grad_clip)
 
     def init(params, batch_stats) -> UnlearnState:
-        return UnlearnState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                            opt_state=tx.init(trainable_params(params, joint_receiver)),
-                            original=frozen_original(params, batch_stats))
+        return unlearn_state(params, batch_stats,
+                             tx.init(trainable_params(params, joint_receiver)))
 
     def step(state: UnlearnState, batch: Batch, key: jax.Array):
         def objective(trainable):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from scu_jax import losses
 from scu_jax.methods.base import (Batch, CodecObjective, Method, StepMetrics, UnlearnState,
-                                  backdoor_rate, codec_forward, frozen_original, receiver_logits,
-                                  remain_inputs, trainable_params)
+                                  backdoor_rate, codec_forward, receiver_logits, remain_inputs,
+                                  trainable_params, unlearn_state)
 from scu_jax.models import System, to_unit_interval
 
 # Folded into the run's key for the one probe that `hbu_fixed_probe` reuses (no step is this
@@ -66,10 +66,6 @@ def hbu(system: System, objective: CodecObjective, *, learning_rate: float,
     """
     lr, joint = learning_rate, objective.joint_receiver
 
-    def init(params, batch_stats) -> UnlearnState:
-        return UnlearnState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                            opt_state=(), original=frozen_original(params, batch_stats))
-
     def step(state: UnlearnState, batch: Batch, key: jax.Array):
         step_key = jax.random.fold_in(key, state.step)
         erased_key, remain_key, _ = jax.random.split(step_key, 3)
@@ -107,4 +103,4 @@ def hbu(system: System, objective: CodecObjective, *, learning_rate: float,
         return state.replace(step=state.step + 1, params={**state.params, **updated},
                              batch_stats=batch_stats), metrics
 
-    return Method(init, step)
+    return Method(unlearn_state, step)

@@ -7,6 +7,7 @@ decoder `MLP(20, 784)` + sigmoid, receiver classifier `MLP(784, 10)` on the reco
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -40,9 +41,7 @@ class MLPDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-        size = 1
-        for dim in self.image_shape:
-            size *= dim
+        size = math.prod(self.image_shape)
         logits = MLP(size, self.hidden, self.initializer, name="mlp")(z, train)
         return jax.nn.sigmoid(logits).reshape((z.shape[0], *self.image_shape))
 

@@ -9,6 +9,7 @@ BatchNorm uses batch statistics while training or unlearning and running average
 
 from __future__ import annotations
 
+import math
 import functools
 from typing import Sequence
 
@@ -88,9 +89,7 @@ class ResNetDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
-        size = 1
-        for dim in self.image_shape:
-            size *= dim
+        size = math.prod(self.image_shape)
         x = z.reshape((z.shape[0], *self.image_shape))
         x_hat = ResNet18(size, self.widths, self.dtype, self.initializer, name="net")(x, train)
         return x_hat.reshape((z.shape[0], *self.image_shape))

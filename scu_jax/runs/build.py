@@ -7,6 +7,7 @@ The config is resolved and validated once, at the top of a run (`runs/train.py`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from scu_jax.channels import Channel
-from scu_jax.config import ERASED_LOOP_METHODS, validate_config
+from scu_jax.config import ERASED_LOOP_METHODS
 from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
 from scu_jax.methods import CodecObjective, Method, Recipe, finetune, hbu, scu, scu_no_cc, vbu
 from scu_jax.models import (MODELS, MLP, MLPDecoder, Receiver, ResNet18, ResNetDecoder,
@@ -42,9 +43,7 @@ def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
         equalizer=channel_config.equalizer,
         draw=channel_config.draw,
     )
-    image_size = 1
-    for dim in image_shape:
-        image_size *= dim
+    image_size = math.prod(image_shape)
     init = model.init
     if model.name == "mlp":
         latent_dim = model.latent_dim
@@ -93,8 +92,7 @@ def image_shape_and_classes(split: ErasureSplit,
 
 
 def build_for(config: ml_collections.ConfigDict) -> tuple[ErasureSplit, System, tuple[int, ...]]:
-    """Validates the config, loads its erasure split and builds its system."""
-    validate_config(config)
+    """Loads the erasure split of a validated config and builds its system."""
     split = load_split(config)
     image_shape, num_classes = image_shape_and_classes(split, config)
     return split, build_system(config, image_shape, num_classes), image_shape

@@ -107,9 +107,6 @@ class Checkpoints:
             ) from None
         return restored.state
 
-    def wait(self) -> None:
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()

@@ -74,19 +74,19 @@ def progress_and_summaries(config: ml_collections.ConfigDict, workdir: pathlib.P
 
 
 def fit(system: System, recipe: Recipe, config: ml_collections.ConfigDict, state: TrainState,
-        images: np.ndarray, labels: np.ndarray, *, start_epoch: int = 0, name: str = "train",
-        parallel: DataParallel | None = None, hooks: tuple[engine.Hook, ...] = (),
+        images: np.ndarray, labels: np.ndarray, *, parallel: DataParallel, start_epoch: int = 0,
+        name: str = "train", hooks: tuple[engine.Hook, ...] = (),
         workdir: pathlib.Path | None = None, summaries_subdir: str = "train",
         when_non_finite: str = "") -> tuple[TrainState, engine.Report]:
     """Runs `recipe`'s epochs `[start_epoch, total_epochs)` on a dataset through the engine.
 
-    `config` gives the seed, the mesh, the block size and the progress interval; with a
-    `workdir`, the curves go to TensorBoard under `workdir/summaries/<summaries_subdir>`.
+    `config` (validated) gives the seed, the block size and the progress and summary intervals;
+    `parallel` is the run's mesh; with a `workdir`, the curves go to TensorBoard under
+    `workdir/summaries/<summaries_subdir>`.
 
     Raises:
       NonFiniteError: a loss or a parameter became NaN or infinite (named run, phase and step).
     """
-    parallel = parallel or data_parallel(config)
     steps_per_epoch = len(images) // recipe.batch_size
 
     def fresh(state, phase):
@@ -112,7 +112,8 @@ def fit(system: System, recipe: Recipe, config: ml_collections.ConfigDict, state
 
 def fit_with_checkpoints(system: System, recipe: Recipe, config: ml_collections.ConfigDict,
                          workdir: pathlib.Path, images: np.ndarray, labels: np.ndarray, *,
-                         kind: str, image_shape: tuple[int, ...], subdir: str = CHECKPOINT_DIR
+                         parallel: DataParallel, kind: str, image_shape: tuple[int, ...],
+                         subdir: str = CHECKPOINT_DIR
                          ) -> tuple[TrainState, engine.Report]:
     """`fit` from scratch in `workdir`, resuming from its latest checkpoint in `subdir`.
 
@@ -136,7 +137,7 @@ def fit_with_checkpoints(system: System, recipe: Recipe, config: ml_collections.
                             config.checkpoint_every_epochs)
     try:
         state, report = fit(system, recipe, config, state, images, labels,
-                            start_epoch=start_epoch, name=kind, hooks=(saver,),
+                            parallel=parallel, start_epoch=start_epoch, name=kind, hooks=(saver,),
                             workdir=workdir, summaries_subdir=kind,
                             when_non_finite="; the last good checkpoint is kept")
     finally:
@@ -171,8 +172,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     split, system, image_shape = build_for(config)
     logging.info("training on %s: %s", config.dataset, split.summary())
     state, report = fit_with_checkpoints(system, recipe_of(config), config, workdir_path,
-                                         split.train_images, split.train_labels, kind="train",
-                                         image_shape=image_shape)
+                                         split.train_images, split.train_labels,
+                                         parallel=parallel, kind="train", image_shape=image_shape)
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
     results = evaluate_system(system, params, batch_stats, split, config)

@@ -1,4 +1,4 @@
-"""Unlearning a trained system: restore it, run a method, save the result, evaluate (spec §4–§8).
+"""Unlearning a trained system: restore it, run a method, save the result, evaluate (the paper's protocol).
 
 `unlearn_and_evaluate(config, init_workdir, workdir)` is the library entry of `scu-unlearn`. It
 never writes into `init_workdir` (opened read-only), and it refuses a `workdir` that holds the
@@ -25,7 +25,7 @@ from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigE
 from scu_jax.evaluation import full_evaluation, save_samples, system_for_evaluation, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
-from scu_jax.parallel import barrier, is_primary
+from scu_jax.parallel import DataParallel, barrier, is_primary
 from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
                                 finetune_recipe, method_of, recipe_of)
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
@@ -146,7 +146,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
         run_info = saved_meta["run"]
     else:
         params, batch_stats, run_info = RUNNERS[method](config, system, split, trained_params,
-                                                    trained_stats, out_path, image_shape)
+                                                        trained_stats, out_path, image_shape,
+                                                        parallel)
         out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
                                      **receiver_entries(original_receiver)}, config,
                  {"kind": "unlearned", "method": method, "run": run_info,
@@ -176,13 +177,13 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
 
 
 def _erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
-                 params, batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+                 params, batch_stats, workdir: pathlib.Path | None, image_shape,
+                 parallel: DataParallel) -> tuple[dict, dict, dict]:
     """An erased-data method (scu, scu_no_cc, vbu, hbu) through the engine, with its stopping
     rules; its curves go to `workdir/summaries/<method>`."""
     del image_shape
     u, name = config.unlearning, config.unlearning.method
     batch_size = min(u.batch_size, len(split.erased_images))
-    parallel = data_parallel(config)
     if batch_size % parallel.size:
         raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
                           f"{len(split.erased_images)} images) does not split evenly over the "
@@ -232,14 +233,15 @@ def _remain_set(config: ml_collections.ConfigDict, split: ErasureSplit):
 
 
 def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
-              batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+              batch_stats, workdir: pathlib.Path, image_shape,
+              parallel: DataParallel) -> tuple[dict, dict, dict]:
     """The training recipe's codec phase on D_r from the trained system, fresh optimisers."""
     del image_shape
     recipe = finetune_recipe(config)
     images, labels = _remain_set(config, split)
     state, report = fit(system, recipe, config, training.train_state_from(params, batch_stats,
                                                                            recipe),
-                        images, labels, name="finetune", workdir=workdir,
+                        images, labels, parallel=parallel, name="finetune", workdir=workdir,
                         summaries_subdir="finetune", when_non_finite="; no state was saved")
     info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
             "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}
@@ -247,14 +249,15 @@ def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureS
 
 
 def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
-             batch_stats, workdir: pathlib.Path, image_shape) -> tuple[dict, dict, dict]:
+             batch_stats, workdir: pathlib.Path, image_shape,
+             parallel: DataParallel) -> tuple[dict, dict, dict]:
     """Exact unlearning: the original recipe from scratch on D_r, checkpointed as training is
     (in `workdir/retrain_checkpoints`, so an interrupted retraining resumes)."""
     del params, batch_stats  # exact unlearning starts from scratch
     recipe = recipe_of(config)
     images, labels = _remain_set(config, split)
     state, report = fit_with_checkpoints(system, recipe, config, workdir, images, labels,
-                                         kind="retrain", image_shape=image_shape,
+                                         parallel=parallel, kind="retrain", image_shape=image_shape,
                                          subdir=RETRAIN_PROGRESS_DIR)
     info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
             "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}

@@ -1,0 +1,197 @@
+"""The engine on a toy problem: blocks, per-step dispatch, stops, evaluation, finite checks, hooks."""
+
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scu_jax import engine, errors
+
+
+@flax.struct.dataclass
+class _State:
+    step: jax.Array
+    params: dict[str, Any]
+    batch_stats: dict[str, Any]
+
+
+class _Metrics(NamedTuple):
+    loss: jax.Array
+    error: jax.Array
+    unused: Any = None  # a field that is None is not reported
+
+
+_TARGET = 3.0
+
+
+def _data():
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    return x, _TARGET * x
+
+
+def _step(state, batch, key):
+    """One SGD step of y ≈ w·x; `error` is |w − 3|."""
+    del key
+    x, y = batch
+
+    def loss_fn(w):
+        return jnp.mean((w * x - y) ** 2)
+
+    loss, grad = jax.value_and_grad(loss_fn)(state.params["w"])
+    w = state.params["w"] - 0.5 * grad
+    return (state.replace(step=state.step + 1, params={"w": w}),
+            _Metrics(loss, jnp.abs(w - _TARGET)))
+
+
+def _phase(epochs=3, **kwargs):
+    def batches(epoch):
+        return np.random.default_rng(epoch).permutation(64).reshape(8, 8).astype(np.int32)
+
+    return engine.Phase("fit", _step, range(epochs), batches,
+                        lambda data, rows: (data[0][rows], data[1][rows]), **kwargs)
+
+
+def _state(w=0.0):
+    return _State(step=jnp.zeros((), jnp.int32), params={"w": jnp.float32(w)}, batch_stats={})
+
+
+class _Recorder(engine.Hook):
+    def __init__(self, every=0):
+        self.blocks, self.epochs, self.states, self.ended = [], [], [], []
+        self.every = every
+
+    def on_block(self, result):
+        self.blocks.append((result.phase, result.epoch, result.first_step,
+                            len(result.columns["loss"]), sorted(result.columns)))
+
+    def on_epoch(self, result, state):
+        self.epochs.append(result.summary)
+        self.states.append(None if state is None else float(state.params["w"]))
+
+    def needs_state(self, epochs_done):
+        return bool(self.every) and epochs_done % self.every == 0
+
+    def on_end(self, run, report):
+        self.ended.append((run, report.steps))
+
+
+def test_fused_blocks_and_per_step_dispatch_agree():
+    finals = {}
+    for block_steps, per_step in ((0, False), (0, True), (3, False)):
+        recorder = _Recorder()
+        state, report = engine.run([_phase()], _state(), _data(), jax.random.PRNGKey(0),
+                                   name="toy", block_steps=block_steps, per_step=per_step,
+                                   hooks=[recorder])
+        finals[(block_steps, per_step)] = float(state.params["w"])
+        assert report.steps == 24 and report.epochs == 3 and int(state.step) == 24
+        assert [h["steps"] for h in report.history] == [8, 16, 24]
+        # Blocks reach the hooks in order, numbered by the steps before them; None fields left out.
+        firsts = [b[2] for b in recorder.blocks]
+        assert firsts == sorted(firsts) and firsts[0] == 0
+        assert sum(b[3] for b in recorder.blocks) == 24
+        assert recorder.blocks[0][4] == ["error", "loss"]
+        assert recorder.ended == [("toy", 24)]
+        assert report.compile_seconds > 0 and report.seconds > 0
+    values = list(finals.values())
+    assert values[0] == pytest.approx(_TARGET, abs=1e-3)
+    assert max(values) - min(values) < 1e-6
+
+
+def test_epoch_summaries_are_means_over_the_epochs_steps():
+    recorder = _Recorder()
+    _, report = engine.run([_phase(epochs=2)], _state(), _data(), jax.random.PRNGKey(0),
+                           name="toy", hooks=[recorder])
+    # The first step's error is 3 − 0.5·grad(0); later ones shrink, so the mean lies between.
+    first_epoch = report.history[0]
+    assert 0 < first_epoch["error"] < _TARGET
+    assert report.history[1]["error"] < first_epoch["error"]
+    assert set(first_epoch) == {"epoch", "steps", "loss", "error"}
+
+
+def test_batch_stop_skips_the_rest_of_the_epoch_and_stop_ends_the_phase():
+    phase = _phase(epochs=5, batch_stop=lambda metrics: metrics.error < 1.0,
+                   stop=lambda summary: summary["epoch"] >= 2)
+    state, report = engine.run([phase], _state(), _data(), jax.random.PRNGKey(0), name="toy")
+    steps_per_epoch = [b - a for a, b in zip([0] + [h["steps"] for h in report.history],
+                                             [h["steps"] for h in report.history])]
+    assert report.epochs == 2  # `stop` after the second epoch
+    assert steps_per_epoch[0] < 8  # stopped early inside the first epoch
+    assert int(state.step) == report.steps
+
+
+def test_evaluation_runs_after_each_epoch_in_the_same_dispatch():
+    phase = _phase(epochs=2, evaluate=lambda state, data: jnp.abs(state.params["w"] - data),
+                   evaluation_name="distance")
+    state, report = engine.run([phase], _state(), _data(), jax.random.PRNGKey(0), name="toy",
+                               eval_data=jnp.float32(_TARGET))
+    assert report.history[-1]["distance"] == pytest.approx(abs(float(state.params["w"]) - 3.0),
+                                                           abs=1e-6)
+
+
+def test_hooks_get_the_state_only_where_they_asked_for_it():
+    recorder = _Recorder(every=2)
+    engine.run([_phase(epochs=4)], _state(), _data(), jax.random.PRNGKey(0), name="toy",
+               hooks=[recorder])
+    # Epochs 2 and 4 were waited for; 1 and 3 were read one block late, the state already donated.
+    assert [s is not None for s in recorder.states] == [False, True, False, True]
+
+
+@pytest.mark.parametrize("what", ["loss", "parameters"])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_a_non_finite_value_stops_the_run_naming_run_phase_and_step(what, per_step):
+    def poisoned(state, batch, key):
+        new, metrics = _step(state, batch, key)
+        if what == "loss":
+            return new, metrics._replace(loss=jnp.where(state.step >= 11, jnp.nan, metrics.loss))
+        # The last step of epoch 2 leaves an infinite weight behind a finite loss.
+        bad = state.step == 15
+        return new.replace(params={"w": jnp.where(bad, jnp.inf, new.params["w"])}), metrics
+
+    phase = _phase()._replace(step=poisoned)
+    recorder = _Recorder()
+    expected = 11 if what == "loss" else 15
+    with pytest.raises(errors.NonFiniteError,
+                       match=rf"^toy: fit {what} became non-finite at step {expected} \(epoch 2\); "
+                             "kept"):
+        engine.run([phase], _state(), _data(), jax.random.PRNGKey(0), name="toy",
+                   per_step=per_step, hooks=[recorder], when_non_finite="; kept")
+    assert recorder.epochs and recorder.epochs[-1]["epoch"] == 1  # epoch 2 was never reported
+
+
+def test_phases_run_in_order_and_number_steps_across_them():
+    recorder = _Recorder()
+    second = _phase(epochs=2)._replace(name="again", epochs=range(2, 4))
+    state, report = engine.run([_phase(epochs=2), second], _state(), _data(),
+                               jax.random.PRNGKey(0), name="toy", hooks=[recorder],
+                               step_offset=100)
+    assert [b[0] for b in recorder.blocks] == ["fit", "fit", "again", "again"]
+    assert [b[2] for b in recorder.blocks] == [100, 108, 116, 124]
+    assert report.steps == 32 and int(state.step) == 32
+
+
+class _ListWriter:
+    def __init__(self):
+        self.events = []
+
+    def write_scalars(self, step, scalars):
+        self.events.append((step, dict(scalars)))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_write_summaries_every_nth_step_and_every_epoch():
+    writer = _ListWriter()
+    engine.run([_phase(epochs=2)], _state(), _data(), jax.random.PRNGKey(0), name="toy",
+               hooks=[engine.WriteSummaries(writer, every_steps=5)])
+    step_events = [s for s, values in writer.events if "fit/loss" in values]
+    epoch_events = [(s, v) for s, v in writer.events if "fit/epoch/loss" in v]
+    assert step_events == [5, 10, 15]
+    assert [s for s, _ in epoch_events] == [8, 16]
+    assert set(epoch_events[0][1]) == {"fit/epoch/loss", "fit/epoch/error"}
