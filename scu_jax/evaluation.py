@@ -1,12 +1,13 @@
 """Evaluation of a semantic communication system: the paper's backdoor protocol, and more.
 
-Every image set passes through encoder → channel → decoder → receiver with a FIXED evaluation key
-(`config.eval_seed`), so two systems (original, unlearned, retrained) see the same latent and
-channel noise draws; each image is sent `config.eval_draws` times and the metrics average over
-the draws. `config.evaluation.channel` says whether x̂ is read through the training channel
-("train", our default) or with the channel off ("none", the reference's MNIST evaluation), and
-`config.evaluation.receiver` which receiver reads every system: the original trained one, frozen
-(our default: one instrument for every row), or each system's own. Metrics:
+A `Protocol` says how systems are read. Every image set passes through encoder → channel →
+decoder → receiver with a FIXED evaluation key (`Protocol.seed`), so two systems (original,
+unlearned, retrained) see the same latent and channel noise draws; each image is sent
+`Protocol.draws` times and the metrics average over the draws. `Protocol.channel` says whether x̂
+is read through the training channel ("train", our default) or with the channel off ("none", the
+reference's MNIST evaluation), and `Protocol.receiver` which receiver reads every system: the
+original trained one, frozen (our default: one instrument for every row), or each system's own.
+Metrics:
   * `mse_*`: per-image SUM of squared errors, averaged over images (the reference's "MSE");
   * `psnr_*`, `ssim_*`: dm-pix PSNR and SSIM of x̂ clipped to [0, 1];
   * `accuracy_clean` / `accuracy_test`: receiver accuracy on x̂ against the true label;
@@ -15,15 +16,16 @@ the draws. `config.evaluation.channel` says whether x̂ is read through the trai
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from scu_jax import mi
 from scu_jax.data import ErasureSplit, add_trigger
 from scu_jax.data.batching import padded_batches
 from scu_jax.losses import per_image_sse
@@ -31,25 +33,26 @@ from scu_jax.models import (System, apply_receiver, receiver_of, to_unit_interva
                             without_channel)
 
 
-def system_for_evaluation(system: System, config: ml_collections.ConfigDict) -> System:
-    """The system as `config.evaluation.channel` reads it: as trained, or with the channel off."""
-    return without_channel(system) if config.evaluation.channel == "none" else system
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How systems are read (see the module docstring); `runs/build.protocol_of` makes one from
+    the `eval_*` and `evaluation.*` fields of a run's settings."""
+
+    seed: int = 1234
+    draws: int = 8
+    batch_size: int = 500
+    channel: str = "train"  # "train": through the training channel; "none": channel off
+    receiver: str = "original"  # "original" or "own"
+    mi_steps: int = 1500  # MINE / InfoNCE critic steps (0 skips them)
+    mi_batch_size: int = 128
+    mi_max_examples: int = 1000
+    mi_sets: Sequence[str] = ("erased", "remain")
+    description: str = ""  # one line for results files: how the numbers were read
 
 
-def describe_protocol(config: ml_collections.ConfigDict) -> str:
-    """One line saying how the numbers of a run were read (for results files and tables)."""
-    c = config.channel
-    if c.name == "none":
-        channel = "no channel"
-    else:
-        draw = "one noise scalar per call" if c.draw == "scalar" else "noise per element"
-        kind = f"{c.name} (K = {c.k_factor:g})" if c.name == "rician" else c.name
-        channel = f"{kind}, {c.family} family, {c.snr_db:g} dB, {draw}"
-    where = ("without the channel" if config.evaluation.channel == "none"
-             else "through the training channel")
-    receiver = ("the original system's receiver" if config.evaluation.receiver == "original"
-                else "each system's own receiver")
-    return f"trained through {channel}; evaluated {where}, read by {receiver}"
+def system_for_evaluation(system: System, protocol: Protocol) -> System:
+    """The system as `protocol.channel` reads it: as trained, or with the channel off."""
+    return without_channel(system) if protocol.channel == "none" else system
 
 
 def evaluation_pass(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
@@ -127,27 +130,27 @@ def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray
 
 
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                    split: ErasureSplit, config: ml_collections.ConfigDict) -> dict[str, float]:
+                    split: ErasureSplit, protocol: Protocol) -> dict[str, float]:
     """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test.
 
-    `params["receiver"]` reads x̂; the channel is `config.evaluation.channel`'s.
+    `params["receiver"]` reads x̂; the channel is `protocol.channel`'s.
     """
-    system = system_for_evaluation(system, config)
-    key = jax.random.PRNGKey(config.eval_seed)
+    system = system_for_evaluation(system, protocol)
+    key = jax.random.PRNGKey(protocol.seed)
     sets = {
         "clean": (split.clean_images, split.clean_labels),
         "erased": (split.erased_images, split.clean_labels),
         "test": (split.test_images, split.test_labels),
     }
     metrics: dict[str, Any] = {}
-    draws = config.eval_draws
+    draws = protocol.draws
     for index, (name, (images, true_labels)) in enumerate(sets.items()):
         # Each image goes through the channel `eval_draws` times (independent noise): at low SNR
         # one draw decides a borderline image's class by chance, and the accuracies would carry
         # that noise.
         images, true_labels = np.tile(images, (draws, 1, 1, 1)), np.tile(true_labels, draws)
         rows = per_sample_metrics(system, params, batch_stats, images,
-                                  batch_size=config.eval_batch_size,
+                                  batch_size=protocol.batch_size,
                                   key=jax.random.fold_in(key, index))
         metrics[f"mse_{name}"] = float(rows["sse"].mean())
         metrics[f"psnr_{name}"] = float(rows["psnr"].mean())
@@ -159,7 +162,7 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
             metrics["backdoor_accuracy"] = float((rows["prediction"] == target).mean())
             metrics["input_backdoor_accuracy"] = float((rows["input_prediction"] == target).mean())
     metrics["eval_draws"] = int(draws)
-    metrics["evaluation_channel"] = config.evaluation.channel
+    metrics["evaluation_channel"] = protocol.channel
     metrics["num_erased"] = int(len(split.erased_images))
     metrics["num_remain"] = int(len(split.remain_images))
     metrics["num_test"] = int(len(split.test_images))
@@ -210,35 +213,35 @@ def never_trained_triggered(split: ErasureSplit) -> np.ndarray:
 
 
 def membership_scores(system: System, params, batch_stats, split: ErasureSplit,
-                      config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+                      protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
     """The attack's scores, −(per-image reconstruction SSE), of D_e and of never-seen look-alikes."""
-    system = system_for_evaluation(system, config)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 10)
+    system = system_for_evaluation(system, protocol)
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 10)
     members = per_sample_metrics(system, params, batch_stats, split.erased_images,
-                                 batch_size=config.eval_batch_size, key=key)["sse"]
+                                 batch_size=protocol.batch_size, key=key)["sse"]
     outsiders = per_sample_metrics(system, params, batch_stats, never_trained_triggered(split),
-                                   batch_size=config.eval_batch_size,
+                                   batch_size=protocol.batch_size,
                                    key=jax.random.fold_in(key, 1))["sse"]
     return -members, -outsiders
 
 
 def membership_inference_auc(system: System, params, batch_stats, split: ErasureSplit,
-                             config: ml_collections.ConfigDict) -> float:
+                             protocol: Protocol) -> float:
     """AUC of a loss-based membership-inference attack separating D_e from never-seen look-alikes.
 
     Score = −(per-image reconstruction SSE): a system that memorised D_e reconstructs it better than
     unseen triggered images (AUC > ½). A forgotten set scores like the retrained system's (≈ ½);
     below ½ the erased set is reconstructed WORSE than unseen data, itself a tell-tale.
     """
-    return roc_auc(*membership_scores(system, params, batch_stats, split, config))
+    return roc_auc(*membership_scores(system, params, batch_stats, split, protocol))
 
 
 def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
-                   config: ml_collections.ConfigDict, *, count: int = 8) -> dict[str, np.ndarray]:
+                   protocol: Protocol, *, count: int = 8) -> dict[str, np.ndarray]:
     """What the report draws for one system: the reconstructions of the first `count` D_clean and
     D_e images (one fixed channel draw, the same for every system) and the attack's scores."""
-    system = system_for_evaluation(system, config)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 40)
+    system = system_for_evaluation(system, protocol)
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 40)
     samples: dict[str, np.ndarray] = {}
     for index, (name, images) in enumerate((("clean", split.clean_images[:count]),
                                             ("erased", split.erased_images[:count]))):
@@ -247,21 +250,8 @@ def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
         samples[f"input_{name}"] = np.asarray(images)
         samples[f"x_hat_{name}"] = np.clip(out["x_hat"], 0.0, 1.0).astype(np.float32)
     samples["mia_members"], samples["mia_outsiders"] = membership_scores(
-        system, params, batch_stats, split, config)
+        system, params, batch_stats, split, protocol)
     return samples
-
-
-def save_samples(system: System, params, batch_stats, split: ErasureSplit,
-                 config: ml_collections.ConfigDict, path: str) -> None:
-    """Writes `sample_outputs` to an .npz file (a temporary file renamed into place)."""
-    import os
-    import pathlib
-
-    final = pathlib.Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.stem}.tmp.npz")
-    np.savez_compressed(tmp, **sample_outputs(system, params, batch_stats, split, config))
-    os.replace(tmp, final)
 
 
 def posterior_kl_per_sample(mu_q, logvar_q, mu_p, logvar_p) -> np.ndarray:
@@ -272,51 +262,49 @@ def posterior_kl_per_sample(mu_q, logvar_q, mu_p, logvar_p) -> np.ndarray:
 
 def distance_to_reference(system: System, params, batch_stats, reference_params,
                           reference_batch_stats, split: ErasureSplit,
-                          config: ml_collections.ConfigDict) -> dict[str, float]:
+                          protocol: Protocol) -> dict[str, float]:
     """How far a system is from a reference (the retrained one) on D_e, same noise draws.
 
     `kl_to_retrain`: mean over D_e of KL(q_θ(z|x) ‖ q_ref(z|x)) summed over latent dimensions;
     `mse_to_retrain`: mean per-image SSE between the two systems' reconstructions.
     """
-    system = system_for_evaluation(system, config)
-    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 20)
+    system = system_for_evaluation(system, protocol)
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 20)
     ours = system_outputs(system, params, batch_stats, split.erased_images,
-                          batch_size=config.eval_batch_size, key=key)
+                          batch_size=protocol.batch_size, key=key)
     theirs = system_outputs(system, reference_params, reference_batch_stats, split.erased_images,
-                            batch_size=config.eval_batch_size, key=key)
+                            batch_size=protocol.batch_size, key=key)
     kl = posterior_kl_per_sample(ours["mu"], ours["logvar"], theirs["mu"], theirs["logvar"])
     diff = (ours["x_hat"] - theirs["x_hat"]).reshape(len(kl), -1)
     return {"kl_to_retrain": float(kl.mean()), "mse_to_retrain": float((diff ** 2).sum(1).mean())}
 
 
 def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
-                       config: ml_collections.ConfigDict) -> dict[str, float]:
+                       protocol: Protocol) -> dict[str, float]:
     """I(x; z) on D_e and on (a subsample of) D_r, in nats.
 
     `mi_upper_*`: the variational upper bound E KL(q(z|x) ‖ N(0, I)); `mi_mine_*`: MINE's
     Donsker–Varadhan lower bound; `mi_infonce_*`: the InfoNCE lower bound (at most log of the
     number of held-out samples it contrasts).
     """
-    from scu_jax import mi
-
-    key = jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 30)
-    limit = config.evaluation.mi_max_examples
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 30)
+    limit = protocol.mi_max_examples
     results: dict[str, float] = {}
     for index, (name, images) in enumerate((("erased", split.erased_images[:limit]),
                                             ("remain", split.remain_images[:limit]))):
-        out = system_outputs(system, params, batch_stats, images, batch_size=config.eval_batch_size,
+        out = system_outputs(system, params, batch_stats, images, batch_size=protocol.batch_size,
                              key=jax.random.fold_in(key, index))
         results[f"mi_upper_{name}"] = float(mi.variational_upper_bound(out["mu"], out["logvar"]))
-        if config.evaluation.mi_steps and name in config.evaluation.mi_sets:
+        if protocol.mi_steps and name in protocol.mi_sets:
             x = np.asarray(to_unit_interval(images)).reshape(len(images), -1)
             z = out["z"].reshape(len(images), -1)
             # The estimators hold out 20 % for the estimate; batches come from the other 80 %.
-            batch_size = min(config.evaluation.mi_batch_size, int(0.8 * len(images)))
+            batch_size = min(protocol.mi_batch_size, int(0.8 * len(images)))
             results[f"mi_mine_{name}"] = float(mi.estimate_mine(
-                jax.random.fold_in(key, 100 + index), x, z, steps=config.evaluation.mi_steps,
+                jax.random.fold_in(key, 100 + index), x, z, steps=protocol.mi_steps,
                 batch_size=batch_size))
             results[f"mi_infonce_{name}"] = float(mi.estimate_infonce(
-                jax.random.fold_in(key, 200 + index), x, z, steps=config.evaluation.mi_steps,
+                jax.random.fold_in(key, 200 + index), x, z, steps=protocol.mi_steps,
                 batch_size=batch_size))
     return results
 
@@ -329,31 +317,31 @@ def _same_tree(a, b) -> bool:
 
 
 def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
-                    config: ml_collections.ConfigDict, *, reference=None,
+                    protocol: Protocol, *, reference=None,
                     original_receiver=None) -> dict[str, Any]:
     """The protocol metrics plus membership inference, MI and (given `reference`, a
     `(params, batch_stats)` pair of the retrained system) the distance to retraining.
 
     `original_receiver`: the trained system's receiver, `models.receiver_of(params, batch_stats)`
-    of the original system (None: the system's own is the original). `config.evaluation.receiver`
+    of the original system (None: the system's own is the original). `protocol.receiver`
     picks the receiver of every metric ("original" or "own"); where the two differ (retraining's
     receiver, trained on D_r; a CIFAR receiver unlearned with the codec) the other one's
     accuracies are added as `own_receiver_<metric>` or `original_receiver_<metric>`.
     """
     own = receiver_of(params, batch_stats)
     original = own if original_receiver is None else original_receiver
-    chosen = config.evaluation.receiver
+    chosen = protocol.receiver
     reading, other, other_name = ((original, own, "own") if chosen == "original"
                                   else (own, original, "original"))
     metrics: dict[str, Any] = evaluate_system(system, *with_receiver(params, batch_stats, reading),
-                                              split, config)
+                                              split, protocol)
     metrics["receiver"] = chosen
     if not _same_tree(reading, other):
-        extra = evaluate_system(system, *with_receiver(params, batch_stats, other), split, config)
+        extra = evaluate_system(system, *with_receiver(params, batch_stats, other), split, protocol)
         metrics.update({f"{other_name}_receiver_{name}": extra[name] for name in RECEIVER_METRICS})
-    metrics["protocol"] = describe_protocol(config)
-    metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, config)
-    metrics.update(mutual_information(system, params, batch_stats, split, config))
+    metrics["protocol"] = protocol.description
+    metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, protocol)
+    metrics.update(mutual_information(system, params, batch_stats, split, protocol))
     if reference is not None:
-        metrics.update(distance_to_reference(system, params, batch_stats, *reference, split, config))
+        metrics.update(distance_to_reference(system, params, batch_stats, *reference, split, protocol))
     return metrics

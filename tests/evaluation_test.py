@@ -45,7 +45,8 @@ def test_per_sample_metrics_agree_and_cover_every_image(untrained):
 
 def test_evaluate_system_reports_protocol_metrics(untrained):
     config, split, system, state = untrained
-    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, config)
+    protocol = build.protocol_of(config)
+    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, protocol)
     for name in ("accuracy_clean", "accuracy_test", "backdoor_accuracy", "input_backdoor_accuracy"):
         assert 0.0 <= metrics[name] <= 1.0
     assert metrics["num_erased"] == len(split.erased_images) == 61  # round(0.06 · 1024)
@@ -54,7 +55,8 @@ def test_evaluate_system_reports_protocol_metrics(untrained):
     assert 784 * 0.1 < metrics["mse_clean"] < 784 * 0.3
     assert 784 * 0.1 < metrics["mse_erased"] < 784 * 0.3
     # The same state gives the same numbers (fixed evaluation key).
-    assert evaluation.evaluate_system(system, state.params, state.batch_stats, split, config) == metrics
+    assert evaluation.evaluate_system(system, state.params, state.batch_stats, split,
+                                      protocol) == metrics
 
 
 def test_empty_set_is_refused(untrained):
@@ -70,16 +72,18 @@ def test_evaluation_without_the_channel_reads_the_clean_latent(untrained):
     config, split, system, state = untrained
     off = config.copy_and_resolve_references()
     off.evaluation.channel = "none"
-    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split, off)
+    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, split,
+                                         build.protocol_of(off))
     noiseless = config.copy_and_resolve_references()
     noiseless.channel.name = "none"
     shape, classes = build.image_shape_and_classes(split, config)
     expected = evaluation.evaluate_system(build_system(noiseless, shape, classes), state.params,
-                                          state.batch_stats, split, noiseless)
+                                          state.batch_stats, split, build.protocol_of(noiseless))
     assert metrics.pop("evaluation_channel") == "none" and expected.pop("evaluation_channel") == "train"
     assert metrics == expected
-    through = evaluation.evaluate_system(system, state.params, state.batch_stats, split, config)
+    through = evaluation.evaluate_system(system, state.params, state.batch_stats, split,
+                                         build.protocol_of(config))
     assert through["mse_clean"] != metrics["mse_clean"]
-    assert evaluation.describe_protocol(off) == (
+    assert build.describe_protocol(off) == (
         "trained through awgn, paper family, 5 dB, noise per element; evaluated without the "
         "channel, read by the original system's receiver")

@@ -91,9 +91,9 @@ MESH_CHECK = textwrap.dedent("""
                                                 build.data_parallel(config))
         params, stats = jax.device_get((params, stats))
         batches, mask = unlearn.erased_eval_batches(split, config)
-        backdoor = float(target_rate(system_for_evaluation(system, config), params, stats,
-                                     batches, mask, split.target_class,
-                                     unlearn.stopping_key(config)))
+        eval_system = system_for_evaluation(system, build.protocol_of(config))
+        backdoor = float(target_rate(eval_system, params, stats, batches, mask,
+                                     split.target_class, unlearn.stopping_key(config)))
         unlearned[devices] = (params, backdoor)
     found["scu"] = max_diff(unlearned[1][0], unlearned[4][0])
     found["scu_history"] = [unlearned[d][1] for d in (1, 4)]

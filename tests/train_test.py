@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from scu_jax import errors
+from scu_jax import errors, evaluation
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax.runs import train
@@ -101,7 +101,8 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
         assert np.isfinite(results[name]), name
     assert 0.0 <= results["accuracy_clean"] <= 1.0 and 0.0 <= results["ssim_clean"] <= 1.0
     split, system, initial = _setup(config)
-    untrained = train.evaluate_system(system, initial.params, initial.batch_stats, split, config)
+    untrained = evaluation.evaluate_system(system, initial.params, initial.batch_stats, split,
+                                           build.protocol_of(config))
     assert results["mse_clean"] < 0.7 * untrained["mse_clean"]
     assert results["input_accuracy_clean"] > 0.8  # the receiver learned digit 1
     steps_per_epoch = 1024 // 16

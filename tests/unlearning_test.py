@@ -237,9 +237,10 @@ def _erased_loop(config, system, split, params, batch_stats):
 def erased_backdoor_accuracy(system, params, batch_stats, split, config):
     """The receiver's backdoor accuracy on all of D_e, as the stopping rule reads it."""
     batches, mask = unlearn.erased_eval_batches(split, config)
+    eval_system = system_for_evaluation(system, build.protocol_of(config))
     return float(jax.jit(target_rate, static_argnums=(0, 5))(
-        system_for_evaluation(system, config), params, batch_stats, batches, mask,
-        split.target_class, unlearn.stopping_key(config)))
+        eval_system, params, batch_stats, batches, mask, split.target_class,
+        unlearn.stopping_key(config)))
 
 
 def test_epoch_indices():
@@ -389,9 +390,10 @@ def test_every_method_end_to_end(trained, tmp_path_factory, monkeypatch, method)
         # Every row is read by the original receiver; retraining's own is an extra reading.
         split, system, trained_params, _ = _setup(config, workdir)
         params, batch_stats, _ = saved_lib.load_variables(out, system, config, (28, 28, 1))
+        protocol = build.protocol_of(config)
         by_original = evaluation.evaluate_system(
-            system, {**params, "receiver": trained_params["receiver"]}, batch_stats, split, config)
-        by_own = evaluation.evaluate_system(system, params, batch_stats, split, config)
+            system, {**params, "receiver": trained_params["receiver"]}, batch_stats, split, protocol)
+        by_own = evaluation.evaluate_system(system, params, batch_stats, split, protocol)
         for name in evaluation.RECEIVER_METRICS:
             assert saved[name] == pytest.approx(by_original[name], abs=1e-9)
             assert saved[f"own_receiver_{name}"] == pytest.approx(by_own[name], abs=1e-9)

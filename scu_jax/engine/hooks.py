@@ -130,12 +130,15 @@ class ReportProgress(Hook):
                 extra: Mapping[str, Any] | None = None) -> None:
         self.last_report = now
         elapsed, steps = now - self.timed_from[0], done - self.timed_from[1]
-        rate = steps / elapsed if elapsed > 0 and steps > 0 else math.nan
-        eta = (self.total_steps - done) / rate if rate == rate and rate > 0 else math.nan
+        if elapsed > 0 and steps > 0:  # the rate since the first block read (compiled by then)
+            rate = steps / elapsed
+            speed = f"{rate:.0f} steps/s, ETA {(self.total_steps - done) / rate:.0f}s"
+        else:
+            speed = "starting"
         others = "".join(f" {k} {v:.4f}" for k, v in (extra or {}).items()
                          if k not in ("epoch", "steps", "loss") and isinstance(v, float))
-        logging.info("%s %s epoch %d step %d/%d loss %.5f%s, %.0f steps/s, ETA %.0fs", run, phase,
-                     epoch + 1, done, self.total_steps, loss, others, rate, eta)
+        logging.info("%s %s epoch %d step %d/%d loss %.5f%s, %s", run, phase, epoch + 1, done,
+                     self.total_steps, loss, others, speed)
 
     def on_end(self, run: str, report: Any) -> None:
         logging.info("%s: %d steps in %d epochs, %.2f s (+%.2f s compiling)", run, report.steps,

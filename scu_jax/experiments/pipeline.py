@@ -26,7 +26,7 @@ from absl import logging
 
 from scu_jax.config import METHODS
 from scu_jax.errors import NonFiniteError
-from scu_jax.evaluation import describe_protocol
+from scu_jax.runs.build import describe_protocol
 from scu_jax.experiments.aggregate import (format_statistic, other_receiver_row, statistics,
                                            table_lines, with_speedups)
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic

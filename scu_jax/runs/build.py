@@ -17,6 +17,7 @@ import ml_collections
 from scu_jax.channels import Channel
 from scu_jax.config import ERASED_LOOP_METHODS
 from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
+from scu_jax.evaluation import Protocol
 from scu_jax.methods import CodecObjective, Method, Recipe, finetune, hbu, scu, scu_no_cc, vbu
 from scu_jax.models import (MODELS, MLP, MLPDecoder, Receiver, ResNet18, ResNetDecoder,
                             ResNetReceiver, SemanticCodec, System)
@@ -149,3 +150,29 @@ def method_of(config: ml_collections.ConfigDict, system: System) -> Method:
                    erased_objective=u.erased_objective,
                    stop_weight_gradient=u.stop_weight_gradient,
                    unit_mse_in_weights=u.unit_mse_in_weights, augment_remain=u.augment_remain)
+
+
+def describe_protocol(config: ml_collections.ConfigDict) -> str:
+    """One line saying how the numbers of a run were read (for results files and tables)."""
+    c = config.channel
+    if c.name == "none":
+        channel = "no channel"
+    else:
+        draw = "one noise scalar per call" if c.draw == "scalar" else "noise per element"
+        kind = f"{c.name} (K = {c.k_factor:g})" if c.name == "rician" else c.name
+        channel = f"{kind}, {c.family} family, {c.snr_db:g} dB, {draw}"
+    where = ("without the channel" if config.evaluation.channel == "none"
+             else "through the training channel")
+    receiver = ("the original system's receiver" if config.evaluation.receiver == "original"
+                else "each system's own receiver")
+    return f"trained through {channel}; evaluated {where}, read by {receiver}"
+
+
+def protocol_of(config: ml_collections.ConfigDict) -> Protocol:
+    """How `config` reads its systems (`eval_*` and `evaluation.*`)."""
+    e = config.evaluation
+    return Protocol(seed=config.eval_seed, draws=config.eval_draws,
+                    batch_size=config.eval_batch_size, channel=e.channel, receiver=e.receiver,
+                    mi_steps=e.mi_steps, mi_batch_size=e.mi_batch_size,
+                    mi_max_examples=e.mi_max_examples, mi_sets=tuple(e.mi_sets),
+                    description=describe_protocol(config))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from scu_jax.config import config_from_json, validate_config
-from scu_jax.evaluation import full_evaluation, save_samples
-from scu_jax.runs.build import build_for
+from scu_jax.data import ErasureSplit
+from scu_jax.evaluation import Protocol, full_evaluation, sample_outputs
+from scu_jax.models import System
+from scu_jax.runs.build import build_for, protocol_of
 from scu_jax.runs.checkpointing import Checkpoints
-from scu_jax.runs.files import write_json_atomic
+from scu_jax.runs.files import atomic_path, write_json_atomic
 from scu_jax.runs.saved import load_variables, original_receiver, restore_saved
 
 
@@ -41,12 +44,21 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
     if reference_workdir is not None:
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
+    results = full_evaluation(system, params, batch_stats, split, protocol_of(config),
+                              reference=reference,
                               original_receiver=original_receiver(restored))
     if samples_file is not None:
-        save_samples(system, params, batch_stats, split, config, samples_file)
+        save_samples(system, params, batch_stats, split, protocol_of(config), samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
                     "checkpoint_step": checkpoints.latest_step()})
     if output is not None:
         write_json_atomic(output, results)
     return results
+
+
+def save_samples(system: System, params, batch_stats, split: ErasureSplit, protocol: Protocol,
+                 path: str) -> None:
+    """Writes `evaluation.sample_outputs` (the report's reconstructions and membership scores) to
+    an .npz file, all at once or not at all."""
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **sample_outputs(system, params, batch_stats, split, protocol))

@@ -20,13 +20,14 @@ from absl import logging
 from scu_jax import engine
 from scu_jax.config import validate_config
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
-from scu_jax.evaluation import describe_protocol, evaluate_system
+from scu_jax.evaluation import evaluate_system
 from scu_jax.methods import training
 from scu_jax.methods.training import Examples, Recipe, TrainState
 from scu_jax.models import System
 from scu_jax.parallel import DataParallel, barrier, is_primary
 from scu_jax.runs import summaries
-from scu_jax.runs.build import build_for, convolutions_slow_in_loops, data_parallel, recipe_of
+from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
+                                protocol_of, recipe_of)
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 
@@ -176,8 +177,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                          parallel=parallel, kind="train", image_shape=image_shape)
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
-    results = evaluate_system(system, params, batch_stats, split, config)
-    results.update({"protocol": describe_protocol(config), "receiver": config.evaluation.receiver,
+    protocol = protocol_of(config)
+    results = evaluate_system(system, params, batch_stats, split, protocol)
+    results.update({"protocol": protocol.description, "receiver": protocol.receiver,
                     "train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset,

@@ -22,14 +22,16 @@ from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config
 from scu_jax.data import ErasureSplit
 from scu_jax.data.batching import padded_batches
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
-from scu_jax.evaluation import full_evaluation, save_samples, system_for_evaluation, target_rate
+from scu_jax.evaluation import full_evaluation, system_for_evaluation, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
+from scu_jax.runs import summaries
 from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
-                                finetune_recipe, method_of, recipe_of)
+                                finetune_recipe, method_of, protocol_of, recipe_of)
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
+from scu_jax.runs.evaluate import save_samples
 from scu_jax.runs.saved import load_variables, receiver_entries
 from scu_jax.runs.train import fit, fit_with_checkpoints, progress_and_summaries
 
@@ -78,7 +80,8 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
         logging.warning("--overwrite: deleting the unlearning result of another configuration in %s",
                         workdir)
         if is_primary():
-            remove_run_outputs(workdir, (CHECKPOINT_DIR, RETRAIN_PROGRESS_DIR, RESULTS_FILE))
+            remove_run_outputs(workdir, (CHECKPOINT_DIR, RETRAIN_PROGRESS_DIR, RESULTS_FILE,
+                                         summaries.SUMMARIES_DIR))
         barrier("overwrite")
     return Checkpoints(workdir)
 
@@ -161,10 +164,11 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     if reference_workdir is not None:
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, config, reference=reference,
+    results = full_evaluation(system, params, batch_stats, split, protocol_of(config),
+                              reference=reference,
                               original_receiver=original_receiver)
     if samples_file is not None:
-        save_samples(system, params, batch_stats, split, config, samples_file)
+        save_samples(system, params, batch_stats, split, protocol_of(config), samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
                     "devices": parallel.size, "processes": jax.process_count()})
@@ -189,7 +193,7 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
                           f"{len(split.erased_images)} images) does not split evenly over the "
                           f"{parallel.size} devices of config.parallel.devices")
     method = method_of(config, system)
-    eval_system, target = system_for_evaluation(system, config), split.target_class
+    eval_system, target = system_for_evaluation(system, protocol_of(config)), split.target_class
 
     def evaluate(state, eval_data):
         batches, mask, key = eval_data
