@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -15,6 +16,25 @@ from scu_jax.runs.build import build_for, protocol_of
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import atomic_path, write_json_atomic
 from scu_jax.runs.saved import load_variables, original_receiver, restore_saved
+
+
+def evaluate(system: System, params, batch_stats, split: ErasureSplit,
+             config: ml_collections.ConfigDict, image_shape: tuple[int, ...], *,
+             reference_workdir: str | None = None, original_receiver=None,
+             samples_file: str | None = None) -> dict[str, Any]:
+    """`evaluation.full_evaluation` under `config`'s protocol, with the distance to the system
+    saved in `reference_workdir` (retraining) and the report's samples written to `samples_file`,
+    each if given."""
+    protocol = protocol_of(config)
+    reference = None
+    if reference_workdir is not None:
+        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
+        reference = (ref_params, ref_stats)
+    results = full_evaluation(system, params, batch_stats, split, protocol, reference=reference,
+                              original_receiver=original_receiver)
+    if samples_file is not None:
+        save_samples(system, params, batch_stats, split, protocol, samples_file)
+    return results
 
 
 def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
@@ -39,16 +59,9 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
     if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
         logging.warning("%s was saved before unlearned systems kept the original receiver: its own "
                         "receiver reads every metric", workdir)
-    params, batch_stats = restored["params"], restored["batch_stats"]
-    reference = None
-    if reference_workdir is not None:
-        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
-        reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, protocol_of(config),
-                              reference=reference,
-                              original_receiver=original_receiver(restored))
-    if samples_file is not None:
-        save_samples(system, params, batch_stats, split, protocol_of(config), samples_file)
+    results = evaluate(system, restored["params"], restored["batch_stats"], split, config,
+                       image_shape, reference_workdir=reference_workdir,
+                       original_receiver=original_receiver(restored), samples_file=samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
                     "checkpoint_step": checkpoints.latest_step()})
     if output is not None:

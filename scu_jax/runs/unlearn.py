@@ -22,7 +22,7 @@ from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config
 from scu_jax.data import ErasureSplit
 from scu_jax.data.batching import padded_batches
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
-from scu_jax.evaluation import full_evaluation, system_for_evaluation, target_rate
+from scu_jax.evaluation import system_for_evaluation, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
@@ -31,7 +31,7 @@ from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_para
                                 finetune_recipe, method_of, protocol_of, recipe_of)
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
-from scu_jax.runs.evaluate import save_samples
+from scu_jax.runs.evaluate import evaluate
 from scu_jax.runs.saved import load_variables, receiver_entries
 from scu_jax.runs.train import fit, fit_with_checkpoints, progress_and_summaries
 
@@ -160,15 +160,9 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((params, batch_stats))
 
-    reference = None
-    if reference_workdir is not None:
-        ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
-        reference = (ref_params, ref_stats)
-    results = full_evaluation(system, params, batch_stats, split, protocol_of(config),
-                              reference=reference,
-                              original_receiver=original_receiver)
-    if samples_file is not None:
-        save_samples(system, params, batch_stats, split, protocol_of(config), samples_file)
+    results = evaluate(system, params, batch_stats, split, config, image_shape,
+                       reference_workdir=reference_workdir, original_receiver=original_receiver,
+                       samples_file=samples_file)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
                     "devices": parallel.size, "processes": jax.process_count()})
