@@ -8,6 +8,7 @@ from typing import Callable, NoReturn, Sequence
 import ml_collections
 from absl import app, flags, logging
 
+from scu_jax import parallel
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
 from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError, NonFiniteError
@@ -44,11 +45,10 @@ def define_distributed_flags():
 
 def initialize_distributed(program: str, holders, config: "ml_collections.ConfigDict") -> None:
     """Joins the multi-process run the distributed flags describe (a bad set: one line, exit 2)."""
-    from scu_jax.parallel import initialize_distributed as join
-
     coordinator, processes, process_id = (holder.value for holder in holders)
     try:
-        join(coordinator, processes, process_id, config.parallel.devices)
+        parallel.initialize_distributed(coordinator, processes, process_id,
+                                        config.parallel.devices)
     except ValueError as error:
         fail(program, error)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import flags
 
 from scu_jax.binaries import common
+from scu_jax.runs.evaluate import evaluate_workdir
 
 PROGRAM = "scu-evaluate"
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir holding a saved system.")
@@ -22,8 +23,6 @@ flags.mark_flags_as_required(["workdir"])
 
 def _main() -> None:
     def body() -> None:
-        from scu_jax.runs.evaluate import evaluate_workdir
-
         results = evaluate_workdir(_WORKDIR.value, reference_workdir=_REFERENCE.value,
                                    output=_OUTPUT.value)
         width = max(len(name) for name in results)

@@ -15,6 +15,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
+from scu_jax.experiments.report import write_report
+from scu_jax.experiments.scheduler import run_experiment
 
 PROGRAM = "scu-experiment"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,9 +41,6 @@ def _main() -> None:
                              "this process)")
 
     def body() -> None:
-        from scu_jax.experiments.report import write_report
-        from scu_jax.experiments.scheduler import run_experiment
-
         done = run_experiment(config, _WORKDIR.value, workers=_WORKERS.value,
                               overwrite=_OVERWRITE.value, compilation_cache=_CACHE.value)
         logging.info("%d cells in the grid: %d run now, %d finished before; %.1f s", done.cells,

@@ -8,10 +8,13 @@ Rerunning resumes: finished stages are reused.
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
+from scu_jax.experiments.pipeline import COMPARISON_TABLE, run_pipeline
 
 PROGRAM = "scu-pipeline"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
@@ -34,9 +37,7 @@ def _main() -> None:
         common.fail(PROGRAM, f"--seeds={','.join(_SEEDS.value)}: must be distinct integers >= 0")
 
     def body() -> None:
-        import pathlib
 
-        from scu_jax.experiments.pipeline import COMPARISON_TABLE, run_pipeline
 
         run_pipeline(config, _WORKDIR.value, seeds=seeds, methods=_METHODS.value,
                      overwrite=_OVERWRITE.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import flags
 
 from scu_jax.binaries import common
+from scu_jax.experiments.report import write_report
 
 PROGRAM = "scu-report"
 _WORKDIR = flags.DEFINE_string("workdir", None, "An scu-experiment directory.")
@@ -19,8 +20,6 @@ flags.mark_flags_as_required(["workdir"])
 
 def _main() -> None:
     def body() -> None:
-        from scu_jax.experiments.report import write_report
-
         print(f"report: {write_report(_WORKDIR.value)}")
 
     common.run_guarded(PROGRAM, body)

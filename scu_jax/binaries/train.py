@@ -11,6 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
+from scu_jax.runs.train import train_and_evaluate
 
 PROGRAM = "scu-train"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
@@ -26,8 +27,6 @@ def _main() -> None:
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
-        from scu_jax.runs.train import train_and_evaluate
-
         train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
     common.run_guarded(PROGRAM, body)

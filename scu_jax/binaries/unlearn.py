@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
+from scu_jax.runs.unlearn import unlearn_and_evaluate
 
 PROGRAM = "scu-unlearn"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
@@ -32,8 +33,6 @@ def _main() -> None:
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
-        from scu_jax.runs.unlearn import unlearn_and_evaluate
-
         unlearn_and_evaluate(config, _INIT_WORKDIR.value, _WORKDIR.value,
                              reference_workdir=_REFERENCE.value, overwrite=_OVERWRITE.value)
 
