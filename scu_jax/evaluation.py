@@ -129,6 +129,21 @@ def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray
     return {name: np.concatenate(parts) for name, parts in rows.items()}
 
 
+def draw_batches(images: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """`images` sent `protocol.draws` times, in padded batches for `target_rate`: (num_batches,
+    B, ...) images and their (num_batches, B) mask (B = `protocol.batch_size`, at most the set)."""
+    images = np.tile(images, (protocol.draws,) + (1,) * (images.ndim - 1))
+    indices, mask = padded_batches(len(images), min(protocol.batch_size, len(images)))
+    return images[indices], mask
+
+
+def stopping_key(protocol: Protocol) -> jax.Array:
+    """The key of the D_e evaluations that may stop an unlearning run. Not the final evaluation's
+    (`protocol.seed`): stopping on the very noise draws that are then reported would bias the
+    reported backdoor accuracy low."""
+    return jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 99)
+
+
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
                     split: ErasureSplit, protocol: Protocol) -> dict[str, float]:
     """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test.

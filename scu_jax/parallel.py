@@ -55,8 +55,10 @@ class DataParallel:
         """Puts a pytree (host or device arrays) on every device of the mesh."""
         if self.mesh is None:
             return tree
-        host = jax.device_get(tree)  # a local device array cannot be placed on other processes'
-        return jax.device_put(host, self.replicated)
+        if jax.process_count() > 1:
+            # A local device array cannot be placed on other processes' devices: via the host.
+            tree = jax.device_get(tree)
+        return jax.device_put(tree, self.replicated)
 
     def shard_batches(self, indices: np.ndarray) -> Any:
         """A host (steps, batch, ...) index array sharded on its batch axis.

@@ -1,5 +1,6 @@
 """The engine on a toy problem: blocks, per-step dispatch, stops, evaluation, finite checks, hooks."""
 
+import time
 from typing import Any, NamedTuple
 
 import flax
@@ -60,7 +61,7 @@ def _state(w=0.0):
 
 class _Recorder(engine.Hook):
     def __init__(self, every=0):
-        self.blocks, self.epochs, self.states, self.ended = [], [], [], []
+        self.blocks, self.epochs, self.states, self.steps, self.ended = [], [], [], [], []
         self.every = every
 
     def on_block(self, result):
@@ -70,6 +71,7 @@ class _Recorder(engine.Hook):
     def on_epoch(self, result, state):
         self.epochs.append(result.summary)
         self.states.append(None if state is None else float(state.params["w"]))
+        self.steps.append(None if state is None else int(state.step))
 
     def needs_state(self, epochs_done):
         return bool(self.every) and epochs_done % self.every == 0
@@ -89,8 +91,9 @@ def test_fused_blocks_and_per_step_dispatch_agree():
         assert report.steps == 24 and report.epochs == 3 and int(state.step) == 24
         assert [h["steps"] for h in report.history] == [8, 16, 24]
         # Blocks reach the hooks in order, numbered by the steps before them; None fields left out.
-        firsts = [b[2] for b in recorder.blocks]
-        assert firsts == sorted(firsts) and firsts[0] == 0
+        block = {0: 8, 3: 3}[block_steps] if not per_step else 1
+        expected = [e * 8 + f for e in range(3) for f in range(0, 8, block)]
+        assert [b[2] for b in recorder.blocks] == expected
         assert sum(b[3] for b in recorder.blocks) == 24
         assert recorder.blocks[0][4] == ["error", "loss"]
         assert recorder.ended == [("toy", 24)]
@@ -135,8 +138,10 @@ def test_hooks_get_the_state_only_where_they_asked_for_it():
     recorder = _Recorder(every=2)
     engine.run([_phase(epochs=4)], _state(), _data(), jax.random.PRNGKey(0), name="toy",
                hooks=[recorder])
-    # Epochs 2 and 4 were waited for; 1 and 3 were read one block late, the state already donated.
+    # Epochs 2 and 4 were waited for, with the state at their end; 1 and 3 were read one block
+    # late, the state already donated to the next block.
     assert [s is not None for s in recorder.states] == [False, True, False, True]
+    assert [w for w in recorder.steps if w is not None] == [16, 32]
 
 
 @pytest.mark.parametrize("what", ["loss", "parameters"])
@@ -170,6 +175,7 @@ def test_phases_run_in_order_and_number_steps_across_them():
     assert [b[0] for b in recorder.blocks] == ["fit", "fit", "again", "again"]
     assert [b[2] for b in recorder.blocks] == [100, 108, 116, 124]
     assert report.steps == 32 and int(state.step) == 32
+    assert [h["steps"] for h in report.history] == [108, 116, 124, 132]  # a resumed run's numbers
 
 
 class _ListWriter:
@@ -195,3 +201,72 @@ def test_write_summaries_every_nth_step_and_every_epoch():
     assert step_events == [5, 10, 15]
     assert [s for s, _ in epoch_events] == [8, 16]
     assert set(epoch_events[0][1]) == {"fit/epoch/loss", "fit/epoch/error"}
+
+
+@pytest.mark.parametrize("block_steps,per_step", [(0, False), (3, False), (0, True)])
+def test_an_early_stop_holds_across_the_blocks_of_an_epoch(block_steps, per_step):
+    """`batch_stop` after the 2nd step of every epoch: the rest of the epoch is skipped however
+    the epoch is split into dispatches (the stop is carried from block to block)."""
+    def counted(state, batch, key):  # `error` is 1 after every second step
+        new, metrics = _step(state, batch, key)
+        return new, metrics._replace(error=jnp.where(new.step % 2 == 0, 1.0, 0.0))
+
+    phase = _phase(epochs=3, batch_stop=lambda metrics: metrics.error > 0.5)._replace(step=counted)
+    state, report = engine.run([phase], _state(), _data(), jax.random.PRNGKey(0), name="toy",
+                               block_steps=block_steps, per_step=per_step)
+    assert [h["steps"] for h in report.history] == [2, 4, 6]
+    assert int(state.step) == 6
+
+
+def test_each_block_shape_compiles_once(monkeypatch):
+    made = []
+    real = engine.loop.make_block
+
+    def counting(*args, **kwargs):
+        made.append(kwargs.get("with_evaluation"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.loop, "make_block", counting)
+    evaluate = lambda state, data: jnp.abs(state.params["w"] - data)  # noqa: E731
+    engine.run([_phase(epochs=4, evaluate=evaluate)], _state(), _data(), jax.random.PRNGKey(0),
+               name="toy", eval_data=jnp.float32(_TARGET))
+    assert made == [True]  # whole-epoch blocks with the evaluation fused: one executable
+    made.clear()
+    engine.run([_phase(epochs=4, evaluate=evaluate)], _state(), _data(), jax.random.PRNGKey(0),
+               name="toy", eval_data=jnp.float32(_TARGET), per_step=True)
+    assert made == [False]  # one step per dispatch: the step once, the evaluation apart
+    made.clear()
+    # Two phases of one name and shape but different steps get executables of their own.
+    doubled = _phase(epochs=1)._replace(step=lambda st, b, k: _step(st, b, k))
+    state, _ = engine.run([_phase(epochs=1), doubled], _state(), _data(), jax.random.PRNGKey(0),
+                          name="toy")
+    assert len(made) == 2 and int(state.step) == 16
+
+
+def test_the_step_time_leaves_out_hooks_that_the_device_waited_for():
+    class Slow(engine.Hook):
+        def needs_state(self, epochs_done):
+            return True  # every epoch waited for: the device idles while the hook runs
+
+        def on_epoch(self, result, state):
+            time.sleep(0.2)
+
+    started = time.perf_counter()
+    _, report = engine.run([_phase(epochs=3)], _state(), _data(), jax.random.PRNGKey(0),
+                           name="toy", hooks=[Slow()])
+    wall = time.perf_counter() - started
+    assert wall > 0.6  # three 0.2 s hooks
+    assert report.seconds < wall - 0.6 - report.compile_seconds + 0.05
+
+
+def test_report_progress_rate_counts_only_timed_steps(monkeypatch):
+    clock = iter([0.0, 1.0, 2.0, 3.0])
+    monkeypatch.setattr(engine.hooks.time, "perf_counter", lambda: next(clock))
+    logged = []
+    monkeypatch.setattr(engine.hooks.logging, "info", lambda fmt, *args: logged.append(fmt % args))
+    progress = engine.ReportProgress(total_steps=40, every_seconds=0.0)
+    for first in (0, 10, 20):  # blocks of 10 steps, one per second
+        progress.on_block(engine.BlockResult("toy", "fit", 0, first,
+                                             {"loss": np.zeros(10, np.float32)}))
+    assert "starting" in logged[0]
+    assert "10 steps/s, ETA 2s" in logged[1] and "10 steps/s, ETA 1s" in logged[2]

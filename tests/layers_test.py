@@ -59,6 +59,34 @@ def test_the_library_never_reads_the_config():
     assert not readers, readers
 
 
+_WRITERS = {"write_text", "write_bytes", "savez", "savez_compressed", "mkdir", "unlink", "rmtree",
+            "makedirs", "os.replace", "os.rename", "json.dump", "pickle.dump", "np.save"}
+
+
+def test_the_library_reads_no_config_and_writes_no_file():
+    """Library modules take explicit values (no ConfigDict) and leave files to the layers above."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        if _layer(module) != 0:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""])
+                found += [f"{module} imports {n}" for n in names if n.startswith("ml_collections")]
+            elif isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+                if called in _WRITERS or f"{owner}.{called}" in _WRITERS:
+                    found.append(f"{module}:{node.lineno} calls {called}")
+                if called == "open" and any(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                                            and set(a.value) & set("wax") for a in node.args[1:]):
+                    found.append(f"{module}:{node.lineno} opens a file for writing")
+    assert not found, found
+
+
 def test_no_import_cycle():
     graph = _imports()
     # The root package is imported implicitly by everything; its own imports are tested above.

@@ -129,6 +129,12 @@ def test_train_and_evaluate_smoke_resume_and_rerun(tmp_path):
     resumed_state = train.train_and_evaluate(config, str(resumed))
     chex.assert_trees_all_close(jax.tree.map(np.asarray, resumed_state.params),
                                 jax.tree.map(np.asarray, state.params), atol=1e-6)
+    # The interrupted run's curves after the last checkpoint are superseded, not doubled.
+    resumed_curves = read_scalars(resumed / "summaries" / "train")
+    assert [step for step, _ in resumed_curves["codec/epoch/loss"]] == [256, 320, 384, 448]
+    assert [s for s, _ in resumed_curves["codec/loss"]] == [s for s, _ in curves["codec/loss"]]
+    np.testing.assert_allclose([v for _, v in resumed_curves["codec/loss"]],
+                               [v for _, v in curves["codec/loss"]], atol=1e-6)
     resumed_results = json.loads((resumed / "results.json").read_text())
     for name in ("accuracy_clean", "backdoor_accuracy", "mse_clean", "mse_erased"):
         assert resumed_results[name] == pytest.approx(results[name], abs=1e-5)

@@ -16,7 +16,7 @@ from scu_jax.runs import train, unlearn
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.models import init_system
 from scu_jax.data.batching import paired_epoch_indices
-from scu_jax.evaluation import system_for_evaluation, target_rate
+from scu_jax.evaluation import draw_batches, stopping_key, system_for_evaluation, target_rate
 from scu_jax.methods import Batch, forget_term, hessian_vector_product, hutchinson_diagonal
 from scu_jax.methods import base as base_lib
 from scu_jax.runs import build
@@ -236,11 +236,11 @@ def _erased_loop(config, system, split, params, batch_stats):
 
 def erased_backdoor_accuracy(system, params, batch_stats, split, config):
     """The receiver's backdoor accuracy on all of D_e, as the stopping rule reads it."""
-    batches, mask = unlearn.erased_eval_batches(split, config)
+    batches, mask = draw_batches(split.erased_images, build.protocol_of(config))
     eval_system = system_for_evaluation(system, build.protocol_of(config))
     return float(jax.jit(target_rate, static_argnums=(0, 5))(
         eval_system, params, batch_stats, batches, mask, split.target_class,
-        unlearn.stopping_key(config)))
+        stopping_key(build.protocol_of(config))))
 
 
 def test_epoch_indices():

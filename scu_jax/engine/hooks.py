@@ -111,8 +111,8 @@ class ReportProgress(Hook):
     def on_block(self, result: BlockResult) -> None:
         now = time.perf_counter()
         done = result.first_step + len(result.columns["loss"])
-        if self.timed_from is None:
-            self.timed_from = (now, result.first_step)
+        if self.timed_from is None:  # the rate counts the steps after the first block read
+            self.timed_from = (now, done)
         if now - self.last_report < self.every_seconds:
             return
         self._report(result.run, result.phase, result.epoch, done,
@@ -130,7 +130,7 @@ class ReportProgress(Hook):
                 extra: Mapping[str, Any] | None = None) -> None:
         self.last_report = now
         elapsed, steps = now - self.timed_from[0], done - self.timed_from[1]
-        if elapsed > 0 and steps > 0:  # the rate since the first block read (compiled by then)
+        if elapsed > 0 and steps > 0:
             rate = steps / elapsed
             speed = f"{rate:.0f} steps/s, ETA {(self.total_steps - done) / rate:.0f}s"
         else:

@@ -70,8 +70,9 @@ class Report:
     """What one call of `run` measured.
 
     `seconds` is the wall time of the steps: compilation (timed apart in `compile_seconds`) and
-    the hooks (checkpoints, summaries) are not in it. `history` holds one summary per epoch: its
-    number, the steps so far, the mean of every metric over the epoch's steps and the
+    the hooks that ran while the device waited (checkpoints, an epoch's summaries) are not in it.
+    `history` holds one summary per epoch of this call: its number, the steps done by its end
+    (counting a resumed run's earlier ones), the mean of every metric over its steps and the
     evaluation, if any.
     """
 
@@ -167,7 +168,8 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
 
     Args:
       phases: run in order, each over its `epochs`.
-      state: a pytree with `params` and `batch_stats` fields (checked for finiteness).
+      state: a pytree with `params` and `batch_stats` fields (checked for finiteness); donated
+        to the first block without a mesh, so the caller's arrays are not to be used after.
       data: the arrays the phases' `gather` reads (placed on the device, or the mesh, once).
       key: passed to every step; steps derive their randomness with `fold_in(key, step)`.
       name: the run's name in errors and progress lines ("train", "scu", ...).
@@ -191,24 +193,31 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
     compiled: dict[tuple, Any] = {}
     pending: list[_Pending] = []
     epoch_numbers = _Epoch()
-    hook_seconds = 0.0
+    excluded = 0.0  # compilation, and hooks run while the device had nothing to do
     started = time.perf_counter()
+    # One unrolled step per dispatch: the epoch's evaluation is then a dispatch of its own, so the
+    # (slow to compile) step is compiled once, not a second time fused with the evaluation.
+    per_step_blocks = per_step and not block_steps
 
-    def executable(phase, state, done, indices, with_evaluation):
-        length = jax.tree.leaves(indices)[0].shape[0]
-        cache_key = (phase.name, length, with_evaluation)
+    def compile_once(cache_key, make, *args):
+        nonlocal excluded
         if cache_key not in compiled:
-            unroll = per_step and not block_steps
+            for block in pending:  # compile with nothing in flight, so its time is its own
+                jax.block_until_ready(block.outputs)
             begun = time.perf_counter()
-            compiled[cache_key] = make_block(
-                phase, parallel, unroll=unroll, with_evaluation=with_evaluation,
-            ).lower(state, done, indices, data, key, eval_data).compile()
-            report.compile_seconds += time.perf_counter() - begun
+            compiled[cache_key] = make().lower(*args).compile()
+            elapsed = time.perf_counter() - begun
+            report.compile_seconds += elapsed
+            excluded += elapsed
         return compiled[cache_key]
 
-    def read(block: _Pending, state: Any | None) -> bool:
-        """Checks and reports a dispatched block; returns whether its phase should stop."""
-        nonlocal epoch_numbers, hook_seconds
+    def read(block: _Pending, state: Any | None, *, overlapped: bool) -> bool:
+        """Checks and reports a dispatched block; returns whether its phase should stop.
+
+        `overlapped`: the next block is running meanwhile, so the hooks' time is not taken out of
+        the step time.
+        """
+        nonlocal epoch_numbers, excluded
         metrics, active, finite, evaluation = block.outputs
         active = np.asarray(active)
         losses = np.asarray(metrics.loss)[active]
@@ -229,21 +238,24 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
             hook.on_block(result)
         stop = False
         if block.ends_epoch:
-            summary = {"epoch": block.epoch + 1, "steps": report.steps, **epoch_numbers.means()}
+            summary = {"epoch": block.epoch + 1, "steps": step_offset + report.steps,
+                       **epoch_numbers.means()}
             if block.phase.evaluate is not None:
                 summary[block.phase.evaluation_name] = float(evaluation)
             report.history.append(summary)
             report.epochs += 1
-            report.seconds = begun - started - report.compile_seconds - hook_seconds
+            report.seconds = begun - started - excluded
             epoch_numbers = _Epoch()
             for hook in hooks:
                 hook.on_epoch(EpochResult(name, block.phase.name, block.epoch,
                                           step_offset + report.steps, summary, report), state)
             stop = block.phase.stop is not None and bool(block.phase.stop(summary))
-        hook_seconds += time.perf_counter() - begun
+        if not overlapped:
+            excluded += time.perf_counter() - begun
         return stop
 
-    for phase in phases:
+    for phase_index, phase in enumerate(phases):
+        evaluate_apart = per_step_blocks and phase.evaluate is not None
         for epoch in phase.epochs:
             if phase.start_epoch is not None:
                 state = phase.start_epoch(state)
@@ -253,25 +265,34 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
             done = jnp.zeros((), bool)
             for first in range(0, steps, block):
                 ends_epoch = first + block >= steps
-                with_evaluation = ends_epoch and phase.evaluate is not None
+                fused = ends_epoch and phase.evaluate is not None and not evaluate_apart
                 block_indices = jax.tree.map(
                     lambda a: parallel.shard_batches(a[first:first + block]), indices)
-                run_block = executable(phase, state, done, block_indices, with_evaluation)
+                length = jax.tree.leaves(block_indices)[0].shape[0]
+                run_block = compile_once(
+                    ("block", phase_index, length, fused),
+                    lambda: make_block(phase, parallel, unroll=per_step_blocks,
+                                       with_evaluation=fused),
+                    state, done, block_indices, data, key, eval_data)
                 state, done, *outputs = run_block(state, done, block_indices, data, key,
                                                   eval_data)
+                if ends_epoch and evaluate_apart:
+                    evaluate = compile_once(("evaluate", phase_index),
+                                            lambda: parallel.jit(phase.evaluate), state, eval_data)
+                    outputs[3] = evaluate(state, eval_data)
                 pending.append(_Pending(phase, epoch, tuple(outputs), ends_epoch))
                 while len(pending) > 1:  # one block late: the next one is already running
-                    read(pending.pop(0), None)
+                    read(pending.pop(0), None, overlapped=True)
             epochs_done = epoch + 1
             wait = (phase.stop is not None or epoch == phase.epochs[-1]
                     or any(hook.needs_state(epochs_done) for hook in hooks))
             if wait:
-                if read(pending.pop(), state):
+                if read(pending.pop(), state, overlapped=False):
                     break
     for block in pending:
-        read(block, None)
+        read(block, None, overlapped=False)
     jax.block_until_ready(state)
-    report.seconds = time.perf_counter() - started - report.compile_seconds - hook_seconds
+    report.seconds = time.perf_counter() - started - excluded
     for hook in hooks:
         hook.on_end(name, report)
     return state, report

@@ -15,6 +15,8 @@ from typing import Mapping
 import tensorboardX
 from tensorboardX.proto import event_pb2, summary_pb2
 
+START = event_pb2.SessionLog.START
+
 SUMMARIES_DIR = "summaries"
 
 
@@ -25,9 +27,12 @@ class TensorBoardWriter:
     scalar (README, "Performance").
     """
 
-    def __init__(self, logdir: str | os.PathLike):
+    def __init__(self, logdir: str | os.PathLike, *, purge_step: int | None = None):
+        """`purge_step`: a resumed run's first step; what an interrupted run wrote from there on
+        is superseded (TensorBoard drops it; so does `read_scalars`)."""
         self.logdir = pathlib.Path(logdir)
-        self._writer = tensorboardX.SummaryWriter(str(self.logdir), flush_secs=30)
+        self._writer = tensorboardX.SummaryWriter(str(self.logdir), flush_secs=30,
+                                                  purge_step=purge_step)
         self._events = self._writer._get_file_writer()  # pylint: disable=protected-access
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -57,6 +62,10 @@ def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]
             if len(record) < length:
                 break  # a record cut by a kill
             event = event_pb2.Event.FromString(record)
+            if event.HasField("session_log") and event.session_log.status == START:
+                # A resumed run restarts at this step: what an earlier run wrote from it is stale.
+                curves = {tag: [(s, v) for s, v in points if s < event.step]
+                          for tag, points in curves.items()}
             for value in event.summary.value:
                 curves.setdefault(value.tag, []).append((event.step, value.simple_value))
     return curves

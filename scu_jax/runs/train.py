@@ -61,15 +61,18 @@ def total(previous: engine.Report, current: engine.Report) -> engine.Report:
 
 
 def progress_and_summaries(config: ml_collections.ConfigDict, workdir: pathlib.Path | None,
-                           total_steps: int, last_epochs: tuple[int, ...], subdir: str
+                           total_steps: int, last_epochs: tuple[int, ...], subdir: str,
+                           step_offset: int = 0
                            ) -> tuple[list[engine.Hook], summaries.TensorBoardWriter | None]:
     """The hooks every run has: progress lines, and (process 0, with a workdir) TensorBoard
-    summaries under `workdir/summaries/<subdir>`."""
+    summaries under `workdir/summaries/<subdir>`; a run resumed after `step_offset` steps
+    supersedes what an interrupted one wrote after them."""
     hooks: list[engine.Hook] = [engine.ReportProgress(total_steps, config.log_every_seconds,
                                                       last_epochs=last_epochs)]
     writer = None
     if workdir is not None and is_primary():
-        writer = summaries.TensorBoardWriter(workdir / summaries.SUMMARIES_DIR / subdir)
+        writer = summaries.TensorBoardWriter(workdir / summaries.SUMMARIES_DIR / subdir,
+                                             purge_step=step_offset + 1 if step_offset else None)
         hooks.append(engine.WriteSummaries(writer, config.summary_every_steps))
     return hooks, writer
 
@@ -98,7 +101,8 @@ def fit(system: System, recipe: Recipe, config: ml_collections.ConfigDict, state
                              start_epoch=start_epoch, fresh_optimizer=fresh)
     last_epochs = tuple(phase.epochs[-1] for phase in phases)
     common, writer = progress_and_summaries(config, workdir, recipe.total_epochs * steps_per_epoch,
-                                            last_epochs, summaries_subdir)
+                                            last_epochs, summaries_subdir,
+                                            start_epoch * steps_per_epoch)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
     try:
         return engine.run(

@@ -14,15 +14,13 @@ import jax
 import ml_collections
 from absl import logging
 
-import numpy as np
 
 from scu_jax import engine
 from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config,
                             training_fingerprint, validate_config)
 from scu_jax.data import ErasureSplit
-from scu_jax.data.batching import padded_batches
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
-from scu_jax.evaluation import system_for_evaluation, target_rate
+from scu_jax.evaluation import draw_batches, stopping_key, system_for_evaluation, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
@@ -202,7 +200,8 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
     # run; the reference's MNIST SCU and its CIFAR-10 loops have no such stop.
     eval_data = None
     if phase.evaluate is not None:
-        eval_data = (*erased_eval_batches(split, config), stopping_key(config))
+        protocol = protocol_of(config)
+        eval_data = (*draw_batches(split.erased_images, protocol), stopping_key(protocol))
     steps_per_epoch = phase.batches(0)[0].shape[0]
     hooks, writer = progress_and_summaries(config, workdir, u.max_epochs * steps_per_epoch,
                                            (u.max_epochs - 1,), name)
@@ -265,17 +264,3 @@ def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSp
 # How each method runs in a workdir (`config.METHODS` names them all).
 RUNNERS = {**{name: _erased_loop for name in ERASED_LOOP_METHODS},
            "finetune": _finetune, "retrain": _retrain}
-
-
-def erased_eval_batches(split: ErasureSplit, config: ml_collections.ConfigDict):
-    """All of D_e, `eval_draws` times over, in padded evaluation batches (as `evaluate_system`)."""
-    images = np.tile(split.erased_images, (config.eval_draws, 1, 1, 1))
-    indices, mask = padded_batches(len(images), min(config.eval_batch_size, len(images)))
-    return images[indices], mask
-
-
-def stopping_key(config: ml_collections.ConfigDict) -> jax.Array:
-    """The key of the D_e evaluations that may stop a run. Not the final evaluation's: stopping
-    on the very noise draws that are then reported would bias the reported backdoor accuracy
-    low."""
-    return jax.random.fold_in(jax.random.PRNGKey(config.eval_seed), 99)
