@@ -53,7 +53,7 @@ def unlearning_phase(method: Method, *, seed: int, num_erased: int, num_remain: 
                                     drop_partial=drop_partial)
 
     stops_on_eval = early_stop and epoch_stop > 0 and stop_on == "eval"
-    if stop_on == "eval" and stops_on_eval and evaluate is None:
+    if stops_on_eval and evaluate is None:
         raise ValueError("stop_on='eval' needs an evaluate function")
     watched = "erased_backdoor" if stop_on == "eval" else "backdoor"
 

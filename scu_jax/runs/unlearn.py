@@ -172,6 +172,13 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     return results
 
 
+def _run_info(report: engine.Report, epochs: int) -> dict[str, Any]:
+    """What results.json and the checkpoint keep of a method's run (`epochs`: all of a resumed
+    retraining's, not this call's)."""
+    return {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
+            "steps": report.steps, "epochs": epochs, "history": report.history}
+
+
 def _erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
                  params, batch_stats, workdir: pathlib.Path | None, image_shape,
                  parallel: DataParallel) -> tuple[dict, dict, dict]:
@@ -215,9 +222,7 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
     finally:
         if writer is not None:
             writer.close()
-    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
-            "steps": report.steps, "epochs": report.epochs, "history": report.history}
-    return state.params, state.batch_stats, info
+    return state.params, state.batch_stats, _run_info(report, report.epochs)
 
 
 def _remain_set(config: ml_collections.ConfigDict, split: ErasureSplit):
@@ -240,9 +245,7 @@ def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureS
                                                                            recipe),
                         images, labels, parallel=parallel, name="finetune", workdir=workdir,
                         summaries_subdir="finetune", when_non_finite="; no state was saved")
-    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
-            "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}
-    return state.params, state.batch_stats, info
+    return state.params, state.batch_stats, _run_info(report, recipe.total_epochs)
 
 
 def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
@@ -256,9 +259,7 @@ def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSp
     state, report = fit_with_checkpoints(system, recipe, config, workdir, images, labels,
                                          parallel=parallel, kind="retrain", image_shape=image_shape,
                                          subdir=RETRAIN_PROGRESS_DIR)
-    info = {"unlearn_seconds": report.seconds, "compile_seconds": report.compile_seconds,
-            "steps": report.steps, "epochs": recipe.total_epochs, "history": report.history}
-    return state.params, state.batch_stats, info
+    return state.params, state.batch_stats, _run_info(report, recipe.total_epochs)
 
 
 # How each method runs in a workdir (`config.METHODS` names them all).
