@@ -14,7 +14,7 @@ import ml_collections
 
 from scu_jax.errors import ConfigError
 from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
-from scu_jax.data import DATASETS
+from scu_jax.data import DATASETS, FORGET_KINDS
 from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
 # The unlearning methods, by name (`scu_jax.methods` holds one factory for each; named here so
@@ -48,6 +48,18 @@ def default_config() -> ml_collections.ConfigDict:
     # |D_r|: "rest" = N − |D_e| (the training set keeps N images); "requested" = N − EDR·N, the
     # reference's, which trains on fewer images where D_e is capped at its class (CIFAR-100).
     config.erasure.remain_size = "rest"
+
+    # What a run forgets (`scu_jax.data.forget`). "backdoor": the erasure split above, the paper's
+    # protocol (the system trains on the poisoned set). "ids", "class", "random": a user's forget
+    # set of the clean training split, on which the system trains whole: sample indices in
+    # `ids_file` (one per line, or a .npy), every image of class `class_id`, or a random
+    # `fraction` drawn with `seed` (-1: config.seed). One trained system serves all three.
+    config.forget = ml_collections.ConfigDict()
+    config.forget.kind = "backdoor"
+    config.forget.ids_file = ""
+    config.forget.class_id = 1
+    config.forget.fraction = 0.02
+    config.forget.seed = -1
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -120,6 +132,16 @@ def default_config() -> ml_collections.ConfigDict:
     # stops early on lucky draws, above the threshold: README "End-to-end unlearning against
     # retraining").
     config.unlearning.stop_on = "eval"
+    # The stop of the forget sets without a backdoor ("ids", "class", "random"), read after each
+    # epoch: stop once D_e's mean per-image reconstruction error reaches (1 − tolerance) times
+    # that of held-out test images of D_e's classes, i.e. once the system reconstructs the erased
+    # images no better than images it never saw (what retraining gives; README "Forget requests"
+    # has the measurement). `max_epochs` stays the ceiling.
+    config.unlearning.parity_tolerance = 0.02
+    # The stop of `forget.kind="class"` (whose test images are of a class the system still knows,
+    # so no held-out reference exists): stop once the receiver recognises the class on x̂(D_e)
+    # less often than this (chance for 10 classes; retraining leaves it near 0).
+    config.unlearning.class_stop = 0.1
     # The erased term F_e that L_unl = λ_kl·KL_eo − β_u·F_e ascends: "mse", the erased
     # reconstruction error (MNIST); "ce", the receiver's CE on the backdoor target times
     # train.ce_weight; "mse+ce", both, `MSE + CE/30` (the reference's CIFAR scripts).
@@ -154,6 +176,9 @@ def default_config() -> ml_collections.ConfigDict:
     # whose receiver is unlearned along with the codec). Results also carry the other one's
     # accuracies where the two receivers differ.
     config.evaluation.receiver = "original"
+    # The forget sets without a backdoor: how many D_r images (a fixed seeded subsample) the
+    # utility metrics read (0: all of D_r).
+    config.evaluation.remain_examples = 2000
 
     config.eval_batch_size = 500
     # Training and retraining save a checkpoint every this many epochs and at the end of each
@@ -180,7 +205,7 @@ def default_config() -> ml_collections.ConfigDict:
 # The unlearning fields a `per_method` entry may set.
 _PER_METHOD_FIELDS = ("beta_u", "lambda_kl", "rho", "learning_rate", "grad_clip", "batch_size",
                       "max_epochs", "early_stop", "batch_stop", "epoch_stop", "stop_on",
-                      "erased_objective", "stop_weight_gradient", "unit_mse_in_weights",
+                      "erased_objective", "parity_tolerance", "class_stop", "stop_weight_gradient", "unit_mse_in_weights",
                       "partial_batch", "augment_remain", "hbu_fixed_probe", "finetune_epochs")
 
 
@@ -226,13 +251,24 @@ def config_from_json(stored: dict[str, Any]) -> ml_collections.ConfigDict:
                 node[key] = tuple(value) if isinstance(node[key], tuple) else value
 
     merge(config, stored)
+    if stored.get("training_set") == "clean" and config.forget.kind == "backdoor":
+        config.forget.kind = "ids"  # a training fingerprint of the clean set (any such kind)
     return config
 
 
 def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The JSON-able subset of the config that identifies a trained system."""
+    """The JSON-able subset of the config that identifies a trained system.
+
+    Under a forget kind without a backdoor the system trains on the clean set whatever the forget
+    set is: `erasure` is left out and `training_set` reads "clean", so one trained system serves
+    every request. (A backdoor system's fingerprint is as it always was, with no such field.)
+    """
     plain = config.to_dict()
-    return {name: _jsonable(plain[name]) for name in TRAINING_FIELDS if name in plain}
+    fingerprint = {name: _jsonable(plain[name]) for name in TRAINING_FIELDS if name in plain}
+    if plain.get("forget", {}).get("kind", "backdoor") != "backdoor":
+        del fingerprint["erasure"]
+        fingerprint["training_set"] = "clean"
+    return fingerprint
 
 
 def _jsonable(value: Any) -> Any:
@@ -313,6 +349,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "erasure.base_class", 0, integer=True)
     _number(config, "erasure.target_class", 0, integer=True)
     _choice(config, "erasure.remain_size", ("rest", "requested"))
+    _choice(config, "forget.kind", FORGET_KINDS)
+    check_field(isinstance(config.forget.ids_file, str), "forget.ids_file", config.forget.ids_file,
+                "must be a path")
+    _number(config, "forget.class_id", 0, integer=True)
+    _number(config, "forget.fraction", 0.0, 1.0, low_open=True)
+    check_field(config.forget.fraction < 1.0, "forget.fraction", config.forget.fraction,
+                "must be below 1 (something must remain)")
+    _number(config, "forget.seed", -1, 2**31 - 1, integer=True)
     check_field(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
                 config.erasure.target_class, "must differ from erasure.base_class")
     _number(config, "model.latent_dim", 1, integer=True)
@@ -361,6 +405,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "evaluation.mi_steps", 0, 10**7, integer=True)
     _number(config, "evaluation.mi_batch_size", 2, 65536, integer=True)
     _number(config, "evaluation.mi_max_examples", 2, integer=True)
+    _number(config, "evaluation.remain_examples", 0, integer=True)
     check_field(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
                 config.evaluation.mi_sets, "must be a subset of: erased, remain")
 
@@ -383,6 +428,8 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     _number(config, "unlearning.max_epochs", 1, 10000, integer=True)
     _number(config, "unlearning.batch_stop", 0.0, 1.0)
     _number(config, "unlearning.epoch_stop", 0.0, 1.0)
+    _number(config, "unlearning.parity_tolerance", 0.0, 1.0)
+    _number(config, "unlearning.class_stop", 0.0, 1.0)
     _number(config, "unlearning.finetune_epochs", 1, 10000, integer=True)
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):

@@ -12,6 +12,10 @@ Metrics:
   * `psnr_*`, `ssim_*`: dm-pix PSNR and SSIM of x̂ clipped to [0, 1];
   * `accuracy_clean` / `accuracy_test`: receiver accuracy on x̂ against the true label;
   * `backdoor_accuracy`: fraction of x̂(D_e) that the receiver labels as the target class.
+A forget set without a backdoor (`ErasureSplit.kind` "ids", "class", "random") is read on D_e
+(`*_erased`: forget quality), a fixed subsample of D_r (`*_remain`) and the test set (`*_test`:
+utility), and on held-out test images of D_e's classes (`*_heldout`), what D_e would look like to
+a system that never saw it; `erased_to_heldout` is the ratio of their reconstruction errors.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Protocol:
     mi_batch_size: int = 128
     mi_max_examples: int = 1000
     mi_sets: Sequence[str] = ("erased", "remain")
+    remain_examples: int = 2000  # D_r images read for the utility metrics of a forget set (0: all)
     description: str = ""  # one line for results files: how the numbers were read
 
 
@@ -84,6 +89,20 @@ def target_rate(system: System, params: Mapping[str, Any], batch_stats: Mapping[
         return jnp.argmax(logits, axis=-1) == target
 
     per_image = jax.lax.map(hits, (jnp.arange(batches.shape[0]), batches))
+    return jnp.sum(per_image * mask) / jnp.sum(mask)
+
+
+def masked_mean_sse(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
+                    batches: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
+    """Mean per-image reconstruction SSE of the masked images, traceable inside a jit (batches,
+    mask and keys as in `target_rate`)."""
+    def errors(index_and_batch):
+        index, images = index_and_batch
+        x = to_unit_interval(images)
+        out, _ = evaluation_pass(system, params, batch_stats, x, jax.random.fold_in(key, index))
+        return per_image_sse(out.x_hat, x)
+
+    per_image = jax.lax.map(errors, (jnp.arange(batches.shape[0]), batches))
     return jnp.sum(per_image * mask) / jnp.sum(mask)
 
 
@@ -144,12 +163,82 @@ def stopping_key(protocol: Protocol) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 99)
 
 
+def heldout_set(split: ErasureSplit) -> tuple[np.ndarray, np.ndarray]:
+    """Test images of the classes D_e holds (all test images where D_e is empty): never seen by
+    any system, and from D_e's distribution for a class or a random forget set."""
+    if len(split.erased_labels) == 0:
+        return split.test_images, split.test_labels
+    keep = np.isin(split.test_labels, np.unique(split.erased_labels))
+    return split.test_images[keep], split.test_labels[keep]
+
+
+def remain_subsample(split: ErasureSplit, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """The D_r images the utility metrics read: `protocol.remain_examples` of them, a fixed seeded
+    choice (all of D_r where it is 0 or larger)."""
+    count = len(split.remain_labels)
+    if protocol.remain_examples and protocol.remain_examples < count:
+        rows = np.sort(np.random.default_rng([protocol.seed, 31]).choice(
+            count, protocol.remain_examples, replace=False))
+        return split.remain_images[rows], split.remain_labels[rows]
+    return split.remain_images, split.remain_labels
+
+
+def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, Any],
+                       protocol: Protocol, key: jax.Array,
+                       target: tuple[str, int] | None = None) -> dict[str, float]:
+    """mse/psnr/ssim/accuracy/input_accuracy of each named (images, labels) set, every image sent
+    `protocol.draws` times; set `index` is keyed `fold_in(key, index)`. `target` = (set, class):
+    that set's `backdoor_accuracy` (and `input_backdoor_accuracy`) too."""
+    metrics: dict[str, Any] = {}
+    for index, (name, (images, labels)) in enumerate(sets.items()):
+        # Each image goes through the channel `draws` times (independent noise): at low SNR one
+        # draw decides a borderline image's class by chance, and the accuracies would carry it.
+        images, labels = np.tile(images, (protocol.draws, 1, 1, 1)), np.tile(labels, protocol.draws)
+        rows = per_sample_metrics(system, params, batch_stats, images,
+                                  batch_size=protocol.batch_size, key=jax.random.fold_in(key, index))
+        metrics[f"mse_{name}"] = float(rows["sse"].mean())
+        metrics[f"psnr_{name}"] = float(rows["psnr"].mean())
+        metrics[f"ssim_{name}"] = float(rows["ssim"].mean())
+        metrics[f"accuracy_{name}"] = float((rows["prediction"] == labels).mean())
+        metrics[f"input_accuracy_{name}"] = float((rows["input_prediction"] == labels).mean())
+        if target is not None and name == target[0]:
+            metrics["backdoor_accuracy"] = float((rows["prediction"] == target[1]).mean())
+            metrics["input_backdoor_accuracy"] = float((rows["input_prediction"] == target[1]).mean())
+    return metrics
+
+
+def _forget_set_metrics(system: System, params, batch_stats, split: ErasureSplit,
+                        protocol: Protocol) -> dict[str, Any]:
+    """The metrics of a forget set without a backdoor (module docstring)."""
+    system = system_for_evaluation(system, protocol)
+    sets = {"remain": remain_subsample(split, protocol), "test": (split.test_images,
+                                                                  split.test_labels)}
+    if len(split.erased_labels):
+        sets = {"erased": (split.erased_images, split.erased_labels), **sets,
+                "heldout": heldout_set(split)}
+    # Key offsets apart from the backdoor protocol's sets (0-2).
+    metrics = _image_set_metrics(system, params, batch_stats, sets, protocol,
+                                 jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 50))
+    if "mse_erased" in metrics:
+        metrics["erased_to_heldout"] = metrics["mse_erased"] / metrics["mse_heldout"]
+    metrics.update(kind=split.kind, eval_draws=int(protocol.draws),
+                   evaluation_channel=protocol.channel, num_erased=int(len(split.erased_labels)),
+                   num_remain=int(len(split.remain_labels)), num_test=int(len(split.test_labels)),
+                   num_remain_read=int(len(sets["remain"][1])))
+    if "heldout" in sets:
+        metrics["num_heldout"] = int(len(sets["heldout"][1]))
+    return metrics
+
+
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
                     split: ErasureSplit, protocol: Protocol) -> dict[str, float]:
-    """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test.
+    """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test;
+    for a forget set without a backdoor, its metrics on D_e, D_r, test and held-out images.
 
     `params["receiver"]` reads x̂; the channel is `protocol.channel`'s.
     """
+    if not split.backdoor:
+        return _forget_set_metrics(system, params, batch_stats, split, protocol)
     system = system_for_evaluation(system, protocol)
     key = jax.random.PRNGKey(protocol.seed)
     sets = {
@@ -157,26 +246,9 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
         "erased": (split.erased_images, split.clean_labels),
         "test": (split.test_images, split.test_labels),
     }
-    metrics: dict[str, Any] = {}
-    draws = protocol.draws
-    for index, (name, (images, true_labels)) in enumerate(sets.items()):
-        # Each image goes through the channel `eval_draws` times (independent noise): at low SNR
-        # one draw decides a borderline image's class by chance, and the accuracies would carry
-        # that noise.
-        images, true_labels = np.tile(images, (draws, 1, 1, 1)), np.tile(true_labels, draws)
-        rows = per_sample_metrics(system, params, batch_stats, images,
-                                  batch_size=protocol.batch_size,
-                                  key=jax.random.fold_in(key, index))
-        metrics[f"mse_{name}"] = float(rows["sse"].mean())
-        metrics[f"psnr_{name}"] = float(rows["psnr"].mean())
-        metrics[f"ssim_{name}"] = float(rows["ssim"].mean())
-        metrics[f"accuracy_{name}"] = float((rows["prediction"] == true_labels).mean())
-        metrics[f"input_accuracy_{name}"] = float((rows["input_prediction"] == true_labels).mean())
-        if name == "erased":
-            target = split.target_class
-            metrics["backdoor_accuracy"] = float((rows["prediction"] == target).mean())
-            metrics["input_backdoor_accuracy"] = float((rows["input_prediction"] == target).mean())
-    metrics["eval_draws"] = int(draws)
+    metrics = _image_set_metrics(system, params, batch_stats, sets, protocol, key,
+                                 target=("erased", split.target_class))
+    metrics["eval_draws"] = int(protocol.draws)
     metrics["evaluation_channel"] = protocol.channel
     metrics["num_erased"] = int(len(split.erased_images))
     metrics["num_remain"] = int(len(split.remain_images))
@@ -227,28 +299,62 @@ def never_trained_triggered(split: ErasureSplit) -> np.ndarray:
     return add_trigger(split.test_images[split.test_labels == split.base_class])
 
 
+def membership_sets(split: ErasureSplit) -> tuple[np.ndarray, np.ndarray]:
+    """The attack's members (D_e) and non-members that no system saw: triggered base-class test
+    images (backdoor), or the held-out test images of D_e's classes (`heldout_set`)."""
+    if split.backdoor:
+        return split.erased_images, never_trained_triggered(split)
+    return split.erased_images, heldout_set(split)[0]
+
+
+def mean_sse(system: System, params, batch_stats, images: np.ndarray, protocol: Protocol,
+             key: jax.Array, draws: int) -> np.ndarray:
+    """Each image's reconstruction SSE averaged over `draws` channel draws (one row per image);
+    the draws depend only on `key`, so two systems read with one key see the same noise."""
+    tiled = np.tile(images, (draws,) + (1,) * (images.ndim - 1))
+    sse = per_sample_metrics(system, params, batch_stats, tiled, batch_size=protocol.batch_size,
+                             key=key)["sse"]
+    return sse.reshape(draws, len(images)).mean(axis=0)
+
+
 def membership_scores(system: System, params, batch_stats, split: ErasureSplit,
-                      protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """The attack's scores, −(per-image reconstruction SSE), of D_e and of never-seen look-alikes."""
+                      protocol: Protocol, reference=None) -> tuple[np.ndarray, np.ndarray]:
+    """The attack's scores of the members and of the non-members (`membership_sets`).
+
+    Without `reference`: −(per-image reconstruction SSE), the loss attack (one channel draw for
+    the backdoor protocol, the numbers it has always reported; `protocol.draws` otherwise).
+    With `reference`, the `(params, batch_stats)` of a system that never saw D_e (retraining):
+    the difficulty-calibrated attack (Watson et al., ICLR 2022), SSE_reference(x) − SSE(x), both
+    averaged over `protocol.draws` shared channel draws. A VAE's per-image error is dominated by
+    how hard the image is (stroke area, texture), which hides the small gain from having trained
+    on it; the difference to a system that never saw the image cancels the difficulty.
+    """
     system = system_for_evaluation(system, protocol)
-    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 10)
-    members = per_sample_metrics(system, params, batch_stats, split.erased_images,
-                                 batch_size=protocol.batch_size, key=key)["sse"]
-    outsiders = per_sample_metrics(system, params, batch_stats, never_trained_triggered(split),
-                                   batch_size=protocol.batch_size,
-                                   key=jax.random.fold_in(key, 1))["sse"]
-    return -members, -outsiders
+    members, outsiders = membership_sets(split)
+    calibrated = reference is not None
+    draws = protocol.draws if calibrated or not split.backdoor else 1
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 70 if calibrated else 10)
+    scores = []
+    for index, images in enumerate((members, outsiders)):
+        set_key = jax.random.fold_in(key, index)
+        score = -mean_sse(system, params, batch_stats, images, protocol, set_key, draws)
+        if calibrated:
+            score = score + mean_sse(system, *reference, images, protocol, set_key, draws)
+        scores.append(score)
+    return scores[0], scores[1]
 
 
 def membership_inference_auc(system: System, params, batch_stats, split: ErasureSplit,
-                             protocol: Protocol) -> float:
-    """AUC of a loss-based membership-inference attack separating D_e from never-seen look-alikes.
+                             protocol: Protocol, reference=None) -> float:
+    """AUC of a membership-inference attack separating D_e from never-seen images
+    (`membership_scores`; calibrated against `reference` where given).
 
-    Score = −(per-image reconstruction SSE): a system that memorised D_e reconstructs it better than
-    unseen triggered images (AUC > ½). A forgotten set scores like the retrained system's (≈ ½);
-    below ½ the erased set is reconstructed WORSE than unseen data, itself a tell-tale.
+    A system that memorised D_e reconstructs it better than unseen images (AUC > ½). A forgotten
+    set scores like the retrained system's (≈ ½; the retrained system itself, as its own
+    reference, scores exactly ½); below ½ the erased set is reconstructed WORSE than unseen data,
+    itself a tell-tale.
     """
-    return roc_auc(*membership_scores(system, params, batch_stats, split, protocol))
+    return roc_auc(*membership_scores(system, params, batch_stats, split, protocol, reference))
 
 
 def sample_outputs(system: System, params, batch_stats, split: ErasureSplit,
@@ -325,6 +431,13 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
 
 
 RECEIVER_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test")
+FORGET_RECEIVER_METRICS = ("accuracy_erased", "accuracy_remain", "accuracy_test",
+                           "accuracy_heldout")
+
+
+def receiver_metrics(split: ErasureSplit) -> tuple[str, ...]:
+    """The metrics a receiver decides: the backdoor protocol's, or a forget set's."""
+    return RECEIVER_METRICS if split.backdoor else FORGET_RECEIVER_METRICS
 
 
 def _same_tree(a, b) -> bool:
@@ -335,7 +448,8 @@ def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
                     protocol: Protocol, *, reference=None,
                     original_receiver=None) -> dict[str, Any]:
     """The protocol metrics plus membership inference, MI and (given `reference`, a
-    `(params, batch_stats)` pair of the retrained system) the distance to retraining.
+    `(params, batch_stats)` pair of the retrained system) the distance to retraining and the
+    calibrated membership attack (`mia_auc_calibrated`).
 
     `original_receiver`: the trained system's receiver, `models.receiver_of(params, batch_stats)`
     of the original system (None: the system's own is the original). `protocol.receiver`
@@ -353,10 +467,13 @@ def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
     metrics["receiver"] = chosen
     if not _same_tree(reading, other):
         extra = evaluate_system(system, *with_receiver(params, batch_stats, other), split, protocol)
-        metrics.update({f"{other_name}_receiver_{name}": extra[name] for name in RECEIVER_METRICS})
+        metrics.update({f"{other_name}_receiver_{name}": extra[name]
+                        for name in receiver_metrics(split) if name in extra})
     metrics["protocol"] = protocol.description
     metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, protocol)
     metrics.update(mutual_information(system, params, batch_stats, split, protocol))
     if reference is not None:
+        metrics["mia_auc_calibrated"] = membership_inference_auc(system, params, batch_stats, split,
+                                                                 protocol, reference)
         metrics.update(distance_to_reference(system, params, batch_stats, *reference, split, protocol))
     return metrics

@@ -97,7 +97,7 @@ def test_erasure_split_sizes_and_labels(split):
     assert split.train_is_erased.sum() == 240
     assert (split.train_labels[split.train_is_erased] == 2).all()
     assert split.summary() == dict(
-        dataset="mnist5k", edr=0.06, base_class=1, target_class=2, seed=0,
+        kind="backdoor", dataset="mnist5k", edr=0.06, base_class=1, target_class=2, seed=0,
         num_requested=240, num_erased=240, capped=False, num_remain=3760,
         num_train=4000, num_test=1000)
 

@@ -130,6 +130,12 @@ class ErasureSplit:
       test_images, test_labels: the dataset's untouched test split.
       dataset_name, edr, base_class, target_class, seed: the arguments.
       num_requested: ``num_erased(N, edr)``, before capping at the class size.
+      kind: ``"backdoor"`` here; the forget sets of `scu_jax.data.forget` (``"ids"``,
+        ``"class"``, ``"random"``) use the same type with no trigger: ``D_e`` holds the named
+        training images with their true labels, ``D_clean`` is ``D_e``, the training set is the
+        whole clean training split in dataset order, and ``base_class``/``target_class`` are None.
+      source: what identifies the training split and its order (`data.data_identity`), where the
+        caller recorded it.
     """
 
     erased_images: np.ndarray
@@ -147,15 +153,22 @@ class ErasureSplit:
     test_labels: np.ndarray
     dataset_name: str
     edr: float
-    base_class: int
-    target_class: int
+    base_class: int | None
+    target_class: int | None
     seed: int
     num_requested: int
+    kind: str = "backdoor"
+    source: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def backdoor(self) -> bool:
+        """Whether D_e carries the trigger and the target label (the paper's protocol)."""
+        return self.kind == "backdoor"
 
     def summary(self) -> dict:
         """Returns the split's parameters and sizes, for logs and result files."""
         return dict(
-            dataset=self.dataset_name, edr=self.edr, base_class=self.base_class,
+            kind=self.kind, dataset=self.dataset_name, edr=self.edr, base_class=self.base_class,
             target_class=self.target_class, seed=self.seed,
             num_requested=self.num_requested, num_erased=len(self.erased_labels),
             capped=len(self.erased_labels) < self.num_requested,

@@ -16,7 +16,9 @@ import ml_collections
 
 from scu_jax.channels import Channel
 from scu_jax.config import ERASED_LOOP_METHODS
-from scu_jax.data import ErasureSplit, load_dataset, make_erasure_split
+from scu_jax.data import (Dataset, ErasureSplit, class_ids, data_identity, load_dataset,
+                          make_erasure_split, make_forget_split, random_ids, read_ids)
+from scu_jax.errors import ConfigError
 from scu_jax.evaluation import Protocol
 from scu_jax.methods import CodecObjective, Method, Recipe, finetune, hbu, scu, scu_no_cc, vbu
 from scu_jax.models import (MODELS, MLP, MLPDecoder, Receiver, ResNet18, ResNetDecoder,
@@ -68,8 +70,8 @@ def build_system(config: ml_collections.ConfigDict, image_shape: Sequence[int],
     return System(codec, receiver)
 
 
-def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
-    """Loads the configured dataset (capped for smoke runs) and builds the erasure split."""
+def load_data(config: ml_collections.ConfigDict) -> Dataset:
+    """The configured dataset, capped for smoke runs (`max_train_examples`, `max_test_examples`)."""
     dataset = load_dataset(config.dataset, data_dir=config.data_dir or None)
     if config.max_train_examples or config.max_test_examples:
         n_train = config.max_train_examples or len(dataset.train_images)
@@ -79,11 +81,58 @@ def load_split(config: ml_collections.ConfigDict) -> ErasureSplit:
             train_images=dataset.train_images[:n_train], train_labels=dataset.train_labels[:n_train],
             test_images=dataset.test_images[:n_test], test_labels=dataset.test_labels[:n_test],
         )
-    erasure = config.erasure
-    return make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
-                              target_class=erasure.target_class, seed=config.seed,
-                              crop_once=4 if config.train.crop_once else 0,
-                              remain_size=erasure.remain_size)
+    return dataset
+
+
+def forget_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of a random forget set: `forget.seed`, or the run's seed where it is -1."""
+    return config.seed if config.forget.seed < 0 else config.forget.seed
+
+
+def forget_ids(config: ml_collections.ConfigDict, dataset: Dataset, *, excluded=()):
+    """The training-set indices `config.forget` names, sorted. A sample in `excluded` (erased
+    before) is an error for "ids" and left out of "class" and "random"."""
+    forget = config.forget
+    n = len(dataset.train_labels)
+    if forget.kind == "ids":
+        if not forget.ids_file:
+            raise ConfigError("config.forget.kind='ids' needs config.forget.ids_file: a file of "
+                              "training-set indices, one per line (or a .npy)")
+        return read_ids(forget.ids_file, n, excluded=excluded)
+    if forget.kind == "class":
+        if forget.class_id >= dataset.num_classes:
+            raise ConfigError(f"config.forget.class_id={forget.class_id}: {dataset.name} has "
+                              f"{dataset.num_classes} classes")
+        return class_ids(dataset.train_labels, forget.class_id, dataset.num_classes,
+                         excluded=excluded)
+    if forget.kind == "random":
+        return random_ids(n, forget.fraction, forget_seed(config), excluded=excluded)
+    raise ValueError(f"forget.kind={forget.kind!r} names no sample set")
+
+
+def load_split(config: ml_collections.ConfigDict, *, training: bool = False, ids=None,
+               excluded=()) -> ErasureSplit:
+    """Loads the configured dataset (capped for smoke runs) and builds the split its
+    `forget.kind` describes, with the data's identity in `split.source`.
+
+    `training`: only the training set is needed (a clean-set system trains before any request:
+    D_e is then empty). `ids`: the forget set itself, instead of `config.forget`'s (the ledger's
+    requests); `excluded`: samples erased by earlier requests, kept out of D_e and D_r.
+    """
+    dataset = load_data(config)
+    crop_once = 4 if config.train.crop_once else 0
+    kind = config.forget.kind
+    if kind == "backdoor":
+        erasure = config.erasure
+        split = make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
+                                   target_class=erasure.target_class, seed=config.seed,
+                                   crop_once=crop_once, remain_size=erasure.remain_size)
+    else:
+        if ids is None:
+            ids = () if training else forget_ids(config, dataset, excluded=excluded)
+        split = make_forget_split(dataset, ids, kind=kind, seed=config.seed, excluded=excluded,
+                                  crop_once=crop_once)
+    return dataclasses.replace(split, source=data_identity(dataset))
 
 
 def image_shape_and_classes(split: ErasureSplit,
@@ -92,9 +141,10 @@ def image_shape_and_classes(split: ErasureSplit,
     return tuple(split.train_images.shape[1:]), num_classes
 
 
-def build_for(config: ml_collections.ConfigDict) -> tuple[ErasureSplit, System, tuple[int, ...]]:
-    """Loads the erasure split of a validated config and builds its system."""
-    split = load_split(config)
+def build_for(config: ml_collections.ConfigDict, **split_args
+              ) -> tuple[ErasureSplit, System, tuple[int, ...]]:
+    """Loads the split of a validated config (`load_split`'s `split_args`) and builds its system."""
+    split = load_split(config, **split_args)
     image_shape, num_classes = image_shape_and_classes(split, config)
     return split, build_system(config, image_shape, num_classes), image_shape
 
@@ -175,4 +225,4 @@ def protocol_of(config: ml_collections.ConfigDict) -> Protocol:
                     batch_size=config.eval_batch_size, channel=e.channel, receiver=e.receiver,
                     mi_steps=e.mi_steps, mi_batch_size=e.mi_batch_size,
                     mi_max_examples=e.mi_max_examples, mi_sets=tuple(e.mi_sets),
-                    description=describe_protocol(config))
+                    remain_examples=e.remain_examples, description=describe_protocol(config))

@@ -36,9 +36,11 @@ class SaveCheckpoints(engine.Hook):
     """Saves the state every `every` epochs and at the end of each phase, with the times so far."""
 
     def __init__(self, checkpoints: Checkpoints, config: ml_collections.ConfigDict, kind: str,
-                 phase_ends: tuple[int, ...], previous: engine.Report, every: int):
+                 phase_ends: tuple[int, ...], previous: engine.Report, every: int,
+                 data: dict | None = None):
         self.checkpoints, self.config, self.kind = checkpoints, config, kind
         self.phase_ends, self.previous, self.every = phase_ends, previous, every
+        self.data = data
 
     def needs_state(self, epochs_done: int) -> bool:
         return epochs_done % self.every == 0 or epochs_done in self.phase_ends
@@ -50,7 +52,8 @@ class SaveCheckpoints(engine.Hook):
         so_far = total(self.previous, result.report)
         self.checkpoints.save(epochs_done, state, self.config, {
             "train_seconds": so_far.seconds, "compile_seconds": so_far.compile_seconds,
-            "steps": so_far.steps, "kind": self.kind})
+            "steps": so_far.steps, "kind": self.kind,
+            **({"data": self.data} if self.data else {})})
 
 
 def total(previous: engine.Report, current: engine.Report) -> engine.Report:
@@ -118,12 +121,13 @@ def fit(system: System, recipe: Recipe, config: ml_collections.ConfigDict, state
 def fit_with_checkpoints(system: System, recipe: Recipe, config: ml_collections.ConfigDict,
                          workdir: pathlib.Path, images: np.ndarray, labels: np.ndarray, *,
                          parallel: DataParallel, kind: str, image_shape: tuple[int, ...],
-                         subdir: str = CHECKPOINT_DIR
+                         subdir: str = CHECKPOINT_DIR, data: dict | None = None
                          ) -> tuple[TrainState, engine.Report]:
     """`fit` from scratch in `workdir`, resuming from its latest checkpoint in `subdir`.
 
-    Saves every `config.checkpoint_every_epochs` epochs and at the end of each phase. Returns
-    the final state and a report whose times and steps are summed over every (resumed) call.
+    Saves every `config.checkpoint_every_epochs` epochs and at the end of each phase, with `data`
+    (the training split's `data.data_identity`) in the checkpoint's metadata. Returns the final
+    state and a report whose times and steps are summed over every (resumed) call.
     """
     checkpoints = Checkpoints(workdir, subdir=subdir)
     checkpoints.check_compatible(config)
@@ -139,7 +143,7 @@ def fit_with_checkpoints(system: System, recipe: Recipe, config: ml_collections.
         logging.info("resuming %s from epoch %d", workdir, start_epoch)
     saver = SaveCheckpoints(checkpoints, config, kind,
                             (recipe.receiver_epochs, recipe.total_epochs), previous,
-                            config.checkpoint_every_epochs)
+                            config.checkpoint_every_epochs, data)
     try:
         state, report = fit(system, recipe, config, state, images, labels,
                             parallel=parallel, start_epoch=start_epoch, name=kind, hooks=(saver,),
@@ -154,7 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        overwrite: bool = False) -> TrainState:
     """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
 
-    The original system trains on the poisoned training set D_e ∪ D_r. Returns the final
+    The original system trains on the poisoned training set D_e ∪ D_r (`forget.kind` "backdoor"),
+    or on the whole clean training split (any other kind: one system for every request; its
+    results then read the training and test sets). Returns the final
     `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one (raising
     `CheckpointMismatchError` before any work if it belongs to another configuration, unless
     `overwrite`: then that run's checkpoints, results and summaries are deleted first). The
@@ -174,11 +180,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             remove_run_outputs(workdir_path, (CHECKPOINT_DIR, RESULTS_FILE,
                                               summaries.SUMMARIES_DIR))
         barrier("overwrite")
-    split, system, image_shape = build_for(config)
+    split, system, image_shape = build_for(config, training=True)
     logging.info("training on %s: %s", config.dataset, split.summary())
     state, report = fit_with_checkpoints(system, recipe_of(config), config, workdir_path,
                                          split.train_images, split.train_labels,
-                                         parallel=parallel, kind="train", image_shape=image_shape)
+                                         parallel=parallel, kind="train", image_shape=image_shape,
+                                         data=split.source)
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
     protocol = protocol_of(config)

@@ -18,9 +18,10 @@ from absl import logging
 from scu_jax import engine
 from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config,
                             training_fingerprint, validate_config)
-from scu_jax.data import ErasureSplit
+from scu_jax.data import ErasureSplit, ids_digest
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
-from scu_jax.evaluation import draw_batches, stopping_key, system_for_evaluation, target_rate
+from scu_jax.evaluation import (draw_batches, heldout_set, masked_mean_sse, stopping_key,
+                                system_for_evaluation, target_rate)
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
@@ -36,8 +37,10 @@ from scu_jax.runs.train import fit, fit_with_checkpoints, progress_and_summaries
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
 
 
-def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config fields a method's result depends on (so a rerun may reuse it)."""
+def _unlearning_fingerprint(config: ml_collections.ConfigDict,
+                            split: ErasureSplit | None = None) -> dict[str, Any]:
+    """The config fields a method's result depends on (so a rerun may reuse it), and for a forget
+    set without a backdoor the set itself (its kind and `data.ids_digest`)."""
     unlearning = config.unlearning.to_dict()
     method = unlearning.pop("method")
     unlearning.pop("per_method", None)  # applied by `method_config` before this is called
@@ -47,11 +50,30 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]
         unlearning = {k: unlearning[k] for k in ("learning_rate", "batch_size", "finetune_epochs")}
     else:
         unlearning.pop("finetune_epochs")
-    return {"training": training_fingerprint(config), "unlearning": unlearning}
+    fingerprint = {"training": training_fingerprint(config), "unlearning": unlearning}
+    if split is not None and not split.backdoor:
+        fingerprint["forget"] = {"kind": split.kind, "sha256": ids_digest(split.erased_indices),
+                                 "excluded": int(split.train_is_erased.sum()
+                                                 - len(split.erased_indices))}
+    return fingerprint
+
+
+def check_same_data(saved: dict[str, Any], split: ErasureSplit, where: Any) -> None:
+    """Raises `CheckpointMismatchError` if the system saved with metadata `saved` trained on
+    another training split (or order) than `split` indexes (checkpoints from before the data was
+    recorded pass)."""
+    data = saved.get("data")
+    if data and split.source and data != split.source:
+        raise CheckpointMismatchError(
+            f"the system in {where} was trained on {data.get('dataset')} with "
+            f"{data.get('num_train')} training samples (sha256 {str(data.get('sha256'))[:12]}), "
+            f"but this run indexes {split.source['dataset']} with {split.source['num_train']} "
+            f"(sha256 {split.source['sha256'][:12]}): sample indices would name other images")
 
 
 def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
-                    workdir: pathlib.Path, overwrite: bool = False) -> Checkpoints:
+                    workdir: pathlib.Path, split: ErasureSplit,
+                    overwrite: bool = False) -> Checkpoints:
     check_workdir(workdir)
     init_resolved, out_resolved = init_workdir.resolve(), workdir.resolve()
     if out_resolved == init_resolved or init_resolved in out_resolved.parents:
@@ -66,12 +88,13 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
         raise ValueError(f"--init_workdir={init_workdir} holds a {kind!r} checkpoint, not a trained "
                          "system")
     trained.check_compatible(config)
+    check_same_data(trained.saved_config(), split, f"--init_workdir={init_workdir}")
     total_epochs = config.train.receiver_epochs + config.train.epochs
     if trained.latest_step() != total_epochs:
         raise ValueError(f"training in --init_workdir={init_workdir} is unfinished (epoch "
                          f"{trained.latest_step()} of {total_epochs}); rerun scu-train to finish it")
     try:
-        _check_reusable(config, workdir)
+        _check_reusable(config, workdir, split)
     except (CheckpointMismatchError, CheckpointReadError):
         if not overwrite:
             raise
@@ -92,15 +115,20 @@ def _on_todays_schema(saved: dict[str, Any]) -> dict[str, Any] | None:
         return fingerprint
     stored = {**fingerprint.get("training", {}),
               "unlearning": {**fingerprint.get("unlearning", {}), "method": saved["method"]}}
-    return _unlearning_fingerprint(config_from_json(stored))
+    rebuilt = _unlearning_fingerprint(config_from_json(stored))
+    if "forget" in fingerprint:
+        rebuilt["forget"] = fingerprint["forget"]
+    return rebuilt
 
 
-def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    """Raises unless `workdir` is empty or holds (progress of) this very method and config."""
+def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                    split: ErasureSplit) -> None:
+    """Raises unless `workdir` is empty or holds (progress of) this very method, config and forget
+    set."""
     out = Checkpoints(workdir)
     if out.latest_step() is not None:
         saved = out.saved_config()
-        wanted = _unlearning_fingerprint(config)
+        wanted = _unlearning_fingerprint(config, split)
         if (saved.get("method"), _on_todays_schema(saved)) != (config.unlearning.method, wanted):
             raise CheckpointMismatchError(
                 f"{workdir} already holds an unlearning result of another method or configuration "
@@ -133,8 +161,8 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     parallel = data_parallel(config)  # the mesh's errors before any work
     method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
-    out = _check_workdirs(config, init_path, out_path, overwrite)
     split, system, image_shape = build_for(config)
+    out = _check_workdirs(config, init_path, out_path, split, overwrite)
 
     trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)
     # Every system is read by the trained system's receiver (`evaluation.receiver`), so it is
@@ -153,7 +181,7 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
                                      **receiver_entries(original_receiver)}, config,
                  {"kind": "unlearned", "method": method, "run": run_info,
                   "stores_original_receiver": True,
-                  "unlearning_fingerprint": _unlearning_fingerprint(config)})
+                  "unlearning_fingerprint": _unlearning_fingerprint(config, split)})
     out.close()
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((params, batch_stats))
@@ -161,14 +189,24 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     results = evaluate(system, params, batch_stats, split, config, image_shape,
                        reference_workdir=reference_workdir, original_receiver=original_receiver,
                        samples_file=samples_file)
+    if not split.backdoor:
+        results["forget_sha256"] = ids_digest(split.erased_indices)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
                     "devices": parallel.size, "processes": jax.process_count()})
     if is_primary():
         write_json_atomic(out_path / RESULTS_FILE, results)
-    logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s compile)",
-                 method, results["backdoor_accuracy"], results["accuracy_clean"],
-                 results["mse_clean"], results["unlearn_seconds"], results["compile_seconds"])
+    if split.backdoor:
+        logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s "
+                     "compile)", method, results["backdoor_accuracy"], results["accuracy_clean"],
+                     results["mse_clean"], results["unlearn_seconds"], results["compile_seconds"])
+    else:
+        logging.info("%s (%s forget set, %d samples): MSE erased %.3f (held-out %.3f), accuracy "
+                     "erased %.3f, test %.3f; stopped by %s; %.3f s (+%.2f s compile)", method,
+                     split.kind, len(split.erased_indices), results["mse_erased"],
+                     results["mse_heldout"], results["accuracy_erased"], results["accuracy_test"],
+                     results.get("stopped_by"), results["unlearn_seconds"],
+                     results["compile_seconds"])
     return results
 
 
@@ -192,9 +230,19 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
                           f"{len(split.erased_images)} images) does not split evenly over the "
                           f"{parallel.size} devices of config.parallel.devices")
     method = method_of(config, system)
-    eval_system, target = system_for_evaluation(system, protocol_of(config)), split.target_class
+    protocol = protocol_of(config)
+    eval_system, target = system_for_evaluation(system, protocol), split.target_class
+    rule = {"backdoor": "backdoor", "class": "class"}.get(split.kind, "parity")
+    if rule == "class":
+        target = int(split.erased_labels[0])  # the class being forgotten
 
     def evaluate(state, eval_data):
+        if rule == "parity":
+            (erased, erased_mask), (heldout, heldout_mask), key = eval_data
+            return (masked_mean_sse(eval_system, state.params, state.batch_stats, erased,
+                                    erased_mask, key)
+                    / masked_mean_sse(eval_system, state.params, state.batch_stats, heldout,
+                                      heldout_mask, jax.random.fold_in(key, 1)))
         batches, mask, key = eval_data
         return target_rate(eval_system, state.params, state.batch_stats, batches, mask, target, key)
 
@@ -202,13 +250,18 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
         method, seed=config.seed, num_erased=len(split.erased_images),
         num_remain=len(split.remain_images), batch_size=batch_size, max_epochs=u.max_epochs,
         drop_partial=u.partial_batch == "drop", early_stop=u.early_stop, batch_stop=u.batch_stop,
-        epoch_stop=u.epoch_stop, stop_on=u.stop_on, evaluate=evaluate)
+        epoch_stop=u.epoch_stop, stop_on=u.stop_on, evaluate=evaluate, rule=rule,
+        parity_tolerance=u.parity_tolerance, class_stop=u.class_stop)
     # The D_e re-evaluation (eval_draws passes of all of D_e) is only made where it can stop the
     # run; the reference's MNIST SCU and its CIFAR-10 loops have no such stop.
     eval_data = None
     if phase.evaluate is not None:
-        protocol = protocol_of(config)
-        eval_data = (*draw_batches(split.erased_images, protocol), stopping_key(protocol))
+        key = stopping_key(protocol)
+        if rule == "parity":
+            eval_data = (draw_batches(split.erased_images, protocol),
+                         draw_batches(heldout_set(split)[0], protocol), key)
+        else:
+            eval_data = (*draw_batches(split.erased_images, protocol), key)
     steps_per_epoch = phase.batches(0)[0].shape[0]
     hooks, writer = progress_and_summaries(config, workdir, u.max_epochs * steps_per_epoch,
                                            (u.max_epochs - 1,), name)
@@ -222,7 +275,33 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
     finally:
         if writer is not None:
             writer.close()
-    return state.params, state.batch_stats, _run_info(report, report.epochs)
+    info = _run_info(report, report.epochs)
+    info["stop_rule"] = stop_rule_description(config, rule)
+    stopped = phase.stop is not None and report.history and phase.stop(report.history[-1])
+    info["stopped_by"] = rule if stopped else "max_epochs"
+    return state.params, state.batch_stats, info
+
+
+def stop_rule_description(config: ml_collections.ConfigDict, rule: str) -> str:
+    """One line saying what may end an erased-data method's run (results and the ledger)."""
+    u = config.unlearning
+    cap = f"at most {u.max_epochs} epochs"
+    if not u.early_stop:
+        return f"no early stop; {cap}"
+    if rule == "class":
+        return (f"class: the receiver recognises the class on x̂(D_e) less often than "
+                f"{u.class_stop:g}; {cap}")
+    if rule == "parity":
+        return (f"parity: D_e's reconstruction error reaches {1 - u.parity_tolerance:g} x that of "
+                f"held-out images of its classes; {cap}")
+    stops = []
+    if u.batch_stop > 0:
+        stops.append(f"an epoch ends once a batch's backdoor accuracy is below {u.batch_stop:g}")
+    if u.epoch_stop > 0:
+        seen = "all of D_e re-evaluated" if u.stop_on == "eval" else "the epoch's erased batches"
+        stops.append(f"the run stops once the backdoor accuracy ({seen}) is below "
+                     f"{u.epoch_stop:g}")
+    return f"backdoor: {'; '.join(stops) or 'no threshold'}; {cap}"
 
 
 def _remain_set(config: ml_collections.ConfigDict, split: ErasureSplit):
@@ -245,7 +324,9 @@ def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureS
                                                                            recipe),
                         images, labels, parallel=parallel, name="finetune", workdir=workdir,
                         summaries_subdir="finetune", when_non_finite="; no state was saved")
-    return state.params, state.batch_stats, _run_info(report, recipe.total_epochs)
+    info = _run_info(report, recipe.total_epochs)
+    info.update(stop_rule=f"fixed: {recipe.total_epochs} epochs over D_r", stopped_by="epochs")
+    return state.params, state.batch_stats, info
 
 
 def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
@@ -259,7 +340,10 @@ def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSp
     state, report = fit_with_checkpoints(system, recipe, config, workdir, images, labels,
                                          parallel=parallel, kind="retrain", image_shape=image_shape,
                                          subdir=RETRAIN_PROGRESS_DIR)
-    return state.params, state.batch_stats, _run_info(report, recipe.total_epochs)
+    info = _run_info(report, recipe.total_epochs)
+    info.update(stop_rule=f"fixed: the training recipe's {recipe.total_epochs} epochs over D_r",
+                stopped_by="epochs")
+    return state.params, state.batch_stats, info
 
 
 # How each method runs in a workdir (`config.METHODS` names them all).
