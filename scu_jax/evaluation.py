@@ -106,6 +106,60 @@ def masked_mean_sse(system: System, params: Mapping[str, Any], batch_stats: Mapp
     return jnp.sum(per_image * mask) / jnp.sum(mask)
 
 
+# The smallest generalisation gap the gap rule divides by: an original system that reconstructs
+# unseen images as well as its training images leaves nothing measurable to close.
+MIN_GAP = 0.01
+# Held-out images the gap rule reads each epoch: they only measure drift, which the shared noise
+# draws of the two systems measure precisely on a few hundred images.
+GAP_HELDOUT_IMAGES = 512
+
+
+def gap_stop_data(system: System, params, batch_stats, split: ErasureSplit, protocol: Protocol,
+                  key: jax.Array):
+    """What `gap_closed` reads, measured once on the system before unlearning (the original).
+
+    Returns `((erased batches, mask), (held-out batches, mask), key, (e_o, h_o, gap))`: D_e and
+    at most `GAP_HELDOUT_IMAGES` held-out images (`heldout_set`) sent `protocol.draws` times in
+    padded batches, the key
+    of their draws, the original's mean SSE on each, and its generalisation gap: its mean SSE on
+    all test images over that on the D_r subsample (`remain_subsample`), at least 1 + MIN_GAP.
+    """
+    system = system_for_evaluation(system, protocol)
+    erased = draw_batches(split.erased_images, protocol)
+    heldout = heldout_set(split)[0]
+    # Evenly spaced, so a test split stored class by class keeps all its classes.
+    rows = np.unique(np.linspace(0, len(heldout) - 1, min(len(heldout), GAP_HELDOUT_IMAGES)
+                                 ).astype(int))
+    heldout = draw_batches(heldout[rows], protocol)
+    error = jax.jit(masked_mean_sse, static_argnums=0)
+    e_o = error(system, params, batch_stats, *erased, key)
+    h_o = error(system, params, batch_stats, *heldout, jax.random.fold_in(key, 1))
+    test = error(system, params, batch_stats, *draw_batches(split.test_images, protocol),
+                 jax.random.fold_in(key, 2))
+    seen = error(system, params, batch_stats,
+                 *draw_batches(remain_subsample(split, protocol)[0], protocol),
+                 jax.random.fold_in(key, 3))
+    gap = jnp.maximum(test / seen, 1.0 + MIN_GAP)
+    return erased, heldout, key, (e_o, h_o, gap)
+
+
+def gap_closed(system: System, params, batch_stats, stop_data) -> jax.Array:
+    """The fraction of the original's generalisation gap by which D_e's reconstruction error has
+    risen, traceable inside a jit (`stop_data` from `gap_stop_data`, `system` as evaluated).
+
+    rise = (SSE(D_e) / SSE_o(D_e)) / (SSE(held-out) / SSE_o(held-out)): D_e's error relative to
+    the original's on the same images (so each image's difficulty cancels) and to the drift of
+    unseen images' error (so a system that merely got worse everywhere does not count as having
+    forgotten); `(rise − 1) / (gap − 1)`. A system that never saw D_e reconstructs it as the
+    original reconstructs unseen images, about `gap` times worse than the original does: 1.
+    """
+    (erased, erased_mask), (heldout, heldout_mask), key, (e_o, h_o, gap) = stop_data
+    e = masked_mean_sse(system, params, batch_stats, erased, erased_mask, key)
+    h = masked_mean_sse(system, params, batch_stats, heldout, heldout_mask,
+                        jax.random.fold_in(key, 1))
+    return ((e / e_o) / (h / h_o) - 1.0) / (gap - 1.0)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _forward_metrics(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
                      images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:

@@ -9,11 +9,15 @@ in the reference, the mean over the epoch's erased batches as each step saw them
 (`stop_on="epoch_batches"`), or (`stop_on="eval"`) all of D_e re-evaluated in evaluation mode
 after the epoch, on device in the same dispatch (`evaluate`).
 
-A forget set without a backdoor has no target label to watch: its rule (`rule="parity"`) stops
-once `evaluate` (the ratio of D_e's mean per-image reconstruction error to that of held-out images
-of D_e's classes, read after each epoch) reaches `1 − parity_tolerance`: the system then
-reconstructs the erased images no better than images it never saw, which is what the retrained
-system does (README "Forget requests" has the measurement); there is no in-epoch stop. A whole
+A forget set without a backdoor has no target label to watch: its rule (`rule="gap"`) stops once
+`evaluate` (`evaluation.gap_closed`: the fraction of the original system's generalisation gap by
+which D_e's reconstruction error has risen, read after each epoch) reaches `1 − gap_tolerance`:
+the system then reconstructs the erased images as it would images it never saw, which is what
+the retrained system does. Comparing D_e's error with held-out images' directly does not work:
+on the embedded MNIST (README "Forget requests") a random 80-image D_e is 5 % harder than the test
+images for the original system and 12 % for the retrained one, so the images' difficulty swamps
+the 6 % that training on them gained; relative to the original's error on the same images it
+cancels, and retraining then closes 111 % of the gap. There is no in-epoch stop. A whole
 class has no held-out images the system never learnt from (its test images are of a class it
 knows), so its rule (`rule="class"`) stops once the receiver recognises the class on x̂(D_e)
 (`evaluate`: the fraction labelled with the class, read after each epoch) below `class_stop`,
@@ -31,7 +35,7 @@ from scu_jax.engine import Phase
 from scu_jax.methods.base import Batch, Method
 
 UNLEARNING = "unlearning"
-STOP_RULES = ("backdoor", "parity", "class")
+STOP_RULES = ("backdoor", "gap", "class")
 
 
 def gather_pair(data: Batch, indices: tuple[jax.Array, jax.Array]) -> Batch:
@@ -46,7 +50,7 @@ def unlearning_phase(method: Method, *, seed: int, num_erased: int, num_remain: 
                      early_stop: bool = True, batch_stop: float = 0.0, epoch_stop: float = 0.0,
                      stop_on: str = "epoch_batches",
                      evaluate: Callable[[Any, Any], jax.Array] | None = None,
-                     rule: str = "backdoor", parity_tolerance: float = 0.02,
+                     rule: str = "backdoor", gap_tolerance: float = 0.1,
                      class_stop: float = 0.1) -> Phase:
     """The engine phase of an erased-data method (see the module docstring).
 
@@ -60,22 +64,22 @@ def unlearning_phase(method: Method, *, seed: int, num_erased: int, num_remain: 
       early_stop, batch_stop, epoch_stop, stop_on: the stopping rules.
       evaluate: `evaluate(state, eval_data)` → the backdoor accuracy on all of D_e, read after
         each epoch as `erased_backdoor`; needed by `stop_on="eval"`, and made only then. Under
-        `rule="parity"`, the erased-to-held-out error ratio, read as `erased_to_heldout`; under
+        `rule="gap"`, the fraction of the generalisation gap closed, read as `gap_closed`; under
         `rule="class"`, the class's recognition rate on x̂(D_e), read as `erased_accuracy`.
-      rule: "backdoor" (the rules above), "parity" or "class" (the module docstring;
+      rule: "backdoor" (the rules above), "gap" or "class" (the module docstring;
         `batch_stop`, `epoch_stop` and `stop_on` unused).
-      parity_tolerance: the parity rule stops at a ratio of `1 − parity_tolerance`.
+      gap_tolerance: the gap rule stops once `1 − gap_tolerance` of the gap is closed.
       class_stop: the class rule stops below this recognition rate.
     """
     def batches(epoch: int):
         return paired_epoch_indices(seed, epoch, num_erased, num_remain, batch_size,
                                     drop_partial=drop_partial)
 
-    if rule in ("parity", "class"):
+    if rule in ("gap", "class"):
         if early_stop and evaluate is None:
             raise ValueError(f"the {rule} rule needs an evaluate function")
-        if rule == "parity":
-            name, threshold = "erased_to_heldout", 1.0 - parity_tolerance
+        if rule == "gap":
+            name, threshold = "gap_closed", 1.0 - gap_tolerance
 
             def reached(summary):
                 return summary[name] >= threshold

@@ -1,0 +1,173 @@
+"""`python -m benchmarks.forgetting`: forgetting without a backdoor, every method against
+retraining on the same D_r, on the embedded MNIST.
+
+  python -m benchmarks.forgetting --workdir=runs/forgetting --seeds=0,1,2 \
+      [--settings=class1,random0.02,random0.10] [--output=runs/forgetting.md]
+
+For each seed it trains one system on the clean training set (`forget.kind="random"`: one
+system serves every setting), then for each setting (a whole class, or a random fraction drawn
+with the seed) retrains on D_r and runs every method from the trained system, the same binaries'
+code (`train_and_evaluate`, `unlearn_and_evaluate`) and the default config, with MI estimation
+off (evaluation, not forgetting). Every system, the original included, is read under the same
+protocol with the retrained system as the membership attack's reference. Rerunning resumes:
+finished runs are reused. Prints (and writes to --output) one table per setting, seed means ±
+standard deviations.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from scu_jax.config import default_config, validate_config
+from scu_jax.runs.build import build_for
+from scu_jax.runs.evaluate import evaluate
+from scu_jax.runs.files import write_json_atomic, write_text_atomic
+from scu_jax.runs.logs import quiet_library_logs
+from scu_jax.runs.saved import load_variables
+from scu_jax.runs.train import train_and_evaluate
+from scu_jax.runs.unlearn import unlearn_and_evaluate
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
+_SETTINGS = flags.DEFINE_list("settings", ["class1", "random0.02", "random0.10"],
+                              "classN (every image of class N) or randomF (a random fraction F).")
+_METHODS = flags.DEFINE_list("methods", ["scu", "scu_no_cc", "vbu", "hbu", "finetune"],
+                             "Methods run against retraining.")
+_OUTPUT = flags.DEFINE_string("output", "runs/forgetting.md", "The markdown tables.")
+_CONFIG_ARGS = flags.DEFINE_list("set", [], "Config overrides FIELD=VALUE (JSON values), e.g. "
+                                 "train.epochs=20 for a quick look.")
+
+# (column, result key, digits); the Δ columns subtract retraining's value.
+COLUMNS = (("MSE D_e", "mse_erased", 2), ("acc D_e", "accuracy_erased", 3),
+           ("MSE D_r", "mse_remain", 2), ("acc D_r", "accuracy_remain", 3),
+           ("MSE test", "mse_test", 2), ("acc test", "accuracy_test", 3),
+           ("MIA AUC (calibrated)", "mia_auc_calibrated", 3), ("MIA AUC (loss)", "mia_auc", 3))
+DELTAS = ("mse_erased", "accuracy_erased", "accuracy_test")
+
+
+def setting_config(base, setting: str, seed: int):
+    config = base.copy_and_resolve_references()
+    config.seed = seed
+    if setting.startswith("class"):
+        config.forget.kind, config.forget.class_id = "class", int(setting[len("class"):])
+    elif setting.startswith("random"):
+        config.forget.kind, config.forget.fraction = "random", float(setting[len("random"):])
+    else:
+        raise ValueError(f"--settings: {setting!r} is neither classN nor randomF")
+    validate_config(config)
+    return config
+
+
+def base_config(overrides: list[str]):
+    config = default_config()
+    config.forget.kind = "random"
+    config.evaluation.mi_steps = 0
+    for item in overrides:
+        field, _, value = item.partition("=")
+        node = config
+        *parents, leaf = field.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = json.loads(value)
+    validate_config(config)
+    return config
+
+
+def original_row(config, train_dir: pathlib.Path, retrain_dir: pathlib.Path) -> dict[str, Any]:
+    """The trained system before any unlearning, read like every other row."""
+    split, system, image_shape = build_for(config)
+    params, batch_stats, _ = load_variables(train_dir, system, config, image_shape)
+    results = evaluate(system, params, batch_stats, split, config, image_shape,
+                       reference_workdir=str(retrain_dir))
+    results.update(method="original", unlearn_seconds=0.0, stopped_by="-", epochs=0)
+    return results
+
+
+def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dict[str, Any]]:
+    train_dir = root / f"seed{seed}" / "train"
+    train_config = base.copy_and_resolve_references()
+    train_config.seed = seed
+    train_and_evaluate(train_config, str(train_dir))
+    rows = []
+    for setting in settings:
+        config = setting_config(base, setting, seed)
+        where = root / f"seed{seed}" / setting
+        retrain_dir = where / "retrain"
+        config.unlearning.method = "retrain"
+        results = [unlearn_and_evaluate(config, str(train_dir), str(retrain_dir),
+                                        reference_workdir=str(retrain_dir))]
+        results.append(original_row(config, train_dir, retrain_dir))
+        for method in methods:
+            config.unlearning.method = method
+            results.append(unlearn_and_evaluate(config, str(train_dir), str(where / method),
+                                                reference_workdir=str(retrain_dir)))
+        for result in results:
+            rows.append({"seed": seed, "setting": setting,
+                         **{k: v for k, v in result.items() if k != "history"}})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], settings, methods) -> str:
+    out = []
+    order = ["original", *methods, "retrain"]
+    for setting in settings:
+        chosen = [r for r in rows if r["setting"] == setting]
+        if not chosen:
+            continue
+        sizes = sorted({r["num_erased"] for r in chosen})
+        seeds = sorted({r["seed"] for r in chosen})
+        out.append(f"\n**{setting}** (|D_e| = {', '.join(map(str, sizes))}; seeds "
+                   f"{', '.join(map(str, seeds))}; Δ: minus retraining, same seed)\n")
+        header = ["method"]
+        for title, key, _ in COLUMNS:
+            header.append(title)
+            if key in DELTAS:
+                header.append("Δ")
+        header += ["seconds", "stopped by"]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        retrain = {r["seed"]: r for r in chosen if r["method"] == "retrain"}
+        for method in order:
+            mine = [r for r in chosen if r["method"] == method]
+            if not mine:
+                continue
+            cells = [method]
+            for _, key, digits in COLUMNS:
+                values = np.array([r[key] for r in mine], float)
+                cells.append(f"{values.mean():.{digits}f} ± {values.std():.{digits}f}")
+                if key in DELTAS:
+                    delta = np.array([r[key] - retrain[r["seed"]][key] for r in mine], float)
+                    cells.append(f"{delta.mean():+.{digits}f}")
+            seconds = np.array([r["unlearn_seconds"] for r in mine], float)
+            cells.append(f"{seconds.mean():.2f}")
+            stops = sorted({str(r.get("stopped_by")) for r in mine})
+            epochs = [int(r.get("epochs", 0)) for r in mine]
+            cells.append(f"{'/'.join(stops)} ({min(epochs)}–{max(epochs)} ep.)"
+                         if method not in ("original",) else "–")
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv) -> None:
+    del argv
+    quiet_library_logs()
+    base = base_config(_CONFIG_ARGS.value)
+    root = pathlib.Path(_WORKDIR.value)
+    rows = []
+    for seed in map(int, _SEEDS.value):
+        rows += run_seed(base, seed, root, _SETTINGS.value, _METHODS.value)
+        write_json_atomic(root / "rows.json", rows)
+    table = markdown(rows, _SETTINGS.value, _METHODS.value)
+    command = "python -m benchmarks.forgetting " + " ".join(sys.argv[1:])
+    write_text_atomic(_OUTPUT.value, f"<!-- {command} -->\n{table}")
+    print(table)
+
+
+if __name__ == "__main__":
+    app.run(main)
