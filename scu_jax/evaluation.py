@@ -122,7 +122,8 @@ def gap_stop_data(system: System, params, batch_stats, split: ErasureSplit, prot
     at most `GAP_HELDOUT_IMAGES` held-out images (`heldout_set`) sent `protocol.draws` times in
     padded batches, the key
     of their draws, the original's mean SSE on each, and its generalisation gap: its mean SSE on
-    all test images over that on the D_r subsample (`remain_subsample`), at least 1 + MIN_GAP.
+    all the held-out images over that on the D_r subsample (`remain_subsample`) of D_e's classes,
+    at least 1 + MIN_GAP.
     """
     system = system_for_evaluation(system, protocol)
     erased = draw_batches(split.erased_images, protocol)
@@ -134,12 +135,16 @@ def gap_stop_data(system: System, params, batch_stats, split: ErasureSplit, prot
     error = jax.jit(masked_mean_sse, static_argnums=0)
     e_o = error(system, params, batch_stats, *erased, key)
     h_o = error(system, params, batch_stats, *heldout, jax.random.fold_in(key, 1))
-    test = error(system, params, batch_stats, *draw_batches(split.test_images, protocol),
-                 jax.random.fold_in(key, 2))
-    seen = error(system, params, batch_stats,
-                 *draw_batches(remain_subsample(split, protocol)[0], protocol),
+    unseen_images, _ = heldout_set(split)
+    seen_images, seen_labels = remain_subsample(split, protocol)
+    same_classes = np.isin(seen_labels, np.unique(split.erased_labels))
+    if same_classes.any():  # class-matched, as the held-out images are
+        seen_images = seen_images[same_classes]
+    unseen = error(system, params, batch_stats, *draw_batches(unseen_images, protocol),
+                   jax.random.fold_in(key, 2))
+    seen = error(system, params, batch_stats, *draw_batches(seen_images, protocol),
                  jax.random.fold_in(key, 3))
-    gap = jnp.maximum(test / seen, 1.0 + MIN_GAP)
+    gap = jnp.maximum(unseen / seen, 1.0 + MIN_GAP)
     return erased, heldout, key, (e_o, h_o, gap)
 
 

@@ -45,3 +45,12 @@ def test_validation_names_field_value_and_rule(change, message):
     with pytest.raises(ConfigError) as error:
         validate_experiment(config)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_sweeps_refuse_a_forget_set_without_a_backdoor():
+    config = experiment_config("edr_sweep")
+    dataset = next(iter(config.bases))
+    config.bases[dataset].forget.kind = "random"
+    with pytest.raises(ConfigError, match=rf"config.bases.{dataset}.forget.kind='random': the "
+                                          "sweeps run the paper's backdoor protocol"):
+        validate_experiment(config)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from scu_jax.evaluation import RECEIVER_METRICS
+from scu_jax.evaluation import FORGET_RECEIVER_METRICS, RECEIVER_METRICS
 from scu_jax.experiments.grid import ORIGINAL
 
 METHOD_ORDER = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune")
@@ -91,10 +91,11 @@ def other_receiver_row(values: dict[str, Any]) -> dict[str, Any] | None:
     """The accuracies read by the receiver a table does not use (`own_receiver_*` or
     `original_receiver_*` fields of a result or of its statistics), as a row of their own with
     `receiver` naming it; None where the system's two receivers are the same."""
+    metrics = (*RECEIVER_METRICS, *FORGET_RECEIVER_METRICS)
     for other in ("own", "original"):
         prefix = f"{other}_receiver_"
-        if any(prefix + name in values for name in RECEIVER_METRICS):
-            return {"receiver": other, **{name: values[prefix + name] for name in RECEIVER_METRICS
+        if any(prefix + name in values for name in metrics):
+            return {"receiver": other, **{name: values[prefix + name] for name in metrics
                                           if prefix + name in values}}
     return None
 

@@ -126,6 +126,10 @@ def validate_experiment(config: ml_collections.ConfigDict) -> list[Cell]:
         except ConfigError as error:
             message = str(error).replace("config.", f"config.bases.{dataset}.", 1)
             raise ConfigError(message) from None
+        # The sweeps' axes (EDR), rows and figures are the paper's backdoor protocol's.
+        check_field(base.forget.kind == "backdoor", f"bases.{dataset}.forget.kind",
+                    base.forget.kind, "the sweeps run the paper's backdoor protocol; compare "
+                    "methods on other forget sets with scu-pipeline or benchmarks/forgetting.py")
     cells = expand(config)
     for cell in cells:
         try:

@@ -50,6 +50,26 @@ COLUMNS = (  # (results key, header, scale, decimals)
     ("speedup", "× faster than retrain", 1, 0),
     ("steps", "steps", 1, 0),
 )
+# The columns of a forget set without a backdoor (`forget.kind` ids, class, random).
+FORGET_COLUMNS = (
+    ("accuracy_erased", "acc D_e %", 100, 1),
+    ("mse_erased", "MSE D_e", 1, 2),
+    ("mse_heldout", "MSE held-out", 1, 2),
+    ("accuracy_remain", "acc D_r %", 100, 1),
+    ("accuracy_test", "acc test %", 100, 1),
+    ("mse_test", "MSE test", 1, 2),
+    ("mia_auc_calibrated", "MIA AUC (calibrated)", 1, 3),
+    ("mia_auc", "MIA AUC (loss)", 1, 3),
+    ("mse_to_retrain", "x̂ SSE to retrain", 1, 2),
+    ("unlearn_seconds", "time s", 1, 2),
+    ("speedup", "× faster than retrain", 1, 0),
+    ("steps", "steps", 1, 0),
+)
+
+
+def columns_for(config: ml_collections.ConfigDict):
+    """The table's columns: the backdoor protocol's, or a forget set's."""
+    return COLUMNS if config.forget.kind == "backdoor" else FORGET_COLUMNS
 
 
 def _seed_config(config: ml_collections.ConfigDict, seed: int, method: str | None = None):
@@ -115,16 +135,17 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     root.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         _run_seed(config, root, seed, methods, overwrite, rows)
-    summary = summarise(rows)
+    columns = columns_for(config)
+    summary = summarise(rows, columns)
     protocol = describe_protocol(config)
     write_json_atomic(root / COMPARISON_JSON, {"protocol": protocol, "methods": summary})
-    table = f"Protocol: {protocol}.\n\n" + markdown_table(summary)
+    table = f"Protocol: {protocol}.\n\n" + markdown_table(summary, columns)
     write_text_atomic(root / COMPARISON_TABLE, table)
     logging.info("comparison over seeds %s:\n%s", list(seeds), table)
     return summary
 
 
-def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarise(rows: dict[str, list[dict[str, Any]]], columns=COLUMNS) -> dict[str, Any]:
     """Mean and std over seeds of every column, per method (row label); speed-up against the same
     seed's retraining (retraining's own is 1). A run that diverged (`status: non-finite`) counts
     in `diverged`, not in the means."""
@@ -133,13 +154,13 @@ def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for label in rows:
         entry = statistics([row for row in timed if row["method"] == label],
-                           [key for key, *_ in COLUMNS])
+                           [key for key, *_ in columns])
         summary[label] = {key: ({"mean": value[0], "std": value[1]} if isinstance(value, tuple)
                                 else value) for key, value in entry.items()}
     return summary
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
+def markdown_table(summary: dict[str, Any], columns=COLUMNS) -> str:
     """The comparison as a Markdown table of mean ± std (the mean alone for one seed)."""
     lines = []
     for method, entry in summary.items():
@@ -149,5 +170,5 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append([name] + [format_statistic((entry[key]["mean"], entry[key]["std"], 0)
                                                 if key in entry else None,
                                                 scale, decimals, spread=entry["seeds"] > 1)
-                               for key, _, scale, decimals in COLUMNS])
-    return "\n".join(table_lines(["method", *(title for _, title, *_ in COLUMNS)], lines)) + "\n"
+                               for key, _, scale, decimals in columns])
+    return "\n".join(table_lines(["method", *(title for _, title, *_ in columns)], lines)) + "\n"

@@ -1,0 +1,184 @@
+"""Forget sets through the real runs: every method on a clean-set system, the stopping rules,
+the forget-set metrics and the calibrated membership attack, the binaries and tfds mock data."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from scu_jax import evaluation, presets
+from scu_jax.config import default_config
+from scu_jax.errors import CheckpointMismatchError
+from scu_jax.methods import erased
+from scu_jax.runs import build, train, unlearn
+from scu_jax.runs.saved import load_variables
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+MNIST = str(REPO / "configs" / "mnist.py")
+
+
+def _smoke(kind="random", **forget):
+    config = presets.apply_variant(default_config(), "smoke")
+    config.forget.kind = kind
+    config.evaluation.mi_steps = 0
+    config.eval_draws, config.evaluation.remain_examples = 2, 256  # a quick read suffices here
+    for name, value in forget.items():
+        config.forget[name] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def clean_system(tmp_path_factory):
+    """A smoke system trained on the clean training set (one serves every forget kind)."""
+    workdir = tmp_path_factory.mktemp("forget") / "train"
+    train.train_and_evaluate(_smoke(), str(workdir))
+    return workdir
+
+
+def test_training_on_the_clean_set_records_the_data(clean_system):
+    results = json.loads((clean_system / "results.json").read_text())
+    assert results["num_erased"] == 0 and results["num_remain"] == 1024
+    assert {"mse_remain", "accuracy_test"} <= set(results) and "backdoor_accuracy" not in results
+    meta = unlearn.Checkpoints(clean_system, read_only=True).saved_config()
+    assert meta["training"]["training_set"] == "clean"
+    assert meta["data"]["dataset"] == "mnist5k" and meta["data"]["num_train"] == 1024
+
+
+@pytest.mark.parametrize("method", ["scu", "scu_no_cc", "vbu", "hbu", "finetune", "retrain"])
+def test_every_method_runs_on_a_forget_set(clean_system, tmp_path, method):
+    config = _smoke("random", fraction=0.05)
+    config.unlearning.method = method
+    config.unlearning.max_epochs = 2
+    results = unlearn.unlearn_and_evaluate(config, str(clean_system), str(tmp_path / method))
+    assert results["kind"] == "random" and results["num_erased"] == 51
+    assert results["num_remain"] == 1024 - 51
+    for name in ("erased", "remain", "test", "heldout"):
+        assert np.isfinite(results[f"mse_{name}"]) and 0 <= results[f"accuracy_{name}"] <= 1
+    assert results["erased_to_heldout"] == pytest.approx(results["mse_erased"]
+                                                         / results["mse_heldout"])
+    assert 0 <= results["mia_auc"] <= 1 and "backdoor_accuracy" not in results
+    assert len(results["forget_sha256"]) == 64
+    if method in ("finetune", "retrain"):
+        assert results["stopped_by"] == "epochs" and results["stop_rule"].startswith("fixed")
+    else:
+        assert results["stopped_by"] in ("gap", "max_epochs")
+        assert results["stop_rule"].startswith("gap:") and results["epochs"] <= 2
+        assert all("gap_closed" in epoch for epoch in results["history"])
+
+
+def test_the_class_rule_and_a_changed_forget_set_is_another_result(clean_system, tmp_path):
+    config = _smoke("class", class_id=3)
+    config.unlearning.method = "scu"
+    config.unlearning.class_stop = 1.0  # any recognition rate is below it: stops after epoch 1
+    results = unlearn.unlearn_and_evaluate(config, str(clean_system), str(tmp_path / "scu"))
+    assert results["stopped_by"] == "class" and results["epochs"] == 1
+    assert results["num_heldout"] == int((build.load_split(config).test_labels == 3).sum())
+    assert 0 <= results["history"][0]["erased_accuracy"] <= 1
+    # The same workdir for another class is another result: refused, not silently reused.
+    config.forget.class_id = 4
+    with pytest.raises(CheckpointMismatchError, match="another method or configuration"):
+        unlearn.unlearn_and_evaluate(config, str(clean_system), str(tmp_path / "scu"))
+
+
+def test_gap_rule_reads_zero_for_the_original_and_stops_at_its_threshold(clean_system):
+    config = _smoke("random", fraction=0.1)
+    split, system, image_shape = build.build_for(config)
+    params, batch_stats, _ = load_variables(clean_system, system, config, image_shape)
+    protocol = build.protocol_of(config)
+    stop_data = evaluation.gap_stop_data(system, params, batch_stats, split, protocol,
+                                         jax.random.PRNGKey(3))
+    *_, (e_o, h_o, gap) = stop_data
+    assert float(gap) >= 1 + evaluation.MIN_GAP and float(e_o) > 0 and float(h_o) > 0
+    # The original against itself has risen by nothing.
+    closed = jax.jit(evaluation.gap_closed, static_argnums=0)(system, params, batch_stats,
+                                                              stop_data)
+    assert abs(float(closed)) < 1e-5
+    phase = erased.unlearning_phase(build.method_of(config, system), seed=0, num_erased=10,
+                                    num_remain=100, batch_size=5, max_epochs=3, rule="gap",
+                                    gap_tolerance=0.1, evaluate=lambda state, data: 0.0)
+    assert phase.batch_stop is None and phase.evaluation_name == "gap_closed"
+    assert not phase.stop({"gap_closed": 0.89}) and phase.stop({"gap_closed": 0.9})
+    with pytest.raises(ValueError, match="needs an evaluate function"):
+        erased.unlearning_phase(build.method_of(config, system), seed=0, num_erased=10,
+                                num_remain=100, batch_size=5, max_epochs=3, rule="gap")
+
+
+def test_calibrated_attack_is_exactly_chance_against_itself_and_reads_the_reference(clean_system):
+    config = _smoke("random", fraction=0.1)
+    split, system, image_shape = build.build_for(config)
+    params, batch_stats, _ = load_variables(clean_system, system, config, image_shape)
+    protocol = build.protocol_of(config)
+    assert evaluation.membership_inference_auc(system, params, batch_stats, split, protocol,
+                                               (params, batch_stats)) == 0.5
+    # A reference that reconstructs everything worse by a constant leaves the ranking alone:
+    # scores shift, the AUC does not; a reference equal to the system on D_e alone does not.
+    members, outsiders = evaluation.membership_scores(system, params, batch_stats, split, protocol)
+    assert len(members) == 102 and len(outsiders) == len(split.test_labels)
+    noisy = jax.tree.map(lambda p: p * 0.9, params)
+    m, o = evaluation.membership_scores(system, params, batch_stats, split, protocol,
+                                        (noisy, batch_stats))
+    reference_sse = -evaluation.membership_scores(system, noisy, batch_stats, split, protocol)[0]
+    assert np.all(np.isfinite(m)) and np.all(np.isfinite(o))
+    # Calibrated score = SSE_reference − SSE_system on the same draws (members' draws: key 0).
+    assert m.shape == (102,) and o.shape == outsiders.shape
+    assert not np.allclose(m, members) and np.all(np.isfinite(reference_sse))
+
+
+def test_a_request_against_another_training_split_is_refused(clean_system):
+    split = build.load_split(_smoke("random", fraction=0.1))
+    meta = unlearn.Checkpoints(clean_system, read_only=True).saved_config()
+    unlearn.check_same_data(meta, split, "here")  # the same data passes
+    other = dict(meta, data=dict(meta["data"], sha256="0" * 64))
+    with pytest.raises(CheckpointMismatchError, match=r"sample indices would name other images"):
+        unlearn.check_same_data(other, split, "here")
+
+
+def _binary(name, *args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", f"scu_jax.binaries.{name}", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_binaries_run_an_ids_request_and_refuse_bad_request_files(clean_system, tmp_path):
+    request = tmp_path / "user-17.txt"
+    request.write_text("# user 17\n3\n14\n15\n92\n65\n35\n89\n79\n")
+    common = [f"--config={MNIST}:smoke", "--config.forget.kind=ids",
+              "--config.evaluation.mi_steps=0", f"--init_workdir={clean_system}"]
+    result = _binary("unlearn", *common, f"--config.forget.ids_file={request}",
+                     f"--workdir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["kind"] == "ids" and results["num_erased"] == 8
+    # Every kind of bad file is refused by the library (forget_sets_test); here, that the binary
+    # turns it into one line and exit 2 before any work.
+    for content, message in (("3\n1024\n", "index 1024 is out of range"),
+                             ("3\nx\n", "line 2: 'x' is not a sample index")):
+        request.write_text(content)
+        result = _binary("unlearn", *common, f"--config.forget.ids_file={request}",
+                         f"--workdir={tmp_path / 'bad'}")
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert last.startswith("scu-unlearn: error:") and message in last, last
+        assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("dataset, kind", [("mnist", "class"), ("cifar10", "random")])
+def test_forget_kinds_on_tfds_mock_data(mock_tfds, tmp_path, dataset, kind):
+    # The MLP codec on CIFAR-shaped data: the ResNet's path is the backdoor tests'.
+    config = _smoke(kind, class_id=1, fraction=0.25)
+    config.dataset = dataset
+    config.max_train_examples, config.max_test_examples = 64, 32
+    config.train.epochs, config.evaluation.mi_steps, config.eval_batch_size = 1, 0, 32
+    train.train_and_evaluate(config, str(tmp_path / "train"))
+    config.unlearning.method, config.unlearning.max_epochs = "scu", 1
+    results = unlearn.unlearn_and_evaluate(config, str(tmp_path / "train"), str(tmp_path / "scu"))
+    split = build.load_split(config)
+    assert results["num_erased"] == len(split.erased_indices) > 0
+    assert results["num_erased"] + results["num_remain"] == 64
+    assert np.isfinite(results["mse_erased"]) and results["steps"] >= 1
