@@ -124,7 +124,8 @@ def _trained_meta(init_workdir: pathlib.Path) -> dict[str, Any]:
     train = config_from_json(meta["config"]).train
     if step != train.receiver_epochs + train.epochs:
         raise ValueError(f"training in --init_workdir={init_workdir} is unfinished (epoch {step} "
-                         f"of {train.receiver_epochs + train.epochs}); rerun scu-train to finish it")
+                         f"of {train.receiver_epochs + train.epochs}); rerun scu-train to finish "
+                         "it")
     return meta
 
 

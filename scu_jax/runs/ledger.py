@@ -51,7 +51,7 @@ from scu_jax.evaluation import evaluate_system
 from scu_jax.models import receiver_of, with_receiver
 from scu_jax.runs import versions
 from scu_jax.runs.build import build_for, data_parallel, protocol_of
-from scu_jax.runs.deployment import (Deployment, Request, append, fault_point, now,
+from scu_jax.runs.deployment import (LEDGER_FILE, Deployment, Request, append, fault_point, now,
                                      open_deployment, pending, read_ledger)
 from scu_jax.runs.files import write_json_atomic
 from scu_jax.runs.saved import load_variables
@@ -189,7 +189,8 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
         names = [r.request_id for r in unit]
         records = [{
             "record": "request", "request_id": r.request_id, "sha256": ids_digest(r.ids),
-            "count": int(len(r.ids)), "kind": r.kind, "method": method,
+            "count": int(len(r.ids)), "remain_count": int(len(split.remain_labels)),
+            "kind": r.kind, "method": method,
             "stop_rule": info.get("stop_rule"), "stopped_by": info.get("stopped_by"),
             "steps": int(info["steps"]), "epochs": int(info["epochs"]),
             "before": before, "after": after, "unlearn_seconds": info["unlearn_seconds"],
@@ -219,8 +220,8 @@ def describe(record: dict[str, Any]) -> str:
     """One line of an applied request (what `scu-forget` prints)."""
     before, after = record["before"].get("mse_erased"), record["after"].get("mse_erased")
     return (f"request {record['request_id']}: {record['count']} samples, version "
-            f"{record['version']}, {record['method']} stopped by {record['stopped_by']}, MSE erased "
-            f"{before:.4f} -> {after:.4f}, {record['wall_seconds']:.2f} s "
+            f"{record['version']}, {record['method']} stopped by {record['stopped_by']}, "
+            f"MSE erased {before:.4f} -> {after:.4f}, {record['wall_seconds']:.2f} s "
             f"(unlearning {record['unlearn_seconds']:.2f} s)")
 
 
@@ -239,6 +240,10 @@ def apply_to(deployment: Deployment, requests: Sequence[Request], *, method: str
             raise ValueError(f"the ledger of --deployment={deployment.path} changed since it was "
                              "read; rerun the command")
         todo = pending(deployment, requests, method)
+        for stale in deployment.path.glob(f".{pathlib.Path(LEDGER_FILE).stem}.*.tmp*"):
+            logging.warning("removing %s: a ledger an interrupted run did not finish writing",
+                            stale)
+            stale.unlink()
         if deployment.init_workdir is not None:
             _initialize(deployment, config)
         units = [todo] if coalesce else [[r] for r in todo]
