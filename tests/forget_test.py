@@ -179,6 +179,27 @@ def test_bad_request_files_are_refused_in_one_line_before_any_work(two_requests,
 
 
 @pytest.mark.slow
+def test_class_and_random_requests_draw_from_the_samples_not_yet_erased(two_requests):
+    deployment, _, _ = two_requests
+    opened = deployments.open_deployment(deployment)
+    erased_class = int(opened.labels[3])  # r1 erased sample 3
+    request = deployments.class_request(opened, erased_class)
+    assert request.request_id == f"class-{erased_class}" and request.kind == "class"
+    everything = np.flatnonzero(opened.labels == erased_class)
+    assert set(request.ids) == set(everything) - ERASED and len(request.ids) < len(everything)
+    request = deployments.random_request(opened, 0.01, seed=5)
+    assert request.request_id == "random-0.01-5" and len(request.ids) == round(0.01 * NUM_TRAIN)
+    assert not set(request.ids) & ERASED
+    assert np.array_equal(request.ids, deployments.random_request(opened, 0.01, seed=5).ids)
+    with pytest.raises(ValueError, match="class 10 is not one of the 10 classes"):
+        deployments.class_request(opened, 10)
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
+        deployments.random_request(opened, 1.5)
+    with pytest.raises(ValueError, match="request 'r2' was already applied by version 2"):
+        deployments.class_request(opened, 0, request_id="r2")
+
+
+@pytest.mark.slow
 def test_coalesced_requests_make_one_version(trained, tmp_path):
     """Through the library function a benchmark calls (the binary runs the same code)."""
     deployment = tmp_path / "coalesced"
@@ -198,54 +219,60 @@ def test_coalesced_requests_make_one_version(trained, tmp_path):
     assert sorted(opened.erased) == ["c1", "c2"] and len(opened.erased_union()) == 9
 
 
-def _after_kill(deployment: pathlib.Path, ledger_bytes: bytes) -> set[str]:
-    """The state a kill must leave: the ledger as it was, whole lines, version 2 current."""
+def _after_kill(deployment: pathlib.Path, ledger_bytes: bytes, current: int) -> set[str]:
+    """The state a kill must leave: the ledger as it was, whole lines, `current` current."""
     assert (deployment / "ledger.jsonl").read_bytes() == ledger_bytes
-    assert _ledger(deployment)[-1]["version"] == 2
+    assert _ledger(deployment)[-1]["version"] == current
     return {p.name for p in (deployment / "versions").iterdir()}
 
 
 @pytest.mark.slow
 def test_sigkill_at_each_fault_point_then_rerun_completes(two_requests, tmp_path):
-    """The same command is killed at "unlearning", rerun and killed at "save", rerun and killed
-    at "ledger", then rerun without a fault point: each rerun redoes what the kill lost and the
-    last one reuses the version the "ledger" kill had saved."""
+    """One command of two requests (r3, r4) is killed at "unlearning" (r3's), rerun and killed at
+    "save" (r3's), rerun and killed at the second "ledger" append (r4's, once r3 is in the
+    ledger), then rerun without a fault point: each rerun redoes what its kill lost; the last
+    one skips r3 and reuses the version the kill had saved for r4."""
     source, _, _ = two_requests
     deployment = tmp_path / "deployment"
     shutil.copytree(source, deployment)
     ledger_bytes = (deployment / "ledger.jsonl").read_bytes()
-    command = (f"--deployment={deployment}", f"--ids={_write(tmp_path / 'r3.txt', [30, 31, 32])}")
+    files = [_write(tmp_path / "r3.txt", [30, 31, 32]), _write(tmp_path / "r4.txt", [40, 41])]
+    command = (f"--deployment={deployment}", f"--ids={files[0]},{files[1]}")
 
     killed = _run(*command, SCU_JAX_FAULT_POINT="unlearning")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert "unlearning epoch" in killed.stderr  # killed after the method's steps
-    assert _after_kill(deployment, ledger_bytes) == {"0", "1", "2"}
+    assert _after_kill(deployment, ledger_bytes, 2) == {"0", "1", "2"}
 
     killed = _run(*command, SCU_JAX_FAULT_POINT="save")
     assert killed.returncode == -9, killed.stderr[-2000:]
-    leftovers = _after_kill(deployment, ledger_bytes)
+    leftovers = _after_kill(deployment, ledger_bytes, 2)
     staging = [name for name in leftovers if name.startswith(".staging-3-")]
     assert len(leftovers) == 4 and len(staging) == 1
 
-    killed = _run(*command, SCU_JAX_FAULT_POINT="ledger")
+    killed = _run(*command, SCU_JAX_FAULT_POINT="ledger:2")
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert f"removing {deployment / 'versions' / staging[0]}" in killed.stderr
-    assert _after_kill(deployment, ledger_bytes) == {"0", "1", "2", "3"}
+    assert "request r3: 3 samples, version 3" in killed.stderr  # the log line of an applied one
+    ledger_bytes += (deployment / "ledger.jsonl").read_bytes()[len(ledger_bytes):]
+    assert _after_kill(deployment, ledger_bytes, 3) == {"0", "1", "2", "3", "4"}
     assert any(p.name.startswith(".ledger.") for p in deployment.iterdir())  # the temporary ledger
-    saved = {p: p.stat().st_mtime_ns for p in (deployment / "versions" / "3").rglob("*")}
+    saved = {p: p.stat().st_mtime_ns for p in (deployment / "versions" / "4").rglob("*")}
 
     rerun = _run(*command)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "reusing version 3, saved for this request by an interrupted run" in rerun.stderr
+    assert "requests r3 were applied by an earlier run of this command" in rerun.stderr
+    assert "reusing version 4, saved for this request by an interrupted run" in rerun.stderr
     assert "unlearning epoch" not in rerun.stderr  # nothing recomputed
     assert {p: p.stat().st_mtime_ns for p in saved} == saved
     records = _ledger(deployment)
-    assert [r.get("request_id") for r in records] == [None, "r1", "r2", "r3"]
-    assert [r["version"] for r in records] == [0, 1, 2, 3] and records[-1]["parent_version"] == 2
-    assert records[-1]["count"] == 3 and records[-1]["remain_count"] == NUM_TRAIN - 12
-    assert sorted(p.name for p in (deployment / "versions").iterdir()) == ["0", "1", "2", "3"]
+    assert [r.get("request_id") for r in records] == [None, "r1", "r2", "r3", "r4"]
+    assert [r["version"] for r in records] == [0, 1, 2, 3, 4]
+    assert [r["parent_version"] for r in records[1:]] == [0, 1, 2, 3]
+    assert records[-1]["remain_count"] == NUM_TRAIN - 9 - 3 - 2
+    assert sorted(p.name for p in (deployment / "versions").iterdir()) == ["0", "1", "2", "3", "4"]
     assert not any(p.name.startswith(".ledger.") for p in deployment.iterdir())
-    assert rerun.stdout.startswith("request r3: 3 samples, version 3")
+    assert rerun.stdout.startswith("request r4: 2 samples, version 4")
 
 
 @pytest.mark.slow

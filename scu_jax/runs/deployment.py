@@ -223,18 +223,31 @@ def ids_request(deployment: Deployment, file: str, request_id: str | None = None
     return Request(request_id or pathlib.Path(file).stem, ids, "ids")
 
 
+def _refuse_applied(deployment: Deployment, request_id: str) -> None:
+    """A request id the ledger holds is refused naming its version (before its samples are drawn
+    from the ones not yet erased, which would no longer be the same set)."""
+    for record in deployment.records:
+        if record.get("request_id") == request_id:
+            raise ValueError(f"request {request_id!r} was already applied by version "
+                             f"{record['version']}")
+
+
 def class_request(deployment: Deployment, class_id: int, request_id: str | None = None) -> Request:
     """A request of every not yet erased sample of class `class_id`."""
+    request_id = request_id or f"class-{class_id}"
+    _refuse_applied(deployment, request_id)
     ids = class_ids(deployment.labels, class_id, deployment.num_classes,
                     excluded=deployment.erased_union())
-    return Request(request_id or f"class-{class_id}", ids, "class")
+    return Request(request_id, ids, "class")
 
 
 def random_request(deployment: Deployment, fraction: float, seed: int = 0,
                    request_id: str | None = None) -> Request:
     """A request of a seeded random `fraction` of the training split, not yet erased samples."""
+    request_id = request_id or f"random-{fraction:g}-{seed}"
+    _refuse_applied(deployment, request_id)
     ids = random_ids(deployment.num_train, fraction, seed, excluded=deployment.erased_union())
-    return Request(request_id or f"random-{fraction:g}-{seed}", ids, "random")
+    return Request(request_id, ids, "random")
 
 
 def pending(deployment: Deployment, requests: Sequence[Request], method: str

@@ -55,7 +55,7 @@ from scu_jax.runs.deployment import (LEDGER_FILE, Deployment, Request, append, f
                                      open_deployment, pending, read_ledger)
 from scu_jax.runs.files import write_json_atomic
 from scu_jax.runs.saved import load_variables
-from scu_jax.runs.unlearn import RUNNERS
+from scu_jax.runs.unlearn import RETRAIN_PROGRESS_DIR, RUNNERS
 
 RUNS_DIR = "runs"
 # What a record keeps of `evaluation.evaluate_system`'s metrics, before and after.
@@ -162,17 +162,15 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
         kind = "ids"
     unit_config = config.copy_and_resolve_references()
     unit_config.forget.kind = kind
-    ids = np.sort(np.concatenate([r.ids for r in unit]))
-    excluded = deployment.erased_union()
+    ids, excluded = np.sort(np.concatenate([r.ids for r in unit])), deployment.erased_union()
+    split, system, image_shape = build_for(unit_config, ids=ids, excluded=excluded)
     meta = _reusable(deployment.path, parent, identity)
     if meta is not None:
         logging.info("reusing version %d, saved for this request by an interrupted run (not "
                      "recomputed)", version)
         records = meta["records"]
-        split, system, image_shape = build_for(unit_config, ids=ids, excluded=excluded)
         params, batch_stats, _ = versions.load(deployment.path, version, system, image_shape)
     else:
-        split, system, image_shape = build_for(unit_config, ids=ids, excluded=excluded)
         protocol = protocol_of(config)
         if state.get("params") is None:
             state["params"], state["batch_stats"], state["receiver"] = versions.load(
@@ -206,6 +204,9 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
                                     "data": deployment.data},
                       before_rename=lambda: fault_point("save"))
     append(deployment.path, records)
+    # A finished retraining's progress is a whole training state, of no use once it is a version.
+    shutil.rmtree(deployment.path / RUNS_DIR / str(version) / RETRAIN_PROGRESS_DIR,
+                  ignore_errors=True)
     deployment.records.extend(records)
     deployment.erased.update({r.request_id: r.ids for r in unit})
     if state.get("receiver") is None:
