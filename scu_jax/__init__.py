@@ -27,6 +27,7 @@ from scu_jax.errors import CheckpointMismatchError
 from scu_jax.errors import CheckpointReadError
 from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError
+from scu_jax.errors import LedgerMismatchError
 from scu_jax.errors import NonFiniteError
 from scu_jax.evaluation import target_rate
 from scu_jax.losses import adaptive_weights
@@ -76,6 +77,7 @@ __all__ = (
     "DataParallel",
     "DatasetUnavailableError",
     "ErasureSplit",
+    "LedgerMismatchError",
     "Method",
     "NonFiniteError",
     "Phase",

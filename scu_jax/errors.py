@@ -25,3 +25,8 @@ class CheckpointReadError(ValueError):
 
 class NonFiniteError(RuntimeError):
     """A loss or a parameter became NaN or infinite; the message names the run, phase and step."""
+
+
+class LedgerMismatchError(RuntimeError):
+    """A deployment's ledger and its saved versions disagree (`scu-forget`); the message is one
+    line naming the version. Not a usage error: the deployment itself is inconsistent."""

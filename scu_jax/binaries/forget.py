@@ -1,0 +1,111 @@
+"""`scu-forget`: applies forget requests to a deployed system, one version each, in a ledger.
+
+  scu-forget --deployment=DIR --init_workdir=TRAINED [--config=configs/mnist.py[:variant] ...] \
+      (--ids=FILE[,FILE...] | --class_id=N | --random_fraction=F [--random_seed=S]) \
+      [--request_id=NAME] [--method=scu] [--coalesce]
+  scu-forget --deployment=DIR --verify [--output=FILE]
+
+The first call copies the finished clean-set system in --init_workdir (scu-train
+--config.forget.kind=ids) to version 0 of DIR; later calls apply requests to the latest version.
+--config may change the unlearning and evaluation fields only. A rerun after a kill completes the
+request. --verify re-evaluates the current version on every erased sample and checks the versions
+against the ledger (a mismatch: exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+from ml_collections import config_flags
+
+from scu_jax.binaries import common
+from scu_jax.config import METHODS
+from scu_jax.errors import LedgerMismatchError
+from scu_jax.runs import deployment as deployments
+from scu_jax.runs import ledger
+
+PROGRAM = "scu-forget"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Optional config file (configs/*.py[:variant]): only its unlearning and "
+    "evaluation fields may differ from the deployment's.", lock_config=True)
+_DEPLOYMENT = flags.DEFINE_string("deployment", None, "The deployment directory: versions and "
+                                  "ledger.jsonl.")
+_INIT_WORKDIR = flags.DEFINE_string("init_workdir", None, "A finished scu-train workdir trained "
+                                    "on the clean set (first call; read only).")
+_IDS = flags.DEFINE_list("ids", None, "Request files of training-set indices (one per line, or a "
+                         ".npy); each file is one request.")
+_CLASS_ID = flags.DEFINE_integer("class_id", None, "A request to erase every sample of this class.")
+_RANDOM_FRACTION = flags.DEFINE_float("random_fraction", None, "A request to erase this random "
+                                      "fraction of the training split.")
+_RANDOM_SEED = flags.DEFINE_integer("random_seed", 0, "The seed of --random_fraction.")
+_REQUEST_ID = flags.DEFINE_string("request_id", None, "The request's name (default: the file stem, "
+                                  "class-N or random-F-S).")
+_METHOD = flags.DEFINE_enum("method", "scu", METHODS, "The unlearning method.")
+_COALESCE = flags.DEFINE_boolean("coalesce", False, "Apply several --ids files as one unlearning "
+                                 "run on their union (one version).")
+_VERIFY = flags.DEFINE_boolean("verify", False, "Re-evaluate the current version on every erased "
+                               "sample and check the versions against the ledger.")
+_OUTPUT = flags.DEFINE_string("output", None, "With --verify: also write the JSON to this file.")
+flags.mark_flags_as_required(["deployment"])
+
+
+def _check_flags() -> None:
+    """Flag combinations, before anything is read."""
+    named = [name for name, holder in (("--ids", _IDS), ("--class_id", _CLASS_ID),
+                                       ("--random_fraction", _RANDOM_FRACTION))
+             if holder.value is not None]
+    if _VERIFY.value:
+        if named or _INIT_WORKDIR.value:
+            raise ValueError(f"--verify takes no request: drop {(named or ['--init_workdir'])[0]}")
+        return
+    if _OUTPUT.value:
+        raise ValueError("--output goes with --verify")
+    if len(named) != 1:
+        raise ValueError("name the request with one of --ids, --class_id, --random_fraction"
+                         + (f" (got {', '.join(named)})" if named else ""))
+    if _IDS.value is not None and len(_IDS.value) > 1 and _REQUEST_ID.value:
+        raise ValueError("--request_id names one request; several --ids files are named by their "
+                         "stems")
+    if _COALESCE.value and (_IDS.value is None or len(_IDS.value) < 2):
+        raise ValueError("--coalesce joins several --ids files into one run")
+
+
+def _main() -> None:
+    config = common.config_or_fail(PROGRAM, _CONFIG) if _CONFIG.value is not None else None
+
+    def body() -> None:
+        _check_flags()
+        try:
+            if _VERIFY.value:
+                summary = ledger.verify(_DEPLOYMENT.value, output=_OUTPUT.value,
+                                        config_overrides=config)
+                print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
+                return
+            opened = deployments.open_deployment(_DEPLOYMENT.value,
+                                                 init_workdir=_INIT_WORKDIR.value,
+                                                 config_overrides=config)
+            if _IDS.value is not None:
+                requests = [deployments.ids_request(opened, path, _REQUEST_ID.value)
+                            for path in _IDS.value]
+            elif _CLASS_ID.value is not None:
+                requests = [deployments.class_request(opened, _CLASS_ID.value, _REQUEST_ID.value)]
+            else:
+                requests = [deployments.random_request(opened, _RANDOM_FRACTION.value,
+                                                       _RANDOM_SEED.value, _REQUEST_ID.value)]
+            records = ledger.apply_to(opened, requests, method=_METHOD.value,
+                                      coalesce=_COALESCE.value)
+        except LedgerMismatchError as error:
+            common.fail(PROGRAM, error, code=1)
+        for record in records:
+            print(ledger.describe(record), flush=True)
+        print(f"ledger: {opened.path / deployments.LEDGER_FILE}", flush=True)
+
+    common.run_guarded(PROGRAM, body)
+
+
+run = common.entry(PROGRAM, _main)
+
+
+if __name__ == "__main__":
+    run()
