@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from scu_jax.config import default_config, validate_config
+from scu_jax.errors import NonFiniteError
 from scu_jax.runs.build import build_for
 from scu_jax.runs.evaluate import evaluate
 from scu_jax.runs.files import write_json_atomic, write_text_atomic
@@ -105,8 +106,13 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
         results.append(original_row(config, train_dir, retrain_dir))
         for method in methods:
             config.unlearning.method = method
-            results.append(unlearn_and_evaluate(config, str(train_dir), str(where / method),
-                                                reference_workdir=str(retrain_dir)))
+            try:
+                results.append(unlearn_and_evaluate(config, str(train_dir), str(where / method),
+                                                    reference_workdir=str(retrain_dir)))
+            except NonFiniteError as error:
+                # A diverging baseline is a result of the comparison (a row), not its end.
+                results.append({"method": method, "status": "non-finite", "error": str(error),
+                                "num_erased": results[0]["num_erased"]})
         for result in results:
             rows.append({"seed": seed, "setting": setting,
                          **{k: v for k, v in result.items() if k != "history"}})
@@ -134,7 +140,15 @@ def markdown(rows: list[dict[str, Any]], settings, methods) -> str:
         out.append("|" + "---|" * len(header))
         retrain = {r["seed"]: r for r in chosen if r["method"] == "retrain"}
         for method in order:
-            mine = [r for r in chosen if r["method"] == method]
+            everything = [r for r in chosen if r["method"] == method]
+            mine = [r for r in everything if r.get("status") != "non-finite"]
+            diverged = len(everything) - len(mine)
+            if diverged:
+                out_of = f"{diverged} of {len(everything)} diverged"
+                if not mine:
+                    out.append(f"| {method} ({out_of}) |" + " – |" * (len(header) - 1))
+                    continue
+                method = f"{method} ({out_of})"
             if not mine:
                 continue
             cells = [method]

@@ -29,7 +29,7 @@ from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError
 from scu_jax.errors import LedgerMismatchError
 from scu_jax.errors import NonFiniteError
-from scu_jax.evaluation import target_rate
+from scu_jax.stopping import target_rate
 from scu_jax.losses import adaptive_weights
 from scu_jax.losses import codec_loss
 from scu_jax.losses import contrastive_compensation

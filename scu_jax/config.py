@@ -7,11 +7,12 @@ shares one schema and one validator.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import ml_collections
 
+# `check_field` and `first_difference` are imported from here by the layers above.
+from scu_jax.checks import _choice, _finite, _jsonable, _number, check_field, first_difference
 from scu_jax.errors import ConfigError
 from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
 from scu_jax.data import DATASETS, FORGET_KINDS
@@ -270,61 +271,6 @@ def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
         del fingerprint["erasure"]
         fingerprint["training_set"] = "clean"
     return fingerprint
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def first_difference(saved: Any, wanted: Any, where: str = "there", path: str = "config") -> str:
-    """The first field (in sorted order) where two JSON-able configs differ, as one phrase:
-    `config.train.epochs is 300 {where} but 20 now`; "" if they are equal.
-
-    `saved` is what a directory holds, `wanted` what the run asks for; a field missing from one
-    side reads as None.
-    """
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        for key in sorted(set(saved) | set(wanted)):
-            found = first_difference(saved.get(key), wanted.get(key), where, f"{path}.{key}")
-            if found:
-                return found
-        return ""
-    return "" if saved == wanted else f"{path} is {saved!r} {where} but {wanted!r} now"
-
-
-def check_field(condition: bool, field: str, value: Any, allowed: str) -> None:
-    """Raises `ConfigError("config.FIELD=VALUE: ALLOWED")` unless `condition` holds."""
-    if not condition:
-        raise ConfigError(f"config.{field}={value!r}: {allowed}")
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _choice(config: ml_collections.ConfigDict, field: str, choices) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    check_field(value in choices, field, value, f"must be one of: {', '.join(sorted(choices))}")
-
-
-def _number(config, field: str, low: float, high: float = math.inf, *, integer: bool = False,
-            low_open: bool = False) -> None:
-    value = config
-    for part in field.split("."):
-        value = value[part]
-    kind = "an integer" if integer else "a finite number"
-    ok = _finite(value) and (not integer or float(value).is_integer())
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    bracket = "(" if low_open else "["
-    upper = "inf)" if math.isinf(high) else f"{high}]"
-    check_field(ok, field, value, f"must be {kind} in {bracket}{low}, {upper}")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

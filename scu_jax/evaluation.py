@@ -20,226 +20,17 @@ a system that never saw it; `erased_to_heldout` is the ratio of their reconstruc
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import dm_pix as pix
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from scu_jax import mi
 from scu_jax.data import ErasureSplit, add_trigger
-from scu_jax.data.batching import padded_batches
-from scu_jax.losses import per_image_sse
-from scu_jax.models import (System, apply_receiver, receiver_of, to_unit_interval, with_receiver,
-                            without_channel)
-
-
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    """How systems are read (see the module docstring); `runs/build.protocol_of` makes one from
-    the `eval_*` and `evaluation.*` fields of a run's settings."""
-
-    seed: int = 1234
-    draws: int = 8
-    batch_size: int = 500
-    channel: str = "train"  # "train": through the training channel; "none": channel off
-    receiver: str = "original"  # "original" or "own"
-    mi_steps: int = 1500  # MINE / InfoNCE critic steps (0 skips them)
-    mi_batch_size: int = 128
-    mi_max_examples: int = 1000
-    mi_sets: Sequence[str] = ("erased", "remain")
-    remain_examples: int = 2000  # D_r images read for the utility metrics of a forget set (0: all)
-    description: str = ""  # one line for results files: how the numbers were read
-
-
-def system_for_evaluation(system: System, protocol: Protocol) -> System:
-    """The system as `protocol.channel` reads it: as trained, or with the channel off."""
-    return without_channel(system) if protocol.channel == "none" else system
-
-
-def evaluation_pass(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                    x: jax.Array, key: jax.Array):
-    """One evaluation-mode pass of a batch: the codec outputs and the receiver's logits on x̂.
-
-    `key` is split into the latent and channel draws, the same way everywhere that evaluates.
-    """
-    latent_key, channel_key = jax.random.split(key)
-    out = system.codec.apply(
-        {"params": params["codec"], "batch_stats": batch_stats}, x, train=False,
-        rngs={"latent": latent_key, "channel": channel_key},
-    )
-    return out, apply_receiver(system, params, batch_stats, out.x_hat)[0]
-
-
-def target_rate(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                batches: jax.Array, mask: jax.Array, target: int, key: jax.Array) -> jax.Array:
-    """Fraction of the masked images that the receiver labels `target`, traceable inside a jit.
-
-    `batches` (num_batches, B, ...) and `mask` come from `padded_batches`; batch `i` uses
-    `fold_in(key, i)`, so this equals the backdoor accuracy that `evaluate_system`-style loops
-    compute with the same key and batch size.
-    """
-    def hits(index_and_batch):
-        index, images = index_and_batch
-        _, logits = evaluation_pass(system, params, batch_stats, to_unit_interval(images),
-                                    jax.random.fold_in(key, index))
-        return jnp.argmax(logits, axis=-1) == target
-
-    per_image = jax.lax.map(hits, (jnp.arange(batches.shape[0]), batches))
-    return jnp.sum(per_image * mask) / jnp.sum(mask)
-
-
-def masked_mean_sse(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                    batches: jax.Array, mask: jax.Array, key: jax.Array) -> jax.Array:
-    """Mean per-image reconstruction SSE of the masked images, traceable inside a jit (batches,
-    mask and keys as in `target_rate`)."""
-    def errors(index_and_batch):
-        index, images = index_and_batch
-        x = to_unit_interval(images)
-        out, _ = evaluation_pass(system, params, batch_stats, x, jax.random.fold_in(key, index))
-        return per_image_sse(out.x_hat, x)
-
-    per_image = jax.lax.map(errors, (jnp.arange(batches.shape[0]), batches))
-    return jnp.sum(per_image * mask) / jnp.sum(mask)
-
-
-# The smallest generalisation gap the gap rule divides by: an original system that reconstructs
-# unseen images as well as its training images leaves nothing measurable to close.
-MIN_GAP = 0.01
-# Held-out images the gap rule reads each epoch: they only measure drift, which the shared noise
-# draws of the two systems measure precisely on a few hundred images.
-GAP_HELDOUT_IMAGES = 512
-
-
-def gap_stop_data(system: System, params, batch_stats, split: ErasureSplit, protocol: Protocol,
-                  key: jax.Array):
-    """What `gap_closed` reads, measured once on the system before unlearning (the original).
-
-    Returns `((erased batches, mask), (held-out batches, mask), key, (e_o, h_o, gap))`: D_e and
-    at most `GAP_HELDOUT_IMAGES` held-out images (`heldout_set`) sent `protocol.draws` times in
-    padded batches, the key
-    of their draws, the original's mean SSE on each, and its generalisation gap: its mean SSE on
-    all the held-out images over that on the D_r subsample (`remain_subsample`) of D_e's classes,
-    at least 1 + MIN_GAP.
-    """
-    system = system_for_evaluation(system, protocol)
-    erased = draw_batches(split.erased_images, protocol)
-    heldout = heldout_set(split)[0]
-    # Evenly spaced, so a test split stored class by class keeps all its classes.
-    rows = np.unique(np.linspace(0, len(heldout) - 1, min(len(heldout), GAP_HELDOUT_IMAGES)
-                                 ).astype(int))
-    heldout = draw_batches(heldout[rows], protocol)
-    error = jax.jit(masked_mean_sse, static_argnums=0)
-    e_o = error(system, params, batch_stats, *erased, key)
-    h_o = error(system, params, batch_stats, *heldout, jax.random.fold_in(key, 1))
-    unseen_images, _ = heldout_set(split)
-    seen_images, seen_labels = remain_subsample(split, protocol)
-    same_classes = np.isin(seen_labels, np.unique(split.erased_labels))
-    if same_classes.any():  # class-matched, as the held-out images are
-        seen_images = seen_images[same_classes]
-    unseen = error(system, params, batch_stats, *draw_batches(unseen_images, protocol),
-                   jax.random.fold_in(key, 2))
-    seen = error(system, params, batch_stats, *draw_batches(seen_images, protocol),
-                 jax.random.fold_in(key, 3))
-    gap = jnp.maximum(unseen / seen, 1.0 + MIN_GAP)
-    return erased, heldout, key, (e_o, h_o, gap)
-
-
-def gap_closed(system: System, params, batch_stats, stop_data) -> jax.Array:
-    """The fraction of the original's generalisation gap by which D_e's reconstruction error has
-    risen, traceable inside a jit (`stop_data` from `gap_stop_data`, `system` as evaluated).
-
-    rise = (SSE(D_e) / SSE_o(D_e)) / (SSE(held-out) / SSE_o(held-out)): D_e's error relative to
-    the original's on the same images (so each image's difficulty cancels) and to the drift of
-    unseen images' error (so a system that merely got worse everywhere does not count as having
-    forgotten); `(rise − 1) / (gap − 1)`. A system that never saw D_e reconstructs it as the
-    original reconstructs unseen images, about `gap` times worse than the original does: 1.
-    """
-    (erased, erased_mask), (heldout, heldout_mask), key, (e_o, h_o, gap) = stop_data
-    e = masked_mean_sse(system, params, batch_stats, erased, erased_mask, key)
-    h = masked_mean_sse(system, params, batch_stats, heldout, heldout_mask,
-                        jax.random.fold_in(key, 1))
-    return ((e / e_o) / (h / h_o) - 1.0) / (gap - 1.0)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_metrics(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                     images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-    x = to_unit_interval(images)
-    out, logits = evaluation_pass(system, params, batch_stats, x, key)
-    input_logits = apply_receiver(system, params, batch_stats, x)[0]
-    x_hat = jnp.clip(out.x_hat, 0.0, 1.0)
-    return {
-        "sse": per_image_sse(out.x_hat, x),
-        "psnr": pix.psnr(x_hat, x),
-        "ssim": pix.ssim(x_hat, x),
-        "prediction": jnp.argmax(logits, axis=-1),
-        "input_prediction": jnp.argmax(input_logits, axis=-1),
-    }
-
-
-def per_sample_metrics(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                       images: np.ndarray, *, batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
-    """Runs `images` through the system in fixed-size padded batches; one row per image.
-
-    Batch `i` uses `fold_in(key, i)`, so results depend only on the key, the images and the batch
-    size, not on the system being evaluated.
-    """
-    return _in_batches(_forward_metrics, system, params, batch_stats, images,
-                       batch_size=batch_size, key=key)
-
-
-def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray, *,
-                batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
-    """Runs a jitted `forward` over fixed-size padded batches (batch `i` keyed `fold_in(key, i)`)
-    and concatenates its per-image outputs, padding dropped."""
-    if len(images) == 0:
-        raise ValueError("cannot evaluate an empty image set")
-    indices, mask = padded_batches(len(images), min(batch_size, len(images)))
-    rows: dict[str, list[np.ndarray]] = {}
-    for batch_index, (batch, valid) in enumerate(zip(indices, mask)):
-        out = forward(system, params, batch_stats, images[batch], jax.random.fold_in(key, batch_index))
-        for name, value in out.items():
-            rows.setdefault(name, []).append(np.asarray(value)[valid > 0])
-    return {name: np.concatenate(parts) for name, parts in rows.items()}
-
-
-def draw_batches(images: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """`images` sent `protocol.draws` times, in padded batches for `target_rate`: (num_batches,
-    B, ...) images and their (num_batches, B) mask (B = `protocol.batch_size`, at most the set)."""
-    images = np.tile(images, (protocol.draws,) + (1,) * (images.ndim - 1))
-    indices, mask = padded_batches(len(images), min(protocol.batch_size, len(images)))
-    return images[indices], mask
-
-
-def stopping_key(protocol: Protocol) -> jax.Array:
-    """The key of the D_e evaluations that may stop an unlearning run. Not the final evaluation's
-    (`protocol.seed`): stopping on the very noise draws that are then reported would bias the
-    reported backdoor accuracy low."""
-    return jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 99)
-
-
-def heldout_set(split: ErasureSplit) -> tuple[np.ndarray, np.ndarray]:
-    """Test images of the classes D_e holds (all test images where D_e is empty): never seen by
-    any system, and from D_e's distribution for a class or a random forget set."""
-    if len(split.erased_labels) == 0:
-        return split.test_images, split.test_labels
-    keep = np.isin(split.test_labels, np.unique(split.erased_labels))
-    return split.test_images[keep], split.test_labels[keep]
-
-
-def remain_subsample(split: ErasureSplit, protocol: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    """The D_r images the utility metrics read: `protocol.remain_examples` of them, a fixed seeded
-    choice (all of D_r where it is 0 or larger)."""
-    count = len(split.remain_labels)
-    if protocol.remain_examples and protocol.remain_examples < count:
-        rows = np.sort(np.random.default_rng([protocol.seed, 31]).choice(
-            count, protocol.remain_examples, replace=False))
-        return split.remain_images[rows], split.remain_labels[rows]
-    return split.remain_images, split.remain_labels
+from scu_jax.models import System, receiver_of, to_unit_interval, with_receiver
+# The protocol and the passes live in `passes`; imported here, where users have always found them.
+from scu_jax.passes import (Protocol, heldout_set, mean_sse, per_sample_metrics, remain_subsample,
+                            system_for_evaluation, system_outputs)
 
 
 def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, Any],
@@ -318,25 +109,6 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
 # --- Beyond the paper: membership inference, MI, distance to the retrained system ---------------
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_outputs(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                     images: jax.Array, key: jax.Array) -> dict[str, jax.Array]:
-    x = to_unit_interval(images)
-    out, _ = evaluation_pass(system, params, batch_stats, x, key)
-    return {"mu": out.mu, "logvar": out.logvar, "z": out.z, "x_hat": out.x_hat,
-            "sse": per_image_sse(out.x_hat, x)}
-
-
-def system_outputs(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                   images: np.ndarray, *, batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
-    """Posterior (μ, logvar), latent sample z, reconstruction x̂ and per-image SSE of every image.
-
-    Batches and keys as in `per_sample_metrics`, so two systems see the same noise draws.
-    """
-    return _in_batches(_forward_outputs, system, params, batch_stats, images,
-                       batch_size=batch_size, key=key)
-
-
 def roc_auc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties counting ½ (the Mann–Whitney AUC)."""
     scores = np.concatenate([positive_scores, negative_scores])
@@ -364,16 +136,6 @@ def membership_sets(split: ErasureSplit) -> tuple[np.ndarray, np.ndarray]:
     if split.backdoor:
         return split.erased_images, never_trained_triggered(split)
     return split.erased_images, heldout_set(split)[0]
-
-
-def mean_sse(system: System, params, batch_stats, images: np.ndarray, protocol: Protocol,
-             key: jax.Array, draws: int) -> np.ndarray:
-    """Each image's reconstruction SSE averaged over `draws` channel draws (one row per image);
-    the draws depend only on `key`, so two systems read with one key see the same noise."""
-    tiled = np.tile(images, (draws,) + (1,) * (images.ndim - 1))
-    sse = per_sample_metrics(system, params, batch_stats, tiled, batch_size=protocol.batch_size,
-                             key=key)["sse"]
-    return sse.reshape(draws, len(images)).mean(axis=0)
 
 
 def membership_scores(system: System, params, batch_stats, split: ErasureSplit,

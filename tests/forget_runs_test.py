@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from scu_jax import evaluation, presets
+from scu_jax import evaluation, presets, stopping
 from scu_jax.config import default_config
 from scu_jax.errors import CheckpointMismatchError
 from scu_jax.methods import erased
@@ -90,12 +90,12 @@ def test_gap_rule_reads_zero_for_the_original_and_stops_at_its_threshold(clean_s
     split, system, image_shape = build.build_for(config)
     params, batch_stats, _ = load_variables(clean_system, system, config, image_shape)
     protocol = build.protocol_of(config)
-    stop_data = evaluation.gap_stop_data(system, params, batch_stats, split, protocol,
+    stop_data = stopping.gap_stop_data(system, params, batch_stats, split, protocol,
                                          jax.random.PRNGKey(3))
     *_, (e_o, h_o, gap) = stop_data
-    assert float(gap) >= 1 + evaluation.MIN_GAP and float(e_o) > 0 and float(h_o) > 0
+    assert float(gap) >= 1 + stopping.MIN_GAP and float(e_o) > 0 and float(h_o) > 0
     # The original against itself has risen by nothing.
-    closed = jax.jit(evaluation.gap_closed, static_argnums=0)(system, params, batch_stats,
+    closed = jax.jit(stopping.gap_closed, static_argnums=0)(system, params, batch_stats,
                                                               stop_data)
     assert abs(float(closed)) < 1e-5
     phase = erased.unlearning_phase(build.method_of(config, system), seed=0, num_erased=10,

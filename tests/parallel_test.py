@@ -35,7 +35,8 @@ MESH_CHECK = textwrap.dedent("""
     from scu_jax import config as config_lib, engine, presets
     from scu_jax.data import Dataset, make_erasure_split
     from scu_jax.errors import ConfigError
-    from scu_jax.evaluation import draw_batches, stopping_key, system_for_evaluation, target_rate
+    from scu_jax.evaluation import system_for_evaluation
+    from scu_jax.stopping import draw_batches, stopping_key, target_rate
     from scu_jax.methods import training
     from scu_jax.runs import build, train, unlearn
     from scu_jax.runs.build import build_system

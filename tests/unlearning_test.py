@@ -16,7 +16,8 @@ from scu_jax.runs import train, unlearn
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.models import init_system
 from scu_jax.data.batching import paired_epoch_indices
-from scu_jax.evaluation import draw_batches, stopping_key, system_for_evaluation, target_rate
+from scu_jax.evaluation import system_for_evaluation
+from scu_jax.stopping import draw_batches, stopping_key, target_rate
 from scu_jax.methods import Batch, forget_term, hessian_vector_product, hutchinson_diagonal
 from scu_jax.methods import base as base_lib
 from scu_jax.runs import build

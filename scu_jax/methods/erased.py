@@ -10,7 +10,7 @@ in the reference, the mean over the epoch's erased batches as each step saw them
 after the epoch, on device in the same dispatch (`evaluate`).
 
 A forget set without a backdoor has no target label to watch: its rule (`rule="gap"`) stops once
-`evaluate` (`evaluation.gap_closed`: the fraction of the original system's generalisation gap by
+`evaluate` (`stopping.gap_closed`: the fraction of the original system's generalisation gap by
 which D_e's reconstruction error has risen, read after each epoch) reaches `1 − gap_tolerance`:
 the system then reconstructs the erased images as it would images it never saw, which is what
 the retrained system does. Comparing D_e's error with held-out images' directly does not work:

@@ -20,8 +20,8 @@ from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config
                             training_fingerprint, validate_config)
 from scu_jax.data import ErasureSplit, ids_digest
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
-from scu_jax.evaluation import (draw_batches, gap_closed, gap_stop_data, stopping_key,
-                                system_for_evaluation, target_rate)
+from scu_jax.evaluation import system_for_evaluation
+from scu_jax.stopping import draw_batches, gap_closed, gap_stop_data, stopping_key, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
