@@ -16,7 +16,6 @@ standard deviations.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from scu_jax.config import default_config, validate_config
 from scu_jax.errors import NonFiniteError
 from scu_jax.runs.build import build_for
 from scu_jax.runs.evaluate import evaluate
@@ -33,6 +31,8 @@ from scu_jax.runs.logs import quiet_library_logs
 from scu_jax.runs.saved import load_variables
 from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.unlearn import unlearn_and_evaluate
+
+from benchmarks.forget_common import base_config, setting_config
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
@@ -50,34 +50,6 @@ COLUMNS = (("MSE D_e", "mse_erased", 2), ("acc D_e", "accuracy_erased", 3),
            ("MSE test", "mse_test", 2), ("acc test", "accuracy_test", 3),
            ("MIA AUC (calibrated)", "mia_auc_calibrated", 3), ("MIA AUC (loss)", "mia_auc", 3))
 DELTAS = ("mse_erased", "accuracy_erased", "accuracy_test")
-
-
-def setting_config(base, setting: str, seed: int):
-    config = base.copy_and_resolve_references()
-    config.seed = seed
-    if setting.startswith("class"):
-        config.forget.kind, config.forget.class_id = "class", int(setting[len("class"):])
-    elif setting.startswith("random"):
-        config.forget.kind, config.forget.fraction = "random", float(setting[len("random"):])
-    else:
-        raise ValueError(f"--settings: {setting!r} is neither classN nor randomF")
-    validate_config(config)
-    return config
-
-
-def base_config(overrides: list[str]):
-    config = default_config()
-    config.forget.kind = "random"
-    config.evaluation.mi_steps = 0
-    for item in overrides:
-        field, _, value = item.partition("=")
-        node = config
-        *parents, leaf = field.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = json.loads(value)
-    validate_config(config)
-    return config
 
 
 def original_row(config, train_dir: pathlib.Path, retrain_dir: pathlib.Path) -> dict[str, Any]:
