@@ -137,9 +137,10 @@ def default_config() -> ml_collections.ConfigDict:
     # reconstruction error, relative to the original system's on the same images and to the
     # drift of held-out images, has risen by (1 − tolerance) of the original's generalisation
     # gap (its error on unseen over seen images): D_e is then reconstructed as images the
-    # system never saw, which is what retraining gives (README "Forget requests" has the
-    # measurement). `max_epochs` stays the ceiling.
-    config.unlearning.gap_tolerance = 0.1
+    # system never saw are. Retrained systems close somewhat less than the whole gap on some
+    # sets, so the default asks for three quarters (README "Forget requests against retraining"
+    # has the measurement). `max_epochs` stays the ceiling.
+    config.unlearning.gap_tolerance = 0.25
     # The stop of `forget.kind="class"` (whose test images are of a class the system still knows,
     # so no held-out reference exists): stop once the receiver recognises the class on x̂(D_e)
     # less often than this (chance for 10 classes; retraining leaves it near 0).

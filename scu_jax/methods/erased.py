@@ -17,7 +17,9 @@ the retrained system does. Comparing D_e's error with held-out images' directly 
 on the embedded MNIST (README "Forget requests") a random 80-image D_e is 5 % harder than the test
 images for the original system and 12 % for the retrained one, so the images' difficulty swamps
 the 6 % that training on them gained; relative to the original's error on the same images it
-cancels, and retraining then closes 111 % of the gap. There is no in-epoch stop. A whole
+cancels, and retrained systems then close most or all of the gap (README "Forget requests against
+retraining" has the measured range, and why the default asks for three quarters of it). There is
+no in-epoch stop. A whole
 class has no held-out images the system never learnt from (its test images are of a class it
 knows), so its rule (`rule="class"`) stops once the receiver recognises the class on x̂(D_e)
 (`evaluate`: the fraction labelled with the class, read after each epoch) below `class_stop`,
@@ -50,7 +52,7 @@ def unlearning_phase(method: Method, *, seed: int, num_erased: int, num_remain: 
                      early_stop: bool = True, batch_stop: float = 0.0, epoch_stop: float = 0.0,
                      stop_on: str = "epoch_batches",
                      evaluate: Callable[[Any, Any], jax.Array] | None = None,
-                     rule: str = "backdoor", gap_tolerance: float = 0.1,
+                     rule: str = "backdoor", gap_tolerance: float = 0.25,
                      class_stop: float = 0.1) -> Phase:
     """The engine phase of an erased-data method (see the module docstring).
 
