@@ -291,6 +291,8 @@ def full_evaluation(system: System, params, batch_stats, split: ErasureSplit,
         metrics.update({f"{other_name}_receiver_{name}": extra[name]
                         for name in receiver_metrics(split) if name in extra})
     metrics["protocol"] = protocol.description
+    if len(split.erased_labels) == 0:
+        return metrics  # a clean-set system before any request: nothing erased to attack
     metrics["mia_auc"] = membership_inference_auc(system, params, batch_stats, split, protocol)
     metrics.update(mutual_information(system, params, batch_stats, split, protocol))
     if reference is not None:

@@ -115,18 +115,48 @@ def test_calibrated_attack_is_exactly_chance_against_itself_and_reads_the_refere
     protocol = build.protocol_of(config)
     assert evaluation.membership_inference_auc(system, params, batch_stats, split, protocol,
                                                (params, batch_stats)) == 0.5
-    # A reference that reconstructs everything worse by a constant leaves the ranking alone:
-    # scores shift, the AUC does not; a reference equal to the system on D_e alone does not.
     members, outsiders = evaluation.membership_scores(system, params, batch_stats, split, protocol)
     assert len(members) == 102 and len(outsiders) == len(split.test_labels)
-    noisy = jax.tree.map(lambda p: p * 0.9, params)
+    # The calibrated score is SSE_reference − SSE_system, each averaged over the same draws.
+    other = jax.tree.map(lambda p: p * 0.9, params)
     m, o = evaluation.membership_scores(system, params, batch_stats, split, protocol,
-                                        (noisy, batch_stats))
-    reference_sse = -evaluation.membership_scores(system, noisy, batch_stats, split, protocol)[0]
-    assert np.all(np.isfinite(m)) and np.all(np.isfinite(o))
-    # Calibrated score = SSE_reference − SSE_system on the same draws (members' draws: key 0).
-    assert m.shape == (102,) and o.shape == outsiders.shape
-    assert not np.allclose(m, members) and np.all(np.isfinite(reference_sse))
+                                        (other, batch_stats))
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 70)
+    for index, (scores, images) in enumerate(((m, split.erased_images),
+                                              (o, evaluation.heldout_set(split)[0]))):
+        set_key = jax.random.fold_in(key, index)
+        expected = (evaluation.mean_sse(system, other, batch_stats, images, protocol, set_key, 2)
+                    - evaluation.mean_sse(system, params, batch_stats, images, protocol, set_key,
+                                          2))
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+    # Members whose reference error exceeds theirs by more than any non-member's: AUC 1.
+    assert evaluation.roc_auc(o.max() + 1 + np.arange(3.0), o) == 1.0
+    assert evaluation.roc_auc(o, o) == 0.5
+
+
+def test_retraining_progress_and_references_belong_to_one_forget_set(clean_system, tmp_path):
+    config = _smoke("random", fraction=0.05)
+    config.unlearning.method = "retrain"
+    first = tmp_path / "retrain"
+    unlearn.unlearn_and_evaluate(config, str(clean_system), str(first))
+    # What an interrupted retraining leaves: its progress, no result.
+    import shutil
+    shutil.rmtree(first / "checkpoints")
+    other = config.copy_and_resolve_references()
+    other.forget.fraction = 0.1
+    with pytest.raises(CheckpointMismatchError, match="interrupted retraining of another forget"):
+        unlearn.unlearn_and_evaluate(other, str(clean_system), str(first))
+    # A reference retrained on another forget set is refused, not silently read.
+    again = tmp_path / "again"
+    unlearn.unlearn_and_evaluate(config, str(clean_system), str(again))
+    other.unlearning.method, other.unlearning.max_epochs = "scu", 1
+    with pytest.raises(CheckpointMismatchError, match="retrained on another forget set"):
+        unlearn.unlearn_and_evaluate(other, str(clean_system), str(tmp_path / "scu"),
+                                     reference_workdir=str(again))
+    # The trained clean-set system evaluates alone (its training set; no forget set named).
+    from scu_jax.runs.evaluate import evaluate_workdir
+    results = evaluate_workdir(str(clean_system))
+    assert results["num_erased"] == 0 and results["kind"] == "train"
 
 
 def test_a_request_against_another_training_split_is_refused(clean_system):

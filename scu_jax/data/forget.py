@@ -62,14 +62,15 @@ def check_ids(ids, num_train: int, source: str, *, excluded=()) -> np.ndarray:
     if len(ids) == 0:
         raise ValueError(f"{source} names no sample")
     if not np.issubdtype(ids.dtype, np.integer):
-        if not np.issubdtype(ids.dtype, np.floating) or not np.all(np.mod(ids, 1) == 0):
+        if (not np.issubdtype(ids.dtype, np.floating) or not np.all(np.isfinite(ids))
+                or not np.all(np.mod(ids, 1) == 0)):
             raise ValueError(f"{source}: sample indices must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64)
-    ids = ids.astype(np.int64)
+    # Compared in the file's own dtype, so a huge value is not wrapped into range by a cast.
     bad = ids[(ids < 0) | (ids >= num_train)]
     if len(bad):
-        raise ValueError(f"{source}: index {int(bad[0])} is out of range: the training split has "
+        raise ValueError(f"{source}: index {bad[0]:.0f} is out of range: the training split has "
                          f"{num_train} samples (0..{num_train - 1})")
+    ids = ids.astype(np.int64)
     ordered = np.sort(ids)
     repeated = ordered[1:][ordered[1:] == ordered[:-1]]
     if len(repeated):
@@ -90,12 +91,14 @@ def read_ids(path: str | pathlib.Path, num_train: int, *, excluded=()) -> np.nda
     """Reads and validates a request file: one index per line (blank lines and ``#`` comments
     skipped) or a 1-D integer ``.npy``; returns the sorted indices (`check_ids`)."""
     path = pathlib.Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"request file {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"request file {path} is not a file")
     if path.suffix == ".npy":
         try:
             ids = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, EOFError) as error:
             raise ValueError(f"{path} is not a readable .npy array ({error})") from None
         return check_ids(ids, num_train, str(path), excluded=excluded)
     values = []
@@ -103,6 +106,8 @@ def read_ids(path: str | pathlib.Path, num_train: int, *, excluded=()) -> np.nda
         text = path.read_text()
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not a text file of sample indices (or a .npy)") from None
+    except OSError as error:
+        raise ValueError(f"request file {path} cannot be read ({error.strerror})") from None
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:

@@ -114,8 +114,10 @@ def _run_seed(config: ml_collections.ConfigDict, root: pathlib.Path, seed: int,
         original = json.loads(original_file.read_text())
     else:
         original = evaluate_workdir(str(train_dir), reference_workdir=reference,
-                                    output=str(original_file))
-    rows["original"].append({**original, **_existing(train_dir)})
+                                    output=str(original_file), config=_seed_config(config, seed))
+    # The training run's results add its times; the numbers are the evaluation's (on a forget
+    # set, the training run read no D_e).
+    rows["original"].append({**_existing(train_dir), **original})
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequence[int],

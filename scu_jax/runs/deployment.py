@@ -86,9 +86,16 @@ def read_ledger(deployment: pathlib.Path) -> list[dict[str, Any]]:
     records = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             raise LedgerMismatchError(f"{path}, line {number} is not a JSON record") from None
+        if (not isinstance(record, dict) or not isinstance(record.get("version"), int)
+                or record.get("record") not in ("init", "request")
+                or (number == 1) != (record["record"] == "init")
+                or (number == 1 and not isinstance(record.get("source"), str))):
+            raise LedgerMismatchError(f"{path}, line {number} is not a ledger record (an init "
+                                      "record first, then request records, each with a version)")
+        records.append(record)
     return records
 
 

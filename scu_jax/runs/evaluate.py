@@ -9,7 +9,8 @@ import numpy as np
 from absl import logging
 
 from scu_jax.config import config_from_json, validate_config
-from scu_jax.data import ErasureSplit
+from scu_jax.data import ErasureSplit, ids_digest
+from scu_jax.errors import CheckpointMismatchError
 from scu_jax.evaluation import Protocol, full_evaluation, sample_outputs
 from scu_jax.models import System
 from scu_jax.runs.build import build_for, protocol_of
@@ -28,6 +29,7 @@ def evaluate(system: System, params, batch_stats, split: ErasureSplit,
     protocol = protocol_of(config)
     reference = None
     if reference_workdir is not None:
+        check_reference(reference_workdir, split)
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
     results = full_evaluation(system, params, batch_stats, split, protocol, reference=reference,
@@ -37,8 +39,24 @@ def evaluate(system: System, params, batch_stats, split: ErasureSplit,
     return results
 
 
+def check_reference(reference_workdir: str, split: ErasureSplit) -> None:
+    """Raises `CheckpointMismatchError` unless `reference_workdir` holds a retraining on this very
+    forget set (the distance to retraining and the calibrated attack would read another one)."""
+    meta = Checkpoints(reference_workdir, read_only=True).saved_config()
+    if meta.get("method") != "retrain":
+        raise CheckpointMismatchError(f"--reference_workdir={reference_workdir} holds a "
+                                      f"{meta.get('method') or meta.get('kind')!r} result, not a "
+                                      "retraining")
+    if not split.backdoor:
+        saved = meta.get("unlearning_fingerprint", {}).get("forget", {}).get("sha256")
+        if saved != ids_digest(split.erased_indices):
+            raise CheckpointMismatchError(f"--reference_workdir={reference_workdir} retrained "
+                                          "on another forget set than this one")
+
+
 def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
-                     output: str | None = None, samples_file: str | None = None) -> dict[str, Any]:
+                     output: str | None = None, samples_file: str | None = None,
+                     config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
     """Evaluates the system saved in `workdir` under the config stored with it (read only).
 
     Args:
@@ -47,14 +65,27 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
       output: optional JSON file for the results (written atomically; never inside `workdir`'s
         checkpoints).
       samples_file: optional .npz for the report's reconstructions and membership scores.
+      config: read the system under this config (same training fields) instead: a trained
+        clean-set system on a given forget set (`scu-pipeline`'s original row).
     """
     checkpoints = Checkpoints(workdir, read_only=True)
     if checkpoints.latest_step() is None:
         raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint")
     meta = checkpoints.saved_config()
-    config = config_from_json(meta["config"])
+    if config is None:
+        config = config_from_json(meta["config"])
+        # A clean-set system before any request knows no forget set: its training set is read.
+        split_args = {"training": meta.get("kind") == "train"}
+    else:
+        checkpoints.check_compatible(config)
+        split_args = {}
     validate_config(config)
-    split, system, image_shape = build_for(config)
+    split, system, image_shape = build_for(config, **split_args)
+    saved_forget = meta.get("unlearning_fingerprint", {}).get("forget")
+    if saved_forget and saved_forget.get("sha256") != ids_digest(split.erased_indices):
+        raise CheckpointMismatchError(
+            f"{workdir} unlearned another forget set than its config names now (the request "
+            f"file {config.forget.ids_file or ''} changed since?)")
     restored, _ = restore_saved(workdir, system, config, image_shape)
     if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
         logging.warning("%s was saved before unlearned systems kept the original receiver: its own "

@@ -246,7 +246,9 @@ def apply_to(deployment: Deployment, requests: Sequence[Request], *, method: str
                             stale)
             stale.unlink()
         if deployment.init_workdir is not None:
-            _initialize(deployment, config)
+            # The deployment's config, not this method's resolved one: a later request with
+            # another method must find its own `per_method` entry.
+            _initialize(deployment, deployment.config)
         units = [todo] if coalesce else [[r] for r in todo]
         state: dict[str, Any] = {}
         return [record for unit in units

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 
@@ -23,7 +24,7 @@ from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigE
 from scu_jax.evaluation import system_for_evaluation
 from scu_jax.stopping import draw_batches, gap_closed, gap_stop_data, stopping_key, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
-from scu_jax.models import System, receiver_of
+from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.parallel import DataParallel, barrier, is_primary
 from scu_jax.runs import summaries
 from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
@@ -51,11 +52,21 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict,
     else:
         unlearning.pop("finetune_epochs")
     fingerprint = {"training": training_fingerprint(config), "unlearning": unlearning}
-    if split is not None and not split.backdoor:
-        fingerprint["forget"] = {"kind": split.kind, "sha256": ids_digest(split.erased_indices),
-                                 "excluded": int(split.train_is_erased.sum()
-                                                 - len(split.erased_indices))}
+    forget = forget_fingerprint(split)
+    if forget is not None:
+        fingerprint["forget"] = forget
     return fingerprint
+
+
+def forget_fingerprint(split: ErasureSplit | None) -> dict[str, Any] | None:
+    """What identifies a forget set without a backdoor: its kind, the sha256 of D_e's indices and
+    of the samples kept out of D_r besides (erased by earlier requests); None for the backdoor
+    split, which the config alone identifies."""
+    if split is None or split.backdoor:
+        return None
+    outside = np.flatnonzero(split.train_is_erased)
+    return {"kind": split.kind, "sha256": ids_digest(split.erased_indices),
+            "excluded_sha256": ids_digest(np.setdiff1d(outside, split.erased_indices))}
 
 
 def check_same_data(saved: dict[str, Any], split: ErasureSplit, where: Any) -> None:
@@ -135,7 +146,15 @@ def _check_reusable(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                 f"(method {saved.get('method')!r}); use another --workdir, or --overwrite to "
                 "replace it")
     if config.unlearning.method == "retrain":
-        Checkpoints(workdir, subdir=RETRAIN_PROGRESS_DIR).check_compatible(config)
+        progress = Checkpoints(workdir, subdir=RETRAIN_PROGRESS_DIR)
+        progress.check_compatible(config)
+        # A clean-set retraining's fingerprint says nothing of the forget set; its progress
+        # records the set, so an interrupted one never resumes for another.
+        if (progress.latest_step() is not None and progress.saved_config().get("data", {}).get(
+                "forget") != forget_fingerprint(split)):
+            raise CheckpointMismatchError(
+                f"{workdir} holds an interrupted retraining of another forget set; use another "
+                "--workdir, or --overwrite to replace it")
 
 
 def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, workdir: str, *,
@@ -239,6 +258,11 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
     def evaluate(state, eval_data):
         if rule == "gap":
             return gap_closed(eval_system, state.params, state.batch_stats, eval_data)
+        if rule == "class":  # read by the receiver that reads the results (a frozen original)
+            batches, mask, key, receiver = eval_data
+            params, batch_stats = (state.params, state.batch_stats) if receiver is None else (
+                with_receiver(state.params, state.batch_stats, receiver))
+            return target_rate(eval_system, params, batch_stats, batches, mask, target, key)
         batches, mask, key = eval_data
         return target_rate(eval_system, state.params, state.batch_stats, batches, mask, target, key)
 
@@ -255,6 +279,9 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
         key = stopping_key(protocol)
         if rule == "gap":
             eval_data = gap_stop_data(system, params, batch_stats, split, protocol, key)
+        elif rule == "class":
+            original = receiver_of(params, batch_stats) if protocol.receiver == "original" else None
+            eval_data = (*draw_batches(split.erased_images, protocol), key, original)
         else:
             eval_data = (*draw_batches(split.erased_images, protocol), key)
     steps_per_epoch = phase.batches(0)[0].shape[0]
@@ -334,7 +361,8 @@ def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSp
     images, labels = _remain_set(config, split)
     state, report = fit_with_checkpoints(system, recipe, config, workdir, images, labels,
                                          parallel=parallel, kind="retrain", image_shape=image_shape,
-                                         subdir=RETRAIN_PROGRESS_DIR)
+                                         subdir=RETRAIN_PROGRESS_DIR,
+                                         data={**split.source, "forget": forget_fingerprint(split)})
     info = _run_info(report, recipe.total_epochs)
     info.update(stop_rule=f"fixed: the training recipe's {recipe.total_epochs} epochs over D_r",
                 stopped_by="epochs")
