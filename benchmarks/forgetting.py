@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+import jax
+
 from scu_jax.errors import NonFiniteError
+from scu_jax.evaluation import system_for_evaluation
+from scu_jax.runs.build import protocol_of
+from scu_jax.stopping import gap_closed, gap_stop_data, stopping_key
 from scu_jax.runs.build import build_for
 from scu_jax.runs.evaluate import evaluate
 from scu_jax.runs.files import write_json_atomic, write_text_atomic
@@ -48,7 +53,8 @@ _CONFIG_ARGS = flags.DEFINE_list("set", [], "Config overrides FIELD=VALUE (JSON 
 COLUMNS = (("MSE D_e", "mse_erased", 2), ("acc D_e", "accuracy_erased", 3),
            ("MSE D_r", "mse_remain", 2), ("acc D_r", "accuracy_remain", 3),
            ("MSE test", "mse_test", 2), ("acc test", "accuracy_test", 3),
-           ("MIA AUC (calibrated)", "mia_auc_calibrated", 3), ("MIA AUC (loss)", "mia_auc", 3))
+           ("MIA AUC (calibrated)", "mia_auc_calibrated", 3), ("MIA AUC (loss)", "mia_auc", 3),
+           ("gap closed", "gap_closed", 2))
 DELTAS = ("mse_erased", "accuracy_erased", "accuracy_test")
 
 
@@ -60,6 +66,18 @@ def original_row(config, train_dir: pathlib.Path, retrain_dir: pathlib.Path) -> 
                        reference_workdir=str(retrain_dir))
     results.update(method="original", unlearn_seconds=0.0, stopped_by="-", epochs=0)
     return results
+
+
+def gap_closed_of(config, train_dir: pathlib.Path, workdir: pathlib.Path) -> float:
+    """The gap rule's reading of the system in `workdir` (the stopping key and sets the rule
+    reads): how far retraining, or the original, stands on the rule's scale."""
+    split, system, image_shape = build_for(config)
+    protocol = protocol_of(config)
+    original = load_variables(train_dir, system, config, image_shape)[:2]
+    data = gap_stop_data(system, *original, split, protocol, stopping_key(protocol))
+    params = load_variables(workdir, system, config, image_shape)[:2]
+    reading = jax.jit(gap_closed, static_argnums=0)
+    return float(reading(system_for_evaluation(system, protocol), *params, data))
 
 
 def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dict[str, Any]]:
@@ -86,8 +104,13 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
                 results.append({"method": method, "status": "non-finite", "error": str(error),
                                 "num_erased": results[0]["num_erased"]})
         for result in results:
-            rows.append({"seed": seed, "setting": setting,
-                         **{k: v for k, v in result.items() if k != "history"}})
+            row = {k: v for k, v in result.items() if k != "history"}
+            if config.forget.kind != "class" and result.get("status") != "non-finite":
+                if result["method"] == "retrain":  # the original reads 0 by construction
+                    row["gap_closed"] = gap_closed_of(config, train_dir, retrain_dir)
+                elif result.get("history") and "gap_closed" in result["history"][-1]:
+                    row["gap_closed"] = result["history"][-1]["gap_closed"]
+            rows.append({"seed": seed, "setting": setting, **row})
     return rows
 
 
@@ -125,8 +148,9 @@ def markdown(rows: list[dict[str, Any]], settings, methods) -> str:
                 continue
             cells = [method]
             for _, key, digits in COLUMNS:
-                values = np.array([r[key] for r in mine], float)
-                cells.append(f"{values.mean():.{digits}f} ± {values.std():.{digits}f}")
+                values = np.array([r.get(key, np.nan) for r in mine], float)
+                cells.append("–" if np.isnan(values).all() else
+                             f"{values.mean():.{digits}f} ± {values.std():.{digits}f}")
                 if key in DELTAS:
                     delta = np.array([r[key] - retrain[r["seed"]][key] for r in mine], float)
                     cells.append(f"{delta.mean():+.{digits}f}")

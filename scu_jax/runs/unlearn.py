@@ -280,7 +280,9 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
         if rule == "gap":
             eval_data = gap_stop_data(system, params, batch_stats, split, protocol, key)
         elif rule == "class":
-            original = receiver_of(params, batch_stats) if protocol.receiver == "original" else None
+            # A host copy: the state's own receiver buffers are donated to the steps.
+            original = (jax.tree.map(np.array, receiver_of(params, batch_stats))
+                        if protocol.receiver == "original" else None)
             eval_data = (*draw_batches(split.erased_images, protocol), key, original)
         else:
             eval_data = (*draw_batches(split.erased_images, protocol), key)
