@@ -64,7 +64,8 @@ def requests_for(seed: int, num_train: int, count: int, fraction: float):
     return out, chosen
 
 
-def _apply(deployment: pathlib.Path, requests, *, coalesce: bool, train_dir, method) -> float:
+def _apply(deployment: pathlib.Path, requests, *, coalesce: bool, train_dir, method,
+           config) -> float:
     """Applies the requests not yet in the deployment's ledger; returns the wall time of all of
     them (this call's, or the ledger's sum where a previous call applied them)."""
     done = {r["request_id"] for r in read_ledger(deployment) if r.get("record") == "request"} \
@@ -73,8 +74,7 @@ def _apply(deployment: pathlib.Path, requests, *, coalesce: bool, train_dir, met
     if todo:
         begun = time.perf_counter()
         ledger.apply_requests(deployment, todo, method=method, coalesce=coalesce,
-                              init_workdir=str(train_dir),
-                              config_overrides={"evaluation.mi_steps": 0})
+                              init_workdir=str(train_dir), config_overrides=config)
         if not done:
             return time.perf_counter() - begun
     records = [r for r in read_ledger(deployment) if r.get("record") == "request"]
@@ -92,8 +92,11 @@ def run_seed(seed: int, root: pathlib.Path, method: str) -> list[dict[str, Any]]
     split, system, image_shape = build_for(config, training=True)
     requests, union = requests_for(seed, len(split.train_labels), _REQUESTS.value,
                                    _FRACTION.value)
+    # Today's unlearning settings, as benchmarks.forgetting runs them (a deployment otherwise
+    # keeps those stored with the trained system).
     walls = {name: _apply(where / name, requests, coalesce=name == "coalesced",
-                          train_dir=train_dir, method=method)
+                          train_dir=train_dir, method=method,
+                          config=config.copy_and_resolve_references())
              for name in ("one_by_one", "coalesced")}
     union_file = where / "union.txt"
     write_text_atomic(union_file, "".join(f"{i}\n" for i in union))

@@ -143,7 +143,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.unlearning.gap_tolerance = 0.25
     # The stop of `forget.kind="class"` (whose test images are of a class the system still knows,
     # so no held-out reference exists): stop once the receiver recognises the class on x̂(D_e)
-    # less often than this (chance for 10 classes; retraining leaves it near 0).
+    # less often than this (chance for 10 classes; stricter than retraining on MNIST, README
+    # "Forget requests against retraining").
     config.unlearning.class_stop = 0.1
     # The erased term F_e that L_unl = λ_kl·KL_eo − β_u·F_e ascends: "mse", the erased
     # reconstruction error (MNIST); "ce", the receiver's CE on the backdoor target times
