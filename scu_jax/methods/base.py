@@ -56,11 +56,13 @@ class UnlearnState:
 
 
 class StepMetrics(NamedTuple):
-    """Per-step numbers of an unlearning method; `backdoor` drives the early stop. The adaptive
-    weights `a`, `b` are SCU's (None for methods without them)."""
+    """Per-step numbers of an unlearning method; `backdoor` drives the backdoor protocol's early
+    stop. The adaptive weights `a`, `b` are SCU's (None for methods without them)."""
 
     loss: jax.Array
-    backdoor: jax.Array  # fraction of the erased batch that the receiver labels as the target
+    # Fraction of the erased batch the receiver labels as its target: the backdoor's target
+    # label, or, for a forget set without a backdoor, the image's true label (its accuracy).
+    backdoor: jax.Array
     forget: jax.Array  # the erased-data term before weighting
     utility: jax.Array  # the remaining-data loss (0 where the method has none)
     a: jax.Array | None = None
