@@ -47,10 +47,20 @@ def evaluation_pass(system: System, params: Mapping[str, Any], batch_stats: Mapp
 
     `key` is split into the latent and channel draws, the same way everywhere that evaluates.
     """
+    mu, logvar = system.codec.apply({"params": params["codec"], "batch_stats": batch_stats}, x,
+                                    train=False, method="encode")
+    return posterior_pass(system, params, batch_stats, mu, logvar, key)
+
+
+def posterior_pass(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
+                   mu: jax.Array, logvar: jax.Array, key: jax.Array):
+    """`evaluation_pass` after the encoder: a batch's posterior `(μ, logvar)` sampled, sent and
+    decoded, and the receiver's logits on x̂, with the draws `evaluation_pass` makes for `key`.
+    Images sent many times need their posterior only once."""
     latent_key, channel_key = jax.random.split(key)
     out = system.codec.apply(
-        {"params": params["codec"], "batch_stats": batch_stats}, x, train=False,
-        rngs={"latent": latent_key, "channel": channel_key},
+        {"params": params["codec"], "batch_stats": batch_stats}, mu, logvar, train=False,
+        method="sample_and_decode", rngs={"latent": latent_key, "channel": channel_key},
     )
     return out, apply_receiver(system, params, batch_stats, out.x_hat)[0]
 

@@ -11,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from scu_jax import evaluation, presets, stopping
+from scu_jax import evaluation, passes, presets, stopping
 from scu_jax.config import default_config
 from scu_jax.errors import CheckpointMismatchError
+from scu_jax.data.batching import padded_batches
 from scu_jax.methods import erased
+from scu_jax.models import to_unit_interval
 from scu_jax.runs import build, train, unlearn
 from scu_jax.runs.saved import load_variables
 
@@ -106,6 +108,36 @@ def test_gap_rule_reads_zero_for_the_original_and_stops_at_its_threshold(clean_s
     with pytest.raises(ValueError, match="needs an evaluate function"):
         erased.unlearning_phase(build.method_of(config, system), seed=0, num_erased=10,
                                 num_remain=100, batch_size=5, max_epochs=3, rule="gap")
+
+
+def test_stopping_reads_each_image_through_the_encoder_once_with_a_full_passs_draws(
+        clean_system):
+    """`target_rate` and `masked_mean_sse` encode each image once, then sample, send and decode
+    every draw: the numbers a pass over the repeated images makes with the same keys."""
+    config = _smoke("random", fraction=0.1)
+    config.eval_draws, config.eval_batch_size = 3, 64  # batches that straddle the repeats
+    split, system, image_shape = build.build_for(config)
+    params, batch_stats, _ = load_variables(clean_system, system, config, image_shape)
+    protocol, key = build.protocol_of(config), jax.random.PRNGKey(5)
+    images = split.erased_images
+    draws = stopping.draws_of(images, protocol)
+    assert draws.rows.shape[1] == 64 and int(draws.mask.sum()) == 3 * len(images)
+    # What the stopping rules read before: the set repeated, then cut into padded batches.
+    indices, mask = padded_batches(3 * len(images), 64)
+    hits, errors = [], []
+    for index, batch in enumerate(np.tile(images, (3, 1, 1, 1))[indices]):
+        x = to_unit_interval(batch)
+        out, logits = passes.evaluation_pass(system, params, batch_stats, x,
+                                             jax.random.fold_in(key, index))
+        hits.append(np.asarray(logits.argmax(-1) == 2))
+        errors.append(np.asarray(((out.x_hat - x) ** 2).reshape(len(x), -1).sum(-1)))
+    mask = mask.astype(bool)
+    rate = jax.jit(stopping.target_rate, static_argnums=(0, 4))(system, params, batch_stats,
+                                                                 draws, 2, key)
+    sse = jax.jit(stopping.masked_mean_sse, static_argnums=0)(system, params, batch_stats,
+                                                               draws, key)
+    assert float(rate) == pytest.approx(np.asarray(hits)[mask].mean(), abs=1e-7)
+    assert float(sse) == pytest.approx(np.asarray(errors)[mask].mean(), rel=1e-5)
 
 
 def test_calibrated_attack_is_exactly_chance_against_itself_and_reads_the_reference(clean_system):

@@ -36,7 +36,7 @@ MESH_CHECK = textwrap.dedent("""
     from scu_jax.data import Dataset, make_erasure_split
     from scu_jax.errors import ConfigError
     from scu_jax.evaluation import system_for_evaluation
-    from scu_jax.stopping import draw_batches, stopping_key, target_rate
+    from scu_jax.stopping import draws_of, stopping_key, target_rate
     from scu_jax.methods import training
     from scu_jax.runs import build, train, unlearn
     from scu_jax.runs.build import build_system
@@ -91,9 +91,9 @@ MESH_CHECK = textwrap.dedent("""
                                                 trained[1].batch_stats, None, None,
                                                 build.data_parallel(config))
         params, stats = jax.device_get((params, stats))
-        batches, mask = draw_batches(split.erased_images, build.protocol_of(config))
+        draws = draws_of(split.erased_images, build.protocol_of(config))
         eval_system = system_for_evaluation(system, build.protocol_of(config))
-        backdoor = float(target_rate(eval_system, params, stats, batches, mask,
+        backdoor = float(target_rate(eval_system, params, stats, draws,
                                      split.target_class, stopping_key(build.protocol_of(config))))
         unlearned[devices] = (params, backdoor)
     found["scu"] = max_diff(unlearned[1][0], unlearned[4][0])

@@ -59,11 +59,18 @@ class SemanticCodec(nn.Module):
         """Sends z through the channel and decodes the channel output."""
         return self.decoder(self.channel(z, snr_db), train)
 
-    def __call__(self, x: jax.Array, train: bool = False, snr_db: Any = None) -> CodecOutput:
-        mu, logvar = self.encode(x, train)
+    def sample_and_decode(self, mu: jax.Array, logvar: jax.Array, train: bool = False,
+                          snr_db: Any = None) -> CodecOutput:
+        """Draws z from the posterior `(μ, logvar)`, sends it and decodes: `__call__` after the
+        encoder, with the same draws for the same keys (so a set's posterior can be computed once
+        and sent many times)."""
         eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
         z = mu + jnp.exp(0.5 * logvar) * eps
         return CodecOutput(z, self.decode(z, train, snr_db), mu, logvar)
+
+    def __call__(self, x: jax.Array, train: bool = False, snr_db: Any = None) -> CodecOutput:
+        mu, logvar = self.encode(x, train)
+        return self.sample_and_decode(mu, logvar, train, snr_db)
 
 
 class System(NamedTuple):
