@@ -60,14 +60,15 @@ class DataParallel:
             tree = jax.device_get(tree)
         return jax.device_put(tree, self.replicated)
 
-    def shard_batches(self, indices: np.ndarray) -> Any:
-        """A host (steps, batch, ...) index array sharded on its batch axis.
+    def shard_batches(self, indices: np.ndarray, batch_axis: int = 1) -> Any:
+        """A host (steps, batch, ...) index array (or (epochs, steps, batch, ...) with
+        `batch_axis=2`) sharded on its batch axis.
 
         Each process builds only the shards of its own devices (its share of every batch).
         """
         if self.mesh is None:
             return indices
-        sharding = NamedSharding(self.mesh, PartitionSpec(None, DATA_AXIS))
+        sharding = NamedSharding(self.mesh, PartitionSpec(*(None,) * batch_axis, DATA_AXIS))
         return jax.make_array_from_callback(indices.shape, sharding, lambda index: indices[index])
 
     def constrain(self, tree: Any) -> Any:

@@ -270,3 +270,103 @@ def test_report_progress_rate_counts_only_timed_steps(monkeypatch):
                                              {"loss": np.zeros(10, np.float32)}))
     assert "starting" in logged[0]
     assert "10 steps/s, ETA 2s" in logged[1] and "10 steps/s, ETA 1s" in logged[2]
+
+
+def _stopping_phase():
+    """Partial epochs (`batch_stop`), an evaluation and a stop that holds after epoch 3 of 6
+    (reading the evaluation and a metric's mean over the steps that ran)."""
+    return _phase(epochs=6, batch_stop=lambda metrics: metrics.error < 0.2,
+                  evaluate=lambda state, data: jnp.abs(state.params["w"] - data),
+                  evaluation_name="distance",
+                  stop=lambda summary: (summary["distance"] < 0.11) & (summary["error"] < 0.09))
+
+
+@pytest.mark.parametrize("per_dispatch,every", [(2, 0), (2, 2), (0, 0)])
+def test_several_epochs_per_dispatch_decide_and_report_as_one_per_dispatch(per_dispatch, every):
+    """The stop read on device ends the run after the same epoch as the host's reading, with the
+    same state, history and hooks; a dispatch ends where a hook asked for the state, and a stop
+    inside a dispatch read one late still hands the hooks the final state."""
+    runs = {}
+    for epochs_per_dispatch in (1, per_dispatch):
+        recorder = _Recorder(every=every)
+        state, report = engine.run([_stopping_phase()], _state(), _data(), jax.random.PRNGKey(0),
+                                   name="toy", eval_data=jnp.float32(_TARGET), hooks=[recorder],
+                                   epochs_per_dispatch=epochs_per_dispatch)
+        runs[epochs_per_dispatch] = (state, report, recorder)
+    (state, report, recorder), (chunked, chunked_report, chunked_recorder) = runs.values()
+    assert [h["epoch"] for h in chunked_report.history] == [1, 2, 3]
+    assert chunked_report.stopped == report.stopped == ["fit"]
+    assert int(chunked.step) == int(state.step) == report.steps == chunked_report.steps == 9
+    assert float(chunked.params["w"]) == pytest.approx(float(state.params["w"]), abs=1e-6)
+    for ours, theirs in zip(chunked_report.history, report.history):
+        assert ours.keys() == theirs.keys() and ours["steps"] == theirs["steps"]
+        assert [ours[k] for k in sorted(ours)] == pytest.approx([theirs[k] for k in sorted(ours)],
+                                                                 abs=1e-6)
+    assert chunked_recorder.blocks == recorder.blocks and chunked_recorder.ended == [("toy", 9)]
+    given = [s is not None for s in chunked_recorder.states]
+    assert given == ([False, True, True] if every else [False, False, True])
+    assert chunked_recorder.states[-1] == pytest.approx(float(state.params["w"]), abs=1e-6)
+    assert chunked_report.compile_seconds > 0
+
+
+@pytest.mark.parametrize("what", ["loss", "parameters"])
+def test_a_non_finite_value_inside_a_multi_epoch_dispatch_is_named_at_its_epoch(what):
+    def poisoned(state, batch, key):
+        new, metrics = _step(state, batch, key)
+        if what == "loss":
+            return new, metrics._replace(loss=jnp.where(state.step >= 11, jnp.nan, metrics.loss))
+        bad = state.step == 15  # the last step of epoch 2: an infinite weight, a finite loss
+        return new.replace(params={"w": jnp.where(bad, jnp.inf, new.params["w"])}), metrics
+
+    expected = 11 if what == "loss" else 15
+    with pytest.raises(errors.NonFiniteError,
+                       match=rf"^toy: fit {what} became non-finite at step {expected} \(epoch 2\)$"):
+        engine.run([_phase(epochs=4)._replace(step=poisoned)], _state(), _data(),
+                   jax.random.PRNGKey(0), name="toy", epochs_per_dispatch=0)
+
+
+def _rate_step(rate):
+    """`_step` with the learning rate an argument (an array inside `run_many`'s program)."""
+    def step(state, batch, key):
+        del key
+        x, y = batch
+        loss, grad = jax.value_and_grad(lambda w: jnp.mean((w * x - y) ** 2))(state.params["w"])
+        w = state.params["w"] - rate * grad
+        return (state.replace(step=state.step + 1, params={"w": w}),
+                _Metrics(loss, jnp.abs(w - _TARGET)))
+    return step
+
+
+def test_many_runs_in_one_program_equal_the_runs_one_by_one():
+    """Three runs (own batches, start, learning rate and stop epoch) vmapped in one program:
+    each stops where it stops alone, with the same history and state."""
+    def batches_of(seed):
+        return lambda epoch: np.random.default_rng([seed, epoch]).permutation(64).reshape(
+            8, 8).astype(np.int32)
+
+    starts, rates, seeds = (0.0, 1.0, -2.0), (0.5, 0.3, 0.1), (0, 1, 2)
+    phase = _stopping_phase()
+    alone = []
+    for start, rate, seed in zip(starts, rates, seeds):
+        state, report = engine.run(
+            [phase._replace(step=_rate_step(rate), batches=batches_of(seed))], _state(start),
+            _data(), jax.random.PRNGKey(seed), name="toy", eval_data=jnp.float32(_TARGET),
+            epochs_per_dispatch=4)
+        alone.append((float(state.params["w"]), report))
+    states = jax.tree.map(lambda *a: jnp.stack(a), *[_state(start) for start in starts])
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
+    finals, reports = engine.run_many(
+        phase, [batches_of(seed) for seed in seeds], states, _data(), keys, name="toy",
+        eval_data=jnp.full((3,), _TARGET), shared_data=True, hyper=jnp.asarray(rates),
+        step_for=_rate_step, epochs_per_dispatch=4)
+    assert len({r.epochs for _, r in alone}) > 1  # the runs stop after different epochs
+    for index, ((w, report), many) in enumerate(zip(alone, reports)):
+        assert (many.epochs, many.steps, many.stopped) == (report.epochs, report.steps,
+                                                           report.stopped)
+        for ours, theirs in zip(many.history, report.history):
+            assert ours.keys() == theirs.keys()
+            assert [ours[k] for k in sorted(ours)] == pytest.approx(
+                [theirs[k] for k in sorted(ours)], abs=1e-6)
+        assert float(finals.params["w"][index]) == pytest.approx(w, abs=1e-6)
+        assert int(finals.step[index]) == report.steps
+    assert reports[0].compile_seconds > 0 and reports[0].seconds > 0

@@ -6,15 +6,21 @@ from scu_jax.engine.hooks import Hook
 from scu_jax.engine.hooks import MetricWriter
 from scu_jax.engine.hooks import ReportProgress
 from scu_jax.engine.hooks import WriteSummaries
+from scu_jax.engine.loop import EpochsOutput
 from scu_jax.engine.loop import Phase
 from scu_jax.engine.loop import Report
 from scu_jax.engine.loop import all_finite
+from scu_jax.engine.loop import epoch_summary
+from scu_jax.engine.loop import epochs_program
 from scu_jax.engine.loop import make_block
+from scu_jax.engine.loop import make_epochs
 from scu_jax.engine.loop import run
+from scu_jax.engine.loop import run_many
 
 __all__ = (
     "BlockResult",
     "EpochResult",
+    "EpochsOutput",
     "Hook",
     "MetricWriter",
     "Phase",
@@ -22,6 +28,10 @@ __all__ = (
     "ReportProgress",
     "WriteSummaries",
     "all_finite",
+    "epoch_summary",
+    "epochs_program",
     "make_block",
+    "make_epochs",
     "run",
+    "run_many",
 )
