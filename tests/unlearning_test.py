@@ -17,7 +17,7 @@ from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.models import init_system
 from scu_jax.data.batching import paired_epoch_indices
 from scu_jax.evaluation import system_for_evaluation
-from scu_jax.stopping import draw_batches, stopping_key, target_rate
+from scu_jax.stopping import draws_of, stopping_key, target_rate
 from scu_jax.methods import Batch, forget_term, hessian_vector_product, hutchinson_diagonal
 from scu_jax.methods import base as base_lib
 from scu_jax.runs import build
@@ -237,10 +237,10 @@ def _erased_loop(config, system, split, params, batch_stats):
 
 def erased_backdoor_accuracy(system, params, batch_stats, split, config):
     """The receiver's backdoor accuracy on all of D_e, as the stopping rule reads it."""
-    batches, mask = draw_batches(split.erased_images, build.protocol_of(config))
+    draws = draws_of(split.erased_images, build.protocol_of(config))
     eval_system = system_for_evaluation(system, build.protocol_of(config))
-    return float(jax.jit(target_rate, static_argnums=(0, 5))(
-        eval_system, params, batch_stats, batches, mask, split.target_class,
+    return float(jax.jit(target_rate, static_argnums=(0, 4))(
+        eval_system, params, batch_stats, draws, split.target_class,
         stopping_key(build.protocol_of(config))))
 
 
@@ -313,6 +313,57 @@ def test_per_step_epochs_equal_the_scan_fused_epoch(trained, monkeypatch):
         assert stepped["steps"] == fused["steps"]
         assert stepped["erased_backdoor"] == pytest.approx(fused["erased_backdoor"], abs=1e-6)
     chex.assert_trees_all_close(runs[True][0], runs[False][0], atol=1e-5)
+
+
+def test_the_stop_read_on_device_stops_at_the_host_readings_epoch(trained, monkeypatch):
+    """Several epochs per dispatch, the stopping rule read on device, stop after the same epoch
+    with the same parameters as one epoch per dispatch with the rule read on the host."""
+    config, workdir = trained
+    config = _method_config(config, "scu", max_epochs=12, epoch_stop=0.2, batch_stop=0.0)
+    split, system, params, batch_stats = _setup(config, workdir)
+    params, batch_stats = jax.device_get((params, batch_stats))
+    runs = {}
+    for per_dispatch in (1, 4):
+        monkeypatch.setattr(unlearn, "EPOCHS_PER_DISPATCH", per_dispatch)
+        new_params, _, report = _erased_loop(config, system, split, params, batch_stats)
+        runs[per_dispatch] = (jax.device_get(new_params), report)
+    (host, host_report), (device, device_report) = runs[1], runs[4]
+    assert 1 < host_report["epochs"] < 12 and host_report["stopped_by"] == "backdoor"
+    assert (device_report["epochs"], device_report["steps"], device_report["stopped_by"]) == (
+        host_report["epochs"], host_report["steps"], "backdoor")
+    assert [h["erased_backdoor"] for h in device_report["history"]] == pytest.approx(
+        [h["erased_backdoor"] for h in host_report["history"]], abs=1e-6)
+    chex.assert_trees_all_close(device, host, atol=1e-5)
+
+
+def test_runs_of_several_seeds_in_one_program_equal_the_runs_alone(trained):
+    """Two seeds' SCU runs (own D_e, D_r, batches and keys; the smoke system unlearns each) as
+    one vmapped program: each stops after the epoch it stops alone, with its parameters (runs
+    that stop after different epochs: `engine_test`)."""
+    config, workdir = trained
+    configs = []
+    for seed in (0, 1):
+        seeded = _method_config(config, "scu", max_epochs=12, epoch_stop=0.2, batch_stop=0.0)
+        seeded.seed = seed
+        configs.append(seeded)
+    splits = [build.build_for(c)[0] for c in configs]
+    _, system, params, batch_stats = _setup(configs[0], workdir)
+    params, batch_stats = jax.device_get((params, batch_stats))
+    alone = [_erased_loop(c, system, split, params, batch_stats)
+             for c, split in zip(configs, splits)]
+    together = unlearn.erased_loops_together(configs, system, splits,
+                                             [(params, batch_stats)] * 2)
+    for (params_alone, _, info), (params_together, _, info_together) in zip(alone, together):
+        for field in ("epochs", "steps", "stopped_by", "stop_rule"):
+            assert info_together[field] == info[field], field
+        assert [h["erased_backdoor"] for h in info_together["history"]] == pytest.approx(
+            [h["erased_backdoor"] for h in info["history"]], abs=1e-6)
+        chex.assert_trees_all_close(params_together, jax.device_get(params_alone), atol=1e-5)
+    # Other hyper-parameters cannot share the program: None, and the caller runs them alone.
+    other = configs[1].copy_and_resolve_references()
+    other.unlearning.learning_rate *= 2
+    assert unlearn.erased_loops_together([configs[0], other], system, splits[:2],
+                                         [(params, batch_stats)] * 2) is None
 
 
 def test_batch_early_stop_skips_rest_of_epoch(trained):

@@ -8,7 +8,10 @@ WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json
 WORKDIR/comparison.json, .md     mean ± std over seeds, per method, and the protocol
 ```
 Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
-`retrain` runs first so that every other method reports its distance to exact unlearning.
+Every seed's system is trained first; then each method runs on every seed, `retrain` first so
+that every other method reports its distance to exact unlearning, and an erased-data method's
+runs of all seeds as ONE vmapped program (`unlearn_and_evaluate_many`: each seed's result equals
+its run alone; runs that cannot share a program run one by one).
 Every row is read by the receiver `config.evaluation.receiver` names (the original system's by
 default); a system whose own receiver differs (retraining's, trained on D_r) gets an extra row,
 `<method> (own receiver)`, with the accuracies its own receiver reads. The statistics and the
@@ -32,7 +35,7 @@ from scu_jax.experiments.aggregate import (format_statistic, other_receiver_row,
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic
 from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.evaluate import evaluate_workdir
-from scu_jax.runs.unlearn import unlearn_and_evaluate
+from scu_jax.runs.unlearn import unlearn_and_evaluate_many
 
 COMPARISON_TABLE = "comparison.md"
 COMPARISON_JSON = "comparison.json"
@@ -85,30 +88,36 @@ def _existing(workdir: pathlib.Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _run_seed(config: ml_collections.ConfigDict, root: pathlib.Path, seed: int,
-              methods: Sequence[str], overwrite: bool,
-              rows: dict[str, list[dict[str, Any]]]) -> None:
-    """Trains (or reuses) one seed's system, runs every method on it, evaluates the original;
-    adds a row per method (and per other receiver) to `rows`."""
-    seed_dir = root / f"seed_{seed}"
-    train_dir = seed_dir / "train"
-    train_and_evaluate(_seed_config(config, seed), str(train_dir), overwrite=overwrite)
-    reference = str(seed_dir / "retrain") if "retrain" in methods else None
-    for method in sorted(methods, key=lambda m: m != "retrain"):  # retrain first: the reference
-        try:
-            result = unlearn_and_evaluate(
-                _seed_config(config, seed, method), str(train_dir), str(seed_dir / method),
-                reference_workdir=None if method == "retrain" else reference, overwrite=overwrite)
-        except NonFiniteError as error:
+def _run_method(config: ml_collections.ConfigDict, root: pathlib.Path, seeds: Sequence[int],
+                method: str, reference: bool, overwrite: bool,
+                rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Runs one method on every seed's trained system (the erased-data methods of all seeds in
+    one vmapped program, `unlearn_and_evaluate_many`); adds a row per seed (and per other
+    receiver) to `rows`."""
+    outcomes = unlearn_and_evaluate_many(
+        [_seed_config(config, seed, method) for seed in seeds],
+        [str(root / f"seed_{seed}" / "train") for seed in seeds],
+        [str(root / f"seed_{seed}" / method) for seed in seeds],
+        reference_workdirs=[str(root / f"seed_{seed}" / "retrain") if reference else None
+                            for seed in seeds], overwrite=overwrite)
+    for seed, result in zip(seeds, outcomes):
+        if isinstance(result, NonFiniteError):
             # A diverging baseline is a result of the comparison, not a reason to stop it.
-            logging.warning("seed %d: %s", seed, error)
-            result = {"status": "non-finite", "error": str(error)}
+            logging.warning("seed %d: %s", seed, result)
+            result = {"status": "non-finite", "error": str(result)}
         result["seed"] = seed
         rows.setdefault(method, []).append(result)
         other = other_receiver_row(result)
         if other is not None:
             rows.setdefault(f"{method} ({other['receiver']} receiver)", []).append(
                 {**other, "seed": seed})
+
+
+def _original_row(config: ml_collections.ConfigDict, root: pathlib.Path, seed: int,
+                  reference: str | None, overwrite: bool) -> dict[str, Any]:
+    """The trained system's row: its evaluation (cached in original.json) and its times."""
+    seed_dir = root / f"seed_{seed}"
+    train_dir = seed_dir / "train"
     original_file = seed_dir / "original.json"
     if original_file.exists() and not overwrite:
         original = json.loads(original_file.read_text())
@@ -117,7 +126,7 @@ def _run_seed(config: ml_collections.ConfigDict, root: pathlib.Path, seed: int,
                                     output=str(original_file), config=_seed_config(config, seed))
     # The training run's results add its times; the numbers are the evaluation's (on a forget
     # set, the training run read no D_e).
-    rows["original"].append({**_existing(train_dir), **original})
+    return {**_existing(train_dir), **original}
 
 
 def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequence[int],
@@ -136,7 +145,16 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     rows: dict[str, list[dict[str, Any]]] = {"original": []}
     root.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        _run_seed(config, root, seed, methods, overwrite, rows)
+        train_and_evaluate(_seed_config(config, seed), str(root / f"seed_{seed}" / "train"),
+                           overwrite=overwrite)
+    reference = "retrain" in methods
+    for method in sorted(methods, key=lambda m: m != "retrain"):  # retrain first: the reference
+        _run_method(config, root, seeds, method, reference and method != "retrain", overwrite,
+                    rows)
+    for seed in seeds:
+        rows["original"].append(_original_row(
+            config, root, seed, str(root / f"seed_{seed}" / "retrain") if reference else None,
+            overwrite))
     columns = columns_for(config)
     summary = summarise(rows, columns)
     protocol = describe_protocol(config)

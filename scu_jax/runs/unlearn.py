@@ -8,9 +8,10 @@ result of another method or configuration.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -20,9 +21,10 @@ from scu_jax import engine
 from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config,
                             training_fingerprint, validate_config)
 from scu_jax.data import ErasureSplit, ids_digest
-from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
+from scu_jax.errors import (CheckpointMismatchError, CheckpointReadError, ConfigError,
+                             NonFiniteError)
 from scu_jax.evaluation import system_for_evaluation
-from scu_jax.stopping import draw_batches, gap_closed, gap_stop_data, stopping_key, target_rate
+from scu_jax.stopping import draws_of, gap_closed, gap_stop_data, stopping_key, target_rate
 from scu_jax.methods import Batch, training, unlearning_phase
 from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.parallel import DataParallel, barrier, is_primary
@@ -36,6 +38,12 @@ from scu_jax.runs.saved import load_variables, receiver_entries
 from scu_jax.runs.train import fit, fit_with_checkpoints, progress_and_summaries
 
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
+# Epochs of an erased-data method per dispatch, its stopping rule read on device: the host then
+# waits once per dispatch, not after every epoch of a small D_e (a few steps each), and prepares
+# the next dispatch's batches while the device runs this one. A run that stops early wastes one
+# dispatch that runs nothing; more epochs per dispatch cost the host more batches to prepare up
+# front.
+EPOCHS_PER_DISPATCH = 8
 
 
 def _unlearning_fingerprint(config: ml_collections.ConfigDict,
@@ -175,46 +183,81 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     Returns:
       The results dict written to `workdir/results.json`.
     """
+    job = _prepare(config, init_workdir, workdir, overwrite=overwrite)
+    return _finish(job, _run_alone(job), reference_workdir=reference_workdir,
+                   samples_file=samples_file)
+
+
+class _Job(NamedTuple):
+    """A method's run in a workdir, checked and loaded (`_prepare`)."""
+
+    config: ml_collections.ConfigDict  # with the method's `per_method` entry applied
+    parallel: DataParallel
+    split: ErasureSplit
+    system: System
+    image_shape: Any
+    out_path: pathlib.Path
+    out: Checkpoints
+    trained: tuple[Any, Any]  # the trained system's params and batch_stats
+    original_receiver: Any
+    saved: dict[str, Any] | None  # a finished result's metadata, to reuse
+
+
+def _prepare(config: ml_collections.ConfigDict, init_workdir: str, workdir: str, *,
+             overwrite: bool) -> _Job:
+    """Every check before any work, and the trained system loaded."""
     validate_config(config)
     config = method_config(config)  # the method's `unlearning.per_method` entry applied
     parallel = data_parallel(config)  # the mesh's errors before any work
-    method = config.unlearning.method
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     split, system, image_shape = build_for(config)
     out = _check_workdirs(config, init_path, out_path, split, overwrite)
-
     trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)
     # Every system is read by the trained system's receiver (`evaluation.receiver`), so it is
     # kept with the result: `evaluate_workdir` reads the unlearned workdir alone.
     original_receiver = jax.device_get(receiver_of(trained_params, trained_stats))
-    saved_meta = out.saved_config() if out.latest_step() is not None else None
-    if saved_meta is not None:
-        logging.info("%s: reusing the finished result in %s", method, out_path)
-        params, batch_stats, _ = load_variables(out_path, system, config, image_shape)
-        run_info = saved_meta["run"]
-    else:
-        params, batch_stats, run_info = RUNNERS[method](config, system, split, trained_params,
-                                                        trained_stats, out_path, image_shape,
-                                                        parallel)
-        out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
-                                     **receiver_entries(original_receiver)}, config,
-                 {"kind": "unlearned", "method": method, "run": run_info,
-                  "stores_original_receiver": True,
-                  "unlearning_fingerprint": _unlearning_fingerprint(config, split)})
-    out.close()
+    saved = out.saved_config() if out.latest_step() is not None else None
+    return _Job(config, parallel, split, system, image_shape, out_path, out,
+                (trained_params, trained_stats), original_receiver, saved)
+
+
+def _run_alone(job: _Job) -> tuple[Any, Any, dict[str, Any]]:
+    """The job's method run on its own (or its finished result, reused)."""
+    if job.saved is not None:
+        logging.info("%s: reusing the finished result in %s", job.config.unlearning.method,
+                     job.out_path)
+        params, batch_stats, _ = load_variables(job.out_path, job.system, job.config,
+                                                job.image_shape)
+        return params, batch_stats, job.saved["run"]
+    return RUNNERS[job.config.unlearning.method](job.config, job.system, job.split, *job.trained,
+                                                 job.out_path, job.image_shape, job.parallel)
+
+
+def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
+            reference_workdir: str | None, samples_file: str | None = None) -> dict[str, Any]:
+    """Saves a new result, evaluates it and writes results.json."""
+    config, split, method = job.config, job.split, job.config.unlearning.method
+    params, batch_stats, run_info = outcome
+    if job.saved is None:
+        job.out.save(run_info["steps"], {"params": params, "batch_stats": batch_stats,
+                                         **receiver_entries(job.original_receiver)}, config,
+                     {"kind": "unlearned", "method": method, "run": run_info,
+                      "stores_original_receiver": True,
+                      "unlearning_fingerprint": _unlearning_fingerprint(config, split)})
+    job.out.close()
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((params, batch_stats))
 
-    results = evaluate(system, params, batch_stats, split, config, image_shape,
-                       reference_workdir=reference_workdir, original_receiver=original_receiver,
-                       samples_file=samples_file)
+    results = evaluate(job.system, params, batch_stats, split, config, job.image_shape,
+                       reference_workdir=reference_workdir,
+                       original_receiver=job.original_receiver, samples_file=samples_file)
     if not split.backdoor:
         results["forget_sha256"] = ids_digest(split.erased_indices)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
-                    "devices": parallel.size, "processes": jax.process_count()})
+                    "devices": job.parallel.size, "processes": jax.process_count()})
     if is_primary():
-        write_json_atomic(out_path / RESULTS_FILE, results)
+        write_json_atomic(job.out_path / RESULTS_FILE, results)
     if split.backdoor:
         logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s "
                      "compile)", method, results["backdoor_accuracy"], results["accuracy_clean"],
@@ -229,6 +272,44 @@ def unlearn_and_evaluate(config: ml_collections.ConfigDict, init_workdir: str, w
     return results
 
 
+def unlearn_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
+                              init_workdirs: Sequence[str], workdirs: Sequence[str], *,
+                              reference_workdirs: Sequence[str | None] | None = None,
+                              overwrite: bool = False) -> list[dict[str, Any] | NonFiniteError]:
+    """`unlearn_and_evaluate` of several runs (seeds, forget requests) of one method: the runs
+    that are not finished yet and can share a program (`erased_loops_together`) run as one
+    vmapped program, the others one by one; each result equals its run alone.
+
+    Returns one entry per run: its results, or the `NonFiniteError` that ended it (the other
+    runs are unaffected: a batch with a diverging run is rerun one by one).
+    """
+    references = reference_workdirs or [None] * len(configs)
+    jobs = [_prepare(config, init, out, overwrite=overwrite)
+            for config, init, out in zip(configs, init_workdirs, workdirs)]
+    todo = [job for job in jobs if job.saved is None]
+    together: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
+    if len(todo) > 1 and todo[0].config.unlearning.method in ERASED_LOOP_METHODS:
+        try:
+            outcomes = erased_loops_together([job.config for job in todo], todo[0].system,
+                                             [job.split for job in todo],
+                                             [job.trained for job in todo])
+        except NonFiniteError as error:
+            logging.warning("%s; running the runs one by one", error)
+            outcomes = None
+        if outcomes is not None:
+            together = {id(job): outcome for job, outcome in zip(todo, outcomes)}
+    results: list[dict[str, Any] | NonFiniteError] = []
+    for job, reference in zip(jobs, references):
+        try:
+            outcome = together.get(id(job)) or _run_alone(job)
+        except NonFiniteError as error:
+            job.out.close()
+            results.append(error)
+            continue
+        results.append(_finish(job, outcome, reference_workdir=reference))
+    return results
+
+
 def _run_info(report: engine.Report, epochs: int) -> dict[str, Any]:
     """What results.json and the checkpoint keep of a method's run (`epochs`: all of a resumed
     retraining's, not this call's)."""
@@ -236,19 +317,31 @@ def _run_info(report: engine.Report, epochs: int) -> dict[str, Any]:
             "steps": report.steps, "epochs": epochs, "history": report.history}
 
 
-def _erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
-                 params, batch_stats, workdir: pathlib.Path | None, image_shape,
-                 parallel: DataParallel) -> tuple[dict, dict, dict]:
-    """An erased-data method (scu, scu_no_cc, vbu, hbu) through the engine, with its stopping
-    rules; its curves go to `workdir/summaries/<method>`."""
-    del image_shape
+class _ErasedRun(NamedTuple):
+    """An erased-data method's run, set up: what `engine.run` (or `run_many`) takes."""
+
+    method: Any
+    phase: engine.Phase
+    rule: str
+    target: int | None  # the label the rule counts (None: the gap rule)
+    state: Any
+    data: Batch
+    key: jax.Array
+    eval_data: Any
+
+
+def _erased_setup(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
+                  params, batch_stats, parallel: DataParallel,
+                  method: Any = None) -> _ErasedRun:
+    """The method (or `method`, one built for another run of the same settings), its phase with
+    the stopping rule the forget set's kind asks for, and what that rule reads."""
     u, name = config.unlearning, config.unlearning.method
     batch_size = min(u.batch_size, len(split.erased_images))
     if batch_size % parallel.size:
         raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
                           f"{len(split.erased_images)} images) does not split evenly over the "
                           f"{parallel.size} devices of config.parallel.devices")
-    method = method_of(config, system)
+    method = method_of(config, system) if method is None else method
     protocol = protocol_of(config)
     eval_system, target = system_for_evaluation(system, protocol), split.target_class
     rule = {"backdoor": "backdoor", "class": "class"}.get(split.kind, "gap")
@@ -259,12 +352,12 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
         if rule == "gap":
             return gap_closed(eval_system, state.params, state.batch_stats, eval_data)
         if rule == "class":  # read by the receiver that reads the results (a frozen original)
-            batches, mask, key, receiver = eval_data
+            draws, key, receiver = eval_data
             params, batch_stats = (state.params, state.batch_stats) if receiver is None else (
                 with_receiver(state.params, state.batch_stats, receiver))
-            return target_rate(eval_system, params, batch_stats, batches, mask, target, key)
-        batches, mask, key = eval_data
-        return target_rate(eval_system, state.params, state.batch_stats, batches, mask, target, key)
+            return target_rate(eval_system, params, batch_stats, draws, target, key)
+        draws, key = eval_data
+        return target_rate(eval_system, state.params, state.batch_stats, draws, target, key)
 
     phase = unlearning_phase(
         method, seed=config.seed, num_erased=len(split.erased_images),
@@ -283,27 +376,89 @@ def _erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasu
             # A host copy: the state's own receiver buffers are donated to the steps.
             original = (jax.tree.map(np.array, receiver_of(params, batch_stats))
                         if protocol.receiver == "original" else None)
-            eval_data = (*draw_batches(split.erased_images, protocol), key, original)
+            eval_data = (draws_of(split.erased_images, protocol), key, original)
         else:
-            eval_data = (*draw_batches(split.erased_images, protocol), key)
-    steps_per_epoch = phase.batches(0)[0].shape[0]
+            eval_data = (draws_of(split.erased_images, protocol), key)
+    data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
+    return _ErasedRun(method, phase, rule, None if rule == "gap" else target,
+                      method.init(params, batch_stats), data,
+                      jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), eval_data)
+
+
+def _erased_info(config: ml_collections.ConfigDict, run: _ErasedRun,
+                 report: engine.Report) -> dict[str, Any]:
+    info = _run_info(report, report.epochs)
+    info["stop_rule"] = stop_rule_description(config, run.rule)
+    info["stopped_by"] = run.rule if run.phase.name in report.stopped else "max_epochs"
+    return info
+
+
+def _erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
+                 params, batch_stats, workdir: pathlib.Path | None, image_shape,
+                 parallel: DataParallel) -> tuple[dict, dict, dict]:
+    """An erased-data method (scu, scu_no_cc, vbu, hbu) through the engine, with its stopping
+    rules; its curves go to `workdir/summaries/<method>`."""
+    del image_shape
+    u, name = config.unlearning, config.unlearning.method
+    run = _erased_setup(config, system, split, params, batch_stats, parallel)
+    steps_per_epoch = run.phase.batches(0)[0].shape[0]
     hooks, writer = progress_and_summaries(config, workdir, u.max_epochs * steps_per_epoch,
                                            (u.max_epochs - 1,), name)
-    data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
     try:
         state, report = engine.run(
-            [phase], method.init(params, batch_stats), data,
-            jax.random.fold_in(jax.random.PRNGKey(config.seed), 2), name=name, parallel=parallel,
-            per_step=convolutions_slow_in_loops(config), eval_data=eval_data, hooks=hooks,
-            when_non_finite="; no state was saved")
+            [run.phase], run.state, run.data, run.key, name=name, parallel=parallel,
+            per_step=convolutions_slow_in_loops(config), eval_data=run.eval_data, hooks=hooks,
+            when_non_finite="; no state was saved", epochs_per_dispatch=EPOCHS_PER_DISPATCH)
     finally:
         if writer is not None:
             writer.close()
-    info = _run_info(report, report.epochs)
-    info["stop_rule"] = stop_rule_description(config, rule)
-    stopped = phase.stop is not None and report.history and phase.stop(report.history[-1])
-    info["stopped_by"] = rule if stopped else "max_epochs"
-    return state.params, state.batch_stats, info
+    return state.params, state.batch_stats, _erased_info(config, run, report)
+
+
+def _shapes(tree: Any) -> Any:
+    return jax.tree.map(np.shape, tree)
+
+
+def erased_loops_together(configs: Sequence[ml_collections.ConfigDict], system: System,
+                          splits: Sequence[ErasureSplit], trained: Sequence[tuple[Any, Any]]
+                          ) -> list[tuple[dict, dict, dict]] | None:
+    """Several runs of one erased-data method with the same settings (seeds, forget requests)
+    as ONE compiled program (`engine.run_many`); each run's result equals its run alone.
+
+    Returns `[(params, batch_stats, info)]` per run, or None where the runs cannot share a
+    program: other hyper-parameters, D_e, D_r or stopping data of other shapes, another stop
+    target, a mesh, or a codec the engine steps one dispatch at a time.
+
+    Raises:
+      NonFiniteError: one run's loss or parameters became non-finite (naming the run).
+    """
+    first = configs[0]
+    unlearning = [{k: v for k, v in c.unlearning.to_dict().items() if k != "per_method"}
+                  for c in configs]
+    if (len(configs) < 2 or any(u != unlearning[0] for u in unlearning)
+            or first.parallel.devices != 1 or convolutions_slow_in_loops(first)):
+        return None
+    parallel = DataParallel()
+    method = method_of(first, system)
+    runs = [_erased_setup(config, system, split, *variables, parallel, method=method)
+            for config, split, variables in zip(configs, splits, trained)]
+    # Run 0's phase is every run's: its stopping rule reads its target.
+    alike = {(r.rule, r.target, str(_shapes((r.state, r.data, r.eval_data, r.phase.batches(0)))))
+             for r in runs}
+    if len(alike) > 1:
+        return None
+    stack = lambda *trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # noqa: E731
+    states, reports = engine.run_many(
+        runs[0].phase, [r.phase.batches for r in runs],
+        stack(*[jax.device_get(r.state) for r in runs]), stack(*[r.data for r in runs]),
+        jnp.stack([r.key for r in runs]), name=first.unlearning.method,
+        eval_data=None if runs[0].eval_data is None else stack(*[r.eval_data for r in runs]),
+        epochs_per_dispatch=EPOCHS_PER_DISPATCH)
+    states = jax.device_get(states)
+    return [(jax.tree.map(lambda a, i=i: a[i], states.params),
+             jax.tree.map(lambda a, i=i: a[i], states.batch_stats),
+             _erased_info(config, run, report))
+            for i, (config, run, report) in enumerate(zip(configs, runs, reports))]
 
 
 def stop_rule_description(config: ml_collections.ConfigDict, rule: str) -> str:
