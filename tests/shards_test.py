@@ -19,8 +19,9 @@ from scu_jax.experiments.shards import (Shard, parse_shard, partition, shard_cel
                                         shard_from_environment)
 from scu_jax.experiments.sweeps import experiment_config
 from scu_jax.experiments.tasks import TaskGraph
-from scu_jax.experiments.workdir import (CSV_FILE, EXPERIMENT_FILE, ROWS_FILE, exclusive,
-                                         exclusive_shard, rows_file)
+from scu_jax.experiments.workdir import (CSV_FILE, EXPERIMENT_FILE, ROWS_FILE,
+                                         check_experiment_dir, exclusive, exclusive_shard,
+                                         rows_file)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EDR_SWEEP = REPO / "configs" / "experiments" / "edr_sweep.py"
@@ -140,6 +141,17 @@ def test_locks_shards_side_by_side_but_not_twice_nor_beside_other_counts_or_unsh
         pass
 
 
+def test_a_workdir_another_shard_is_creating_is_not_refused(tmp_path):
+    config = experiment_config("edr_sweep", "smoke")
+    # What a shard that started a moment earlier holds before its experiment.json is renamed in.
+    for name in (".lock", ".lock.experiment", ".lock.shard-0-of-3", ".experiment.1f2e.tmp.json"):
+        (tmp_path / name).write_text("")
+    assert check_experiment_dir(tmp_path, config, overwrite=False) == tmp_path
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="is not an experiment directory"):
+        check_experiment_dir(tmp_path, config, overwrite=False)
+
+
 def test_overwrite_with_a_shard_is_refused_before_anything_is_written(tmp_path):
     workdir = tmp_path / "sweep"
     with pytest.raises(ValueError, match=r"--overwrite with shard 0/2: it would delete the other "
@@ -149,11 +161,11 @@ def test_overwrite_with_a_shard_is_refused_before_anything_is_written(tmp_path):
     assert not workdir.exists()
 
 
-# Three groups of one cell each (the original system's evaluation), trained for one epoch on
-# 512 images: the smallest sweep that gives each of three shards a group.
-TINY = {"grid.methods": ("original",), "grid.edr": (0.04, 0.06, 0.08),
-        "bases.mnist5k.train.epochs": 1, "bases.mnist5k.train.receiver_epochs": 1,
-        "bases.mnist5k.max_train_examples": 512, "bases.mnist5k.max_test_examples": 128}
+# Three groups of one cell each (the original system's evaluation), trained for one epoch: the
+# smallest sweep that gives each of three shards a group. Its systems have the smoke sweep's
+# shapes (tests/experiment_test.py), so a session that ran it compiles nothing here.
+TINY = {"grid.methods": ("original",), "grid.edr": (0.04,), "grid.seeds": (0, 1, 2),
+        "bases.mnist5k.train.epochs": 1, "bases.mnist5k.train.receiver_epochs": 1}
 # Columns that differ between two runs of the same cells: wall times and dates.
 _TIMED = ("seconds", "finished_at", "started")
 
@@ -174,16 +186,15 @@ def _untimed(row):
 
 
 @pytest.mark.slow
-def test_three_shard_processes_merge_into_the_rows_of_one_unsharded_run(tmp_path):
-    cache = str(tmp_path / "jax_cache")
+def test_three_shard_processes_merge_into_the_rows_of_one_unsharded_run(tmp_path, cache_dir):
     unsharded = tmp_path / "unsharded"
-    reference = run_experiment(_tiny_config(), unsharded, workers=0, compilation_cache=cache)
+    reference = run_experiment(_tiny_config(), unsharded, workers=0, compilation_cache=cache_dir)
     assert (reference.cells, reference.ran) == (3, 3)
 
     shared = tmp_path / "shared"
     command = [sys.executable, "-m", "scu_jax.binaries.experiment", f"--config={EDR_SWEEP}:smoke",
                *(f"--config.{path}={value!r}" for path, value in TINY.items()),
-               f"--workdir={shared}", "--workers=0", f"--compilation_cache={cache}"]
+               f"--workdir={shared}", "--workers=0", f"--compilation_cache={cache_dir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     # Shards 0 and 1 by flag, shard 2 as a SLURM array task (ids 5-7) would find it.
     slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}

@@ -107,15 +107,20 @@ def _check_fingerprint(root: pathlib.Path, config: ml_collections.ConfigDict) ->
 def check_experiment_dir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                          overwrite: bool) -> pathlib.Path:
     """Refuses (before writing anything) a workdir that holds another experiment or something
-    else, unless `overwrite`; returns it as a path. A workdir holding only locks is one that
-    another shard of the sweep is creating."""
+    else, unless `overwrite`; returns it as a path.
+
+    A workdir that holds only locks and experiment.json (or its temporary file) is one that
+    another shard of the sweep is creating right now; `start_run_record` checks its fingerprint
+    under the lock once the file is written.
+    """
     check_workdir(workdir)
     root = pathlib.Path(workdir)
     if overwrite:
         return root
+    starting = (LOCK_FILE, f".{pathlib.Path(EXPERIMENT_FILE).stem}.", EXPERIMENT_FILE)
     if (root / EXPERIMENT_FILE).exists():
         _check_fingerprint(root, config)
-    elif root.exists() and any(not path.name.startswith(LOCK_FILE) for path in root.iterdir()):
+    elif root.exists() and any(not path.name.startswith(starting) for path in root.iterdir()):
         raise FileExistsError(f"--workdir={root} exists and is not an experiment directory; use "
                               "another --workdir")
     return root
