@@ -224,9 +224,8 @@ EXPERIMENT_BAD_INPUTS = [
     ([f"--config={EDR_SWEEP}:smoke", "--workers=-2"], "--workers=-2: must be >= 0"),
     ([f"--config={EDR_SWEEP}:smoke", "NOT_AN_EXPERIMENT"], "exists and is not an experiment directory"),
     ([f"--config={EDR_SWEEP}:smoke", "--shard=3/3"], "--shard='3/3': must be i/n with integers 0 <= i < n"),
-    # A SLURM array task's variables, and an explicit --shard that wins over them.
+    # A SLURM array task's variables (tests/shards_test.py: an explicit --shard wins over them).
     ([f"--config={EDR_SWEEP}:smoke", "SLURM:4/4"], "SLURM_ARRAY_TASK_ID='4', SLURM_ARRAY_TASK_COUNT='4'"),
-    ([f"--config={EDR_SWEEP}:smoke", "SLURM:9/2", "--shard=0/1", "--workers=-2"], "--workers=-2"),
 ]
 
 

@@ -196,12 +196,13 @@ def test_three_shard_processes_merge_into_the_rows_of_one_unsharded_run(tmp_path
                *(f"--config.{path}={value!r}" for path, value in TINY.items()),
                f"--workdir={shared}", "--workers=0", f"--compilation_cache={cache_dir}"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    # Shards 0 and 1 by flag, shard 2 as a SLURM array task (ids 5-7) would find it.
-    slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "3"}
-    processes = [subprocess.Popen([*command, f"--shard={i}/3"], cwd=REPO, env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
-    processes.append(subprocess.Popen(command, cwd=REPO, env={**env, **slurm}, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    # Shard 2 as a SLURM array task (ids 5-7) finds it; shards 0 and 1 by flag, which wins over
+    # the same variables (else two processes would run shard 2, and one would be refused).
+    env = {**env, "SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
+           "SLURM_ARRAY_TASK_COUNT": "3"}
+    processes = [subprocess.Popen([*command, *shard], cwd=REPO, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for shard in (["--shard=0/3"], ["--shard=1/3"], [])]
     for index, process in enumerate(processes):
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]

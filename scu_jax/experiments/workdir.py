@@ -139,8 +139,8 @@ def remove_results(root: pathlib.Path) -> None:
 
 @contextlib.contextmanager
 def _flock(path: pathlib.Path, operation: int, refused: str | None) -> Iterator[None]:
-    """Holds `path`'s flock (`fcntl.LOCK_EX` or `LOCK_SH`); where it is taken, a FileExistsError
-    `refused`, or with `refused` None, waits for it."""
+    """Holds `path`'s flock (`fcntl.LOCK_EX` or `LOCK_SH`). Where another process holds it, raises
+    FileExistsError(`refused`), or with `refused` None waits for it."""
     # Read and write access: NFS emulates flock with POSIX locks, which need both.
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -164,6 +164,8 @@ def exclusive(workdir: pathlib.Path) -> contextlib.AbstractContextManager[None]:
 
 
 def _held(path: pathlib.Path) -> bool:
+    """Whether another process holds `path`'s lock (asked under `.lock.experiment`, so that none
+    takes it between the question and what the caller does next)."""
     try:
         with _flock(path, fcntl.LOCK_EX, ""):
             return False
@@ -190,7 +192,7 @@ def exclusive_shard(workdir: pathlib.Path, shard: Shard) -> Iterator[None]:
                     raise FileExistsError(
                         f"shards of another count ({other.name.rsplit('-', 1)[1]}) are running in "
                         f"{workdir}; every shard of a sweep needs the same n (here {shard.count})")
-            stack.enter_context(_flock(mine, fcntl.LOCK_SH, "unreachable: shared locks coexist"))
+            stack.enter_context(_flock(mine, fcntl.LOCK_SH, f"{mine.name} is held exclusively in {workdir}"))
         yield
 
 
