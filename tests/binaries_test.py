@@ -13,8 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 MNIST = str(REPO / "configs" / "mnist.py")
 
 
-def _run(*args, timeout=300, binary="train"):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _run(*args, timeout=300, binary="train", env_extra=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", f"scu_jax.binaries.{binary}", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -223,6 +223,9 @@ EXPERIMENT_BAD_INPUTS = [
      "config.bases.mnist5k.channel.k_factor=-1.0: must be a finite number in [0.0"),
     ([f"--config={EDR_SWEEP}:smoke", "--workers=-2"], "--workers=-2: must be >= 0"),
     ([f"--config={EDR_SWEEP}:smoke", "NOT_AN_EXPERIMENT"], "exists and is not an experiment directory"),
+    ([f"--config={EDR_SWEEP}:smoke", "--shard=3/3"], "--shard='3/3': must be i/n with integers 0 <= i < n"),
+    # A SLURM array task's variables (tests/shards_test.py: an explicit --shard wins over them).
+    ([f"--config={EDR_SWEEP}:smoke", "SLURM:4/4"], "SLURM_ARRAY_TASK_ID='4', SLURM_ARRAY_TASK_COUNT='4'"),
 ]
 
 
@@ -234,8 +237,13 @@ def test_experiment_bad_input_is_one_line_exit_2(tmp_path, extra, message):
         extra = [arg for arg in extra if arg != "NOT_AN_EXPERIMENT"]
         workdir.mkdir()
         (workdir / "notes.txt").write_text("mine")
+    slurm = {}
+    for arg in (arg for arg in extra if arg.startswith("SLURM:")):
+        task_id, count = arg.removeprefix("SLURM:").split("/")
+        slurm = {"SLURM_ARRAY_TASK_ID": task_id, "SLURM_ARRAY_TASK_COUNT": count}
+    extra = [arg for arg in extra if not arg.startswith("SLURM:")]
     before = _tree_digest(tmp_path)
-    result = _run(*extra, f"--workdir={workdir}", binary="experiment")
+    result = _run(*extra, f"--workdir={workdir}", binary="experiment", env_extra=slurm)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]

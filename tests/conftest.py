@@ -3,6 +3,13 @@
 import pytest
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One JAX compilation cache for every sweep of the session: the smoke sweeps and the shards'
+    runs compile the same programs."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
 @pytest.fixture
 def mock_tfds(monkeypatch):
     import tensorflow_datasets as tfds  # A dev dependency: fail, never skip, without it.

@@ -29,11 +29,6 @@ COMPARED = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "m
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-@pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory, cache_dir):
     workdir = tmp_path_factory.mktemp("sweep") / "edr"
     config = experiment_config("edr_sweep", "smoke")

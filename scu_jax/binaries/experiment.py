@@ -5,6 +5,10 @@
 Writes WORKDIR/results.jsonl (one row per cell), results.csv, figures/ and REPORT.md. Rerunning
 the same command skips finished cells and resumes the rest; a workdir of another experiment is
 refused unless --overwrite is given.
+
+Across machines: `--shard=i/n` (or, without it, a SLURM array task's SLURM_ARRAY_TASK_ID minus
+SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT) runs shard i of n into a shared workdir, its
+rows to WORKDIR/results.shard-i-of-n.jsonl; `scu-report` merges them when every shard is done.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ml_collections import config_flags
 from scu_jax.binaries import common
 from scu_jax.experiments.report import write_report
 from scu_jax.experiments.scheduler import run_experiment
+from scu_jax.experiments.shards import parse_shard, shard_from_environment
 
 PROGRAM = "scu-experiment"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,10 +36,26 @@ _OVERWRITE = flags.DEFINE_boolean(
 _REPORT = flags.DEFINE_boolean("report", True, "Write figures/ and REPORT.md at the end.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None, "JAX persistent compilation cache (default WORKDIR/cache/jax; '' = none).")
+_SHARD = flags.DEFINE_string(
+    "shard", None, "Run shard i/n of the grid (0 <= i < n; whole groups of cells each) into a "
+    "shared --workdir; default: a SLURM array task's, from SLURM_ARRAY_TASK_ID (- "
+    "SLURM_ARRAY_TASK_MIN) and SLURM_ARRAY_TASK_COUNT. Refuses --overwrite; writes no report "
+    "(run scu-report once every shard is done).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _shard():
+    """--shard, else the SLURM array task's shard, else None (the whole grid)."""
+    try:
+        if _SHARD.value is not None:
+            return parse_shard(_SHARD.value)
+        return shard_from_environment(os.environ)
+    except ValueError as error:
+        common.fail(PROGRAM, error)
+
+
 def _main() -> None:
+    shard = _shard()
     config = common.config_or_fail(PROGRAM, _CONFIG)
     if _WORKERS.value < 0:
         common.fail(PROGRAM, f"--workers={_WORKERS.value}: must be >= 0 (0 runs every task in "
@@ -42,12 +63,17 @@ def _main() -> None:
 
     def body() -> None:
         done = run_experiment(config, _WORKDIR.value, workers=_WORKERS.value,
-                              overwrite=_OVERWRITE.value, compilation_cache=_CACHE.value)
-        logging.info("%d cells in the grid: %d run now, %d finished before; %.1f s", done.cells,
+                              overwrite=_OVERWRITE.value, compilation_cache=_CACHE.value,
+                              shard=shard)
+        prefix = "" if shard is None else f"shard {shard}: "
+        logging.info("%s%d cells: %d run now, %d finished before; %.1f s", prefix, done.cells,
                      done.ran, done.skipped, done.seconds)
-        print(f"{done.ran} cells run, {done.skipped} already finished, of {done.cells}; "
+        print(f"{prefix}{done.ran} cells run, {done.skipped} already finished, of {done.cells}; "
               f"{done.seconds:.1f} s")
-        if _REPORT.value:
+        if shard is not None:
+            # The other shards may still be running: the report is scu-report's, at the end.
+            print(f"when every shard is done: scu-report --workdir={_WORKDIR.value}")
+        elif _REPORT.value:
             print(f"report: {write_report(_WORKDIR.value)}")
 
     common.run_guarded(PROGRAM, body)

@@ -9,6 +9,7 @@ comparison table over seeds). Modules, one job each:
   workdir    the experiment directory: layout, fingerprint, lock, run records
   machine    what a timing was measured on
   rows       the append-only results.jsonl and results.csv
+  shards     which cells shard i of n runs (whole groups), --shard and SLURM array tasks
   tasks      a sweep's tasks and their dependencies
   worker     one task, in a worker process or in this one
   progress   the progress line and ETA
@@ -33,17 +34,21 @@ from scu_jax.experiments.report import write_report
 from scu_jax.experiments.rows import read_rows
 from scu_jax.experiments.scheduler import ExperimentReport
 from scu_jax.experiments.scheduler import run_experiment
+from scu_jax.experiments.shards import Shard
+from scu_jax.experiments.shards import partition
 from scu_jax.experiments.sweeps import experiment_config
 
 __all__ = (
     "Cell",
     "ExperimentReport",
     "Group",
+    "Shard",
     "aggregate",
     "experiment_config",
     "expand",
     "machine_info",
     "paper_numbers",
+    "partition",
     "read_rows",
     "run_experiment",
     "run_pipeline",

@@ -1,7 +1,9 @@
 """REPORT.md and the figures of an experiment directory (`scu-report`, and the end of a sweep).
 
-Reads only WORKDIR/experiment.json, results.jsonl and the cells' samples.npz: no JAX work. Writes
-`WORKDIR/figures/*.png|pdf` and `WORKDIR/REPORT.md`, each to a temporary file renamed into place.
+Reads only WORKDIR/experiment.json, the rows files (results.jsonl and every shard's, merged in
+grid order) and the cells' samples.npz: no JAX work. Writes `WORKDIR/results.csv` (the merged
+rows), `WORKDIR/figures/*.png|pdf` and `WORKDIR/REPORT.md`, each to a temporary file renamed into
+place.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import os
 import pathlib
 from typing import Any
 
+import ml_collections
+
 from scu_jax.experiments.aggregate import (aggregate, format_statistic, other_receiver_row,
                                            table_lines, with_speedups)
 from scu_jax.experiments.figures import METRICS, axis_figures, sample_figures, time_figure
+from scu_jax.experiments.grid import expand
 from scu_jax.experiments.paper import gap_lines, paper_comparison
-from scu_jax.experiments.rows import read_rows
+from scu_jax.experiments.rows import read_rows, write_csv
 from scu_jax.experiments.workdir import EXPERIMENT_FILE, FIGURES_DIR, REPORT_FILE
 from scu_jax.runs.files import write_text_atomic
 
@@ -188,13 +193,23 @@ def _read_experiment(root: pathlib.Path) -> dict[str, Any]:
         raise ValueError(f"{experiment_file} is not valid JSON") from None
 
 
+def merged_rows(root: pathlib.Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rows file's rows (unsharded and shards') in the grid order of `config` (the saved
+    experiment config): the rows one unsharded `--workers=0` run would have written. A cell with
+    two rows is a ValueError."""
+    order = [cell.id for cell in expand(ml_collections.ConfigDict(config))]
+    return read_rows(root, order=order)
+
+
 def write_report(workdir: str | os.PathLike) -> str:
-    """Writes WORKDIR/figures and WORKDIR/REPORT.md from the finished rows; returns REPORT.md's
-    path."""
+    """Writes WORKDIR/results.csv, figures and REPORT.md from the finished rows of every shard;
+    returns REPORT.md's path."""
     root = pathlib.Path(workdir)
     experiment = _read_experiment(root)
     config = experiment["config"]
-    rows = with_speedups(read_rows(root))
+    merged = merged_rows(root, config)
+    write_csv(root, merged)
+    rows = with_speedups(merged)
     summary = aggregate(rows)
     figures_dir = root / FIGURES_DIR
     figures_dir.mkdir(exist_ok=True)

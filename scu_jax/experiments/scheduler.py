@@ -2,8 +2,13 @@
 
 Tasks run in `workers` spawned processes (each JAX process keeps its compiled functions and a
 persistent compilation cache); the parent alone writes results, and workers die with it. A rerun
-skips every cell whose row is in results.jsonl and resumes the others from their checkpoints, so
+skips every cell whose row is in a rows file and resumes the others from their checkpoints, so
 a killed sweep finishes with the rows an uninterrupted one would have written.
+
+With a `shard` (i of n), the call runs only the shard's cells (`shards.partition`: whole groups,
+so each group's training and retraining have one owner) and appends to its own rows file, beside
+the other shards running at the same time on other machines; results.csv, figures and REPORT.md
+are left to `scu-report`, which merges every shard's rows once they have finished.
 """
 
 from __future__ import annotations
@@ -21,24 +26,26 @@ import ml_collections
 from scu_jax.experiments.grid import Cell, validate_experiment
 from scu_jax.experiments.progress import Progress
 from scu_jax.experiments.rows import append_row, make_row, read_rows, write_csv
+from scu_jax.experiments.shards import Shard, shard_cells
 from scu_jax.experiments.tasks import TaskGraph
-from scu_jax.experiments.workdir import (check_experiment_dir, exclusive, remove_results,
-                                         start_run_record)
+from scu_jax.experiments.workdir import (check_experiment_dir, exclusive, exclusive_shard,
+                                         remove_results, start_run_record)
 from scu_jax.experiments.worker import quiet_and_cached, run_task, worker_init
 
 
 @dataclasses.dataclass
 class ExperimentReport:
-    cells: int  # in the grid
+    cells: int  # in the grid, or in the shard
     ran: int  # cells run by this call
     skipped: int  # finished before this call
     seconds: float
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]  # every file's, this call's included
+    shard: Shard | None = None
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                    workers: int = 1, overwrite: bool = False, compilation_cache: str | None = None,
-                   progress_stream=None) -> ExperimentReport:
+                   progress_stream=None, shard: Shard | None = None) -> ExperimentReport:
     """Runs (or resumes) every unfinished cell of the experiment; returns what it did.
 
     Args:
@@ -46,31 +53,39 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str | os.PathLike
       workdir: the experiment directory. One that holds rows of an experiment with other base
         configs is refused unless `overwrite` (which deletes its results and runs first).
       workers: tasks run in this many spawned processes; 0 runs them in this process.
-      overwrite: start afresh in a workdir that holds another experiment.
+      overwrite: start afresh in a workdir that holds another experiment (refused with a
+        `shard`: it would delete the other shards' results).
       compilation_cache: JAX's persistent compilation cache directory (default
-        `WORKDIR/cache/jax`; "" for none).
+        `WORKDIR/cache/jax`, a shard's `WORKDIR/cache/jax-shard-i-of-n`: JAX writes its entries
+        in place, so processes on several machines must not share one; "" for none).
       progress_stream: where the progress line goes (stderr by default).
+      shard: run only this shard's cells (None: every cell); cells with a row in any rows file
+        are skipped.
     """
     cells = validate_experiment(config)
     if workers < 0:
         raise ValueError(f"--workers={workers}: must be >= 0 (0 runs every task in this process)")
+    if shard is not None and overwrite:
+        raise ValueError(f"--overwrite with shard {shard}: it would delete the other shards' "
+                         "results; delete the workdir's contents first or use another --workdir")
     root = check_experiment_dir(workdir, config, overwrite)
     root.mkdir(parents=True, exist_ok=True)
-    cache = str(root / "cache" / "jax") if compilation_cache is None else compilation_cache
-    with exclusive(root):
+    cache = (str(root / "cache" / ("jax" if shard is None else f"jax-{shard.name}"))
+             if compilation_cache is None else compilation_cache)
+    with exclusive(root) if shard is None else exclusive_shard(root, shard):
         if overwrite:
             remove_results(root)
-        return _run_locked(config, root, cells, workers, cache, progress_stream)
+        return _run_locked(config, root, cells, shard, workers, cache, progress_stream)
 
 
 class _Results:
-    """Where finished tasks go: a cell's row to results.jsonl and .csv, every task's time to the
-    progress line, and the tasks that waited for it to the ready ones."""
+    """Where finished tasks go: a cell's row to the rows file (and, unsharded, results.csv),
+    every task's time to the progress line, and the tasks that waited for it to the ready ones."""
 
     def __init__(self, experiment: str, root: pathlib.Path, rows: list[dict[str, Any]],
-                 graph: TaskGraph, progress: Progress):
+                 graph: TaskGraph, progress: Progress, shard: Shard | None):
         self.experiment, self.root, self.rows = experiment, root, rows
-        self.graph, self.progress = graph, progress
+        self.graph, self.progress, self.shard = graph, progress, shard
         self.ran = 0
 
     def complete(self, task_id: str, output: dict[str, Any]) -> None:
@@ -78,9 +93,10 @@ class _Results:
         if task["kind"] == "cell":
             cell: Cell = task["cell"]
             row = make_row(self.experiment, cell, output)
-            append_row(self.root, row)
+            append_row(self.root, row, self.shard)
             self.rows.append(row)
-            write_csv(self.root, self.rows)
+            if self.shard is None:  # shards running beside each other would race for it
+                write_csv(self.root, self.rows)
             self.ran += 1
             self.progress.finished(self.graph.kind(task_id), output["task_seconds"], 1)
         else:
@@ -89,15 +105,17 @@ class _Results:
 
 
 def _run_locked(config: ml_collections.ConfigDict, root: pathlib.Path, cells: list[Cell],
-                workers: int, cache: str, progress_stream) -> ExperimentReport:
+                shard: Shard | None, workers: int, cache: str,
+                progress_stream) -> ExperimentReport:
     started = time.perf_counter()
-    record = start_run_record(root, config, workers)
-    rows = read_rows(root, repair=True)
+    rows = read_rows(root, repair=True, shard=shard, order=[cell.id for cell in cells])
+    record = start_run_record(root, config, workers, shard)
     done = {row["cell"] for row in rows}
+    cells = shard_cells(cells, shard)
     todo = [cell for cell in cells if cell.id not in done]
     graph = TaskGraph.plan(config, root, todo)
     progress = Progress(len(cells), workers, progress_stream, done=len(cells) - len(todo))
-    results = _Results(config.name, root, rows, graph, progress)
+    results = _Results(config.name, root, rows, graph, progress, shard)
     progress.show([], graph.kinds(list(graph.pending)), force=True)
     try:
         if workers == 0:
@@ -108,7 +126,7 @@ def _run_locked(config: ml_collections.ConfigDict, root: pathlib.Path, cells: li
         progress.close()
         record(time.perf_counter() - started, results.ran)
     return ExperimentReport(cells=len(cells), ran=results.ran, skipped=len(cells) - len(todo),
-                            seconds=time.perf_counter() - started, rows=rows)
+                            seconds=time.perf_counter() - started, rows=rows, shard=shard)
 
 
 def _run_here(graph: TaskGraph, results: _Results, progress: Progress, cache: str) -> None:
