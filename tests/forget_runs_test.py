@@ -73,6 +73,29 @@ def test_every_method_runs_on_a_forget_set(clean_system, tmp_path, method):
         assert all("gap_closed" in epoch for epoch in results["history"])
 
 
+def test_independent_requests_run_as_one_program_each_with_its_result_alone(clean_system,
+                                                                              tmp_path):
+    """Two random requests' SCU runs as one vmapped program (`unlearn_and_evaluate_many`, as
+    scu-pipeline runs its seeds): each result is the one its run alone gives, and a rerun
+    reuses both."""
+    configs = []
+    for seed in (0, 1):
+        config = _smoke("random", fraction=0.05, seed=seed)
+        config.unlearning.method, config.unlearning.max_epochs = "scu", 3
+        configs.append(config)
+    workdirs = [str(tmp_path / f"together_{seed}") for seed in (0, 1)]
+    together = unlearn.unlearn_and_evaluate_many(configs, [str(clean_system)] * 2, workdirs)
+    alone = unlearn.unlearn_and_evaluate(configs[1], str(clean_system), str(tmp_path / "alone"))
+    assert together[0]["forget_sha256"] != together[1]["forget_sha256"] == alone["forget_sha256"]
+    assert together[1]["runs_together"] == 2 and "runs_together" not in alone
+    for key in ("epochs", "steps", "stopped_by"):
+        assert together[1][key] == alone[key], key
+    for key in ("mse_erased", "mse_heldout", "accuracy_erased", "accuracy_test", "mia_auc"):
+        assert together[1][key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
+    again = unlearn.unlearn_and_evaluate_many(configs, [str(clean_system)] * 2, workdirs)
+    assert [r["mse_erased"] for r in again] == [r["mse_erased"] for r in together]
+
+
 def test_the_class_rule_and_a_changed_forget_set_is_another_result(clean_system, tmp_path):
     config = _smoke("class", class_id=3)
     config.unlearning.method = "scu"

@@ -455,9 +455,10 @@ def erased_loops_together(configs: Sequence[ml_collections.ConfigDict], system: 
         eval_data=None if runs[0].eval_data is None else stack(*[r.eval_data for r in runs]),
         epochs_per_dispatch=EPOCHS_PER_DISPATCH)
     states = jax.device_get(states)
+    # Each run's `unlearn_seconds` is the whole program's: its result was ready no sooner.
     return [(jax.tree.map(lambda a, i=i: a[i], states.params),
              jax.tree.map(lambda a, i=i: a[i], states.batch_stats),
-             _erased_info(config, run, report))
+             {**_erased_info(config, run, report), "runs_together": len(runs)})
             for i, (config, run, report) in enumerate(zip(configs, runs, reports))]
 
 
