@@ -23,12 +23,15 @@ from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.engine import Phase
 from scu_jax.engine import Report
 from scu_jax.engine import run
+from scu_jax.engine import run_many
 from scu_jax.errors import CheckpointMismatchError
 from scu_jax.errors import CheckpointReadError
 from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError
 from scu_jax.errors import LedgerMismatchError
 from scu_jax.errors import NonFiniteError
+from scu_jax.stopping import Draws
+from scu_jax.stopping import draws_of
 from scu_jax.stopping import target_rate
 from scu_jax.losses import adaptive_weights
 from scu_jax.losses import codec_loss
@@ -76,6 +79,7 @@ __all__ = (
     "ConfigError",
     "DataParallel",
     "DatasetUnavailableError",
+    "Draws",
     "ErasureSplit",
     "LedgerMismatchError",
     "Method",
@@ -97,6 +101,7 @@ __all__ = (
     "cross_entropy",
     "estimate_infonce",
     "estimate_mine",
+    "draws_of",
     "fading_coefficients",
     "finetune",
     "gaussian_kl",
@@ -114,6 +119,7 @@ __all__ = (
     "reconstruction_mse",
     "rician",
     "run",
+    "run_many",
     "scu",
     "scu_loss",
     "scu_no_cc",
