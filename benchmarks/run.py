@@ -1,14 +1,24 @@
 """`python -m benchmarks.run`: step throughput of JAX (per-step dispatch and scan-fused) against the
-PyTorch eager reference, side by side in one process, with achieved FLOP/s against the machine's
-measured matrix-multiply FLOP/s.
+PyTorch reference (eager, the loss under `torch.compile`, the whole step under `torch.compile`),
+side by side in one process, each step against its floor (the bare matrix multiplies or
+convolutions of the step, timed the same way) and both against the measured matmul peak.
 
-  python -m benchmarks.run --out=runs/benchmark.json   # MNIST codec 16/128/1024, CIFAR codec 16/128
-  python -m benchmarks.run --batches=16 --methods=train,scu --repeats=5 --cifar_batches=
+  python -m benchmarks.run --out=runs/benchmark.json   # MNIST 16/128 (every method), CIFAR 16
+  python -m benchmarks.run --batches=16 --methods=scu --cifar_batches= --repeats=6
+  python -m benchmarks.run --batches=16 --methods=scu --cifar_batches= --unroll=1,2,4
   python -m benchmarks.run --cifar_dtype=bfloat16          # the CIFAR ResNet codec in bf16 (GPU)
   python -m benchmarks.run --batches= --cifar_batches=16 --cifar_methods=train --rolled_scan
 
-Every number is the best of `--repeats` timed runs after a warm-up (compilation is timed apart).
-Throughput does not depend on pixel values, so the images are synthetic uint8 noise.
+The default command takes about 12 minutes on an idle 2-core CPU (torch.compile's compilations
+are about a minute of it).
+
+Timing protocol, the same for every rate (JAX and PyTorch, step and floor): a window is `--steps`
+steps at batch 16 (one scan block, as many dispatches, or as many PyTorch steps; a batch of B
+runs steps·16/B); a measurement is the best of `--windows` windows after a warm-up; the
+measurement is repeated `--repeats` times and every rate is reported as its range (min–max over
+the repeats). Compilation (XLA and torch.compile) is timed apart. Throughput does not depend on
+pixel values, so the images are synthetic uint8 noise, a pool of `_POOL` batches that the steps
+cycle through.
 """
 
 from __future__ import annotations
@@ -23,60 +33,89 @@ from absl import app, flags
 from scu_jax.runs.files import write_text_atomic
 
 _OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where the JSON results go.")
-_BATCHES = flags.DEFINE_list("batches", ["16", "128", "1024"], "Batch sizes (MNIST codec).")
+_BATCHES = flags.DEFINE_list("batches", ["16", "128"], "Batch sizes (MNIST codec).")
 _METHODS = flags.DEFINE_list("methods", ["train", "scu", "scu_no_cc", "vbu", "hbu"],
                              "Steps to time: train and the erased-data unlearning methods.")
-_STEPS = flags.DEFINE_integer("steps", 250, "Steps per timed run (one scan block).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement; the best is kept.")
-_TORCH = flags.DEFINE_boolean("torch", True, "Time the PyTorch eager reference too.")
-_CIFAR_BATCHES = flags.DEFINE_list("cifar_batches", ["16", "128"],
+_STEPS = flags.DEFINE_integer("steps", 600, "Steps per timed window (one scan block) at batch "
+                              "16; a batch of B runs steps·16/B (at least 2), so that every "
+                              "window holds about as many samples.")
+_WINDOWS = flags.DEFINE_integer("windows", 3, "Windows per measurement; the best is kept.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Measurements per rate; the table shows their "
+                                "range.")
+_UNROLL = flags.DEFINE_list("unroll", ["1"], "`lax.scan` unroll factors to time the MNIST scan "
+                            "with (one column each).")
+_TORCH = flags.DEFINE_boolean("torch", True, "Time the PyTorch reference too.")
+_TORCH_COMPILE = flags.DEFINE_boolean("torch_compile", True, "Time the PyTorch reference under "
+                                      "torch.compile too (the loss, and the whole step).")
+_CIFAR_BATCHES = flags.DEFINE_list("cifar_batches", ["16"],
                                    "Batch sizes for the CIFAR ResNet codec (empty: none).")
 _CIFAR_METHODS = flags.DEFINE_list("cifar_methods", ["train", "scu"],
                                    "Steps to time on the CIFAR codec.")
-_CIFAR_STEPS = flags.DEFINE_integer("cifar_steps", 3, "Steps per timed CIFAR run (one scan block).")
-_CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Timed runs per CIFAR measurement (a "
-                                      "ResNet SCU step at batch 128 takes seconds on a CPU).")
+_CIFAR_STEPS = flags.DEFINE_integer("cifar_steps", 3, "Steps per CIFAR window (one scan block).")
+_CIFAR_WINDOWS = flags.DEFINE_integer("cifar_windows", 1, "Windows per CIFAR measurement (a "
+                                      "ResNet SCU step takes seconds on a CPU).")
+_CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Measurements per CIFAR rate.")
 _ROLLED = flags.DEFINE_boolean("rolled_scan", False, "Keep every scan a loop, even where "
                                "build.convolutions_slow_in_loops unrolls it (to measure why).")
 _CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
                                  "Compute dtype of the CIFAR ResNet codec.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square float32 matrices whose "
+                                  "product measures the matmul peak.")
+
+_POOL = 16  # distinct batches on the device; step i reads batch i % _POOL
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
+def _best(fn: Callable[[], Any], windows: int) -> float:
+    """The shortest wall time of `windows` calls of `fn`."""
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(windows):
         started = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - started)
     return best
 
 
-def matmul_flops(repeats: int, size: int = 1024) -> dict[str, float]:
-    """Measured float32 matrix-multiply FLOP/s (2n³ per product), JAX and (if present) PyTorch."""
+def rates(window: Callable[[], Any], steps: int, windows: int, repeats: int) -> list[float]:
+    """Steps/s of `window` (which runs `steps` steps), best of `windows` windows, for each of
+    `repeats` measurements; one warm-up window first."""
+    window()
+    return [steps / _best(window, windows) for _ in range(repeats)]
+
+
+def span(values: list[float] | None) -> tuple[float, float] | None:
+    """(min, max) of the measurements."""
+    return (min(values), max(values)) if values else None
+
+
+def matmul_flops(repeats: int, size: int = 2048, windows: int = 3) -> dict[str, Any]:
+    """Measured float32 matrix-multiply FLOP/s (2n³ per product), JAX and (if timed) PyTorch,
+    one value per repeat."""
     import jax
     import numpy as np
 
     a = jax.device_put(np.random.default_rng(0).standard_normal((size, size), np.float32))
     product = jax.jit(lambda x: x @ x)
     product(a).block_until_ready()
-    count = 10
+    count = max(1, 2 * 1024**3 // size**3)  # about 2 GFLOP a window
 
     def run():
         for _ in range(count):
             out = product(a)
         out.block_until_ready()
 
-    result = {"matmul_size": size, "jax_matmul_flops": 2 * size**3 * count / _best(run, repeats)}
+    flops = 2 * size**3 * count
+    result = {"matmul_size": size,
+              "jax_matmul_flops": [r * flops for r in rates(run, 1, windows, repeats)]}
     if _TORCH.value:
         import torch
 
         t = torch.from_numpy(np.array(a))
-        result["torch_matmul_flops"] = 2 * size**3 * count / _best(
-            lambda: [t @ t for _ in range(count)], repeats)
+        result["torch_matmul_flops"] = [
+            r * flops for r in rates(lambda: [t @ t for _ in range(count)], 1, windows, repeats)]
     return result
 
 
-def _setup(codec: str, batch_size: int, steps: int):
+def _setup(codec: str, batch_size: int):
     import jax
     import numpy as np
 
@@ -94,42 +133,74 @@ def _setup(codec: str, batch_size: int, steps: int):
     system = build_system(config, shape, 10)
     state = training.initial_state(system, recipe_of(config), config.seed, shape)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (steps, batch_size, *shape), dtype=np.uint8)
-    labels = rng.integers(0, 10, (steps, batch_size)).astype(np.int32)
+    images = rng.integers(0, 256, (_POOL, batch_size, *shape), dtype=np.uint8)
+    labels = rng.integers(0, 10, (_POOL, batch_size)).astype(np.int32)
     return config, system, state, jax.device_put(images), jax.device_put(labels)
 
 
-def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str = "mnist",
-                        steps: int = 250) -> dict[str, float]:
-    """Samples/s of one method's step: per-step dispatch (one jitted call per step) and one
-    `lax.scan` block of `steps` steps; compile times; XLA's FLOP count of a step."""
+def _step_function(method: str, config, system, train_state, images, labels):
+    """`(one(state, i) → (state, metrics), initial state)` for step i of `method`."""
     import jax
-    import jax.numpy as jnp
 
     from scu_jax.methods import Batch, training
-    from scu_jax.runs.build import convolutions_slow_in_loops, method_of, recipe_of
+    from scu_jax.runs.build import method_of, recipe_of
 
-    config, system, train_state, images, labels = _setup(codec, batch_size, steps)
-    # As the engine does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
-    # the block is unrolled (one dispatch, no loop).
-    unroll = convolutions_slow_in_loops(config) and not _ROLLED.value
     key = jax.random.PRNGKey(0)
     if method == "train":
         step = training.codec_step(system, recipe_of(config))
-        state = train_state
 
         def one(s, i):
-            return step(s, training.Examples(images[i], labels[i]), key)
-    else:
-        config.unlearning.method = method
-        algorithm = method_of(config, system)
-        state = algorithm.init(train_state.params, train_state.batch_stats)
-        half = images.shape[0] // 2
+            return step(s, training.Examples(images[i % _POOL], labels[i % _POOL]), key)
 
-        def one(s, i):  # erased batch i, remaining batch i + half (pairs as the loop forms them)
-            j = (i + half) % images.shape[0]
-            return algorithm.step(s, Batch(images[i], labels[i], images[j], labels[j]), key)
+        return one, train_state
+    config.unlearning.method = method
+    algorithm = method_of(config, system)
 
+    def one(s, i):  # erased batch i, remaining batch i + half (pairs as the loop forms them)
+        e, r = i % _POOL, (i + _POOL // 2) % _POOL
+        return algorithm.step(s, Batch(images[e], labels[e], images[r], labels[r]), key)
+
+    return one, algorithm.init(train_state.params, train_state.batch_stats)
+
+
+def _scan_window(one: Callable, state: Any, steps: int, unroll: int | bool):
+    """A compiled `lax.scan` block of `steps` steps, its compile seconds, and a window that
+    runs it on a held (donated) state."""
+    import jax
+    import jax.numpy as jnp
+
+    def run_block(s):
+        return jax.lax.scan(lambda c, i: (one(c, i)[0], None), s, jnp.arange(steps),
+                            unroll=unroll)[0]
+
+    started = time.perf_counter()
+    compiled = jax.jit(run_block, donate_argnums=0).lower(state).compile()
+    compile_seconds = time.perf_counter() - started
+    holder = {"state": jax.tree.map(jnp.copy, state)}
+
+    def window():
+        holder["state"] = jax.block_until_ready(compiled(holder["state"]))
+
+    return window, compile_seconds
+
+
+def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str = "mnist",
+                        steps: int = 600, windows: int = 3,
+                        unrolls: tuple[int, ...] = (1,)) -> dict[str, Any]:
+    """Steps/s of one method's step: per-step dispatch (one jitted call per step) and one
+    `lax.scan` block of `steps` steps (for each scan unroll factor in `unrolls`; the ResNet on a
+    CPU is always fully unrolled); compile times; XLA's FLOP count of a step. Each rate is a
+    list, one value per repeat."""
+    import jax
+    import jax.numpy as jnp
+
+    from scu_jax.runs.build import convolutions_slow_in_loops
+
+    config, system, train_state, images, labels = _setup(codec, batch_size)
+    one, state = _step_function(method, config, system, train_state, images, labels)
+    # As the engine does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
+    # the block is unrolled (one dispatch, no loop).
+    fully_unrolled = convolutions_slow_in_loops(config) and not _ROLLED.value
     single = jax.jit(lambda s, i: one(s, i)[0], donate_argnums=0)
     started = time.perf_counter()
     compiled_single = single.lower(state, jnp.int32(0)).compile()
@@ -137,44 +208,164 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
     cost = compiled_single.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
-
-    def run_block(s):
-        return jax.lax.scan(lambda c, i: (one(c, i)[0], None), s, jnp.arange(images.shape[0]),
-                            unroll=unroll)[0]
-
-    block = jax.jit(run_block, donate_argnums=0)
-    started = time.perf_counter()
-    compiled_block = block.lower(state).compile()
-    compile_block = time.perf_counter() - started
-    indices = [jnp.int32(i) for i in range(images.shape[0])]
+    indices = [jnp.int32(i) for i in range(steps)]
     holder = {"state": jax.tree.map(jnp.copy, state)}
 
     def dispatch():
         s = holder["state"]
         for i in indices:
             s = compiled_single(s, i)
-        jax.block_until_ready(s)
-        holder["state"] = s
+        holder["state"] = jax.block_until_ready(s)
 
-    def fused():
-        holder["state"] = jax.block_until_ready(compiled_block(holder["state"]))
-
-    dispatch()  # warm-up
-    per_step = _best(dispatch, repeats) / len(indices)
-    fused()
-    per_step_fused = _best(fused, repeats) / len(indices)
-    return {"codec": codec if codec == "mnist" else f"cifar10 ({_CIFAR_DTYPE.value})",
-            "method": method, "batch_size": batch_size, "scan_unrolled": unroll,
-            "dispatch_samples_per_s": batch_size / per_step,
-            "scan_samples_per_s": batch_size / per_step_fused,
-            "dispatch_step_ms": 1e3 * per_step, "scan_step_ms": 1e3 * per_step_fused,
-            "compile_step_s": compile_single, "compile_scan_s": compile_block,
-            "xla_flops_per_step": flops,
-            "scan_flops_per_s": flops / per_step_fused if flops else None}
+    row = {"codec": codec if codec == "mnist" else f"cifar10 ({_CIFAR_DTYPE.value})",
+           "method": method, "batch_size": batch_size, "scan_unrolled": fully_unrolled,
+           "steps_per_window": steps, "windows": windows,
+           "dispatch_steps_per_s": rates(dispatch, steps, windows, repeats),
+           "compile_step_s": compile_single, "xla_flops_per_step": flops}
+    for unroll in ((True,) if fully_unrolled else unrolls):
+        window, compile_scan = _scan_window(one, state, steps, unroll)
+        suffix = "" if unroll in (1, True) else f"_unroll{unroll}"
+        row[f"scan{suffix}_steps_per_s"] = rates(window, steps, windows, repeats)
+        row[f"compile_scan{suffix}_s"] = compile_scan
+    return row
 
 
-def torch_step_throughput(method: str, batch_size: int, repeats: int) -> dict[str, float] | None:
-    """Samples/s of the PyTorch eager reference's step (train and scu only)."""
+def _mnist_floor_step(system, params):
+    """The floor of the MNIST codec's step: forward and backward of its six dense layers alone
+    (encoder 784→96→40, decoder 20→96→784, receiver 784→96→10) on the step's rows as one batch
+    (the erased and remaining batches of an unlearning step), with plain SGD: no noise, no
+    channel, no KL, no Adam."""
+    import jax
+    import jax.numpy as jnp
+
+    latent = system.codec.latent_dim
+
+    def dense(layer, x):
+        return x @ layer["kernel"] + layer["bias"]
+
+    def loss(layers, x):
+        stats = dense(layers["encoder"]["out"], jax.nn.relu(dense(layers["encoder"]["hidden"], x)))
+        decoder = layers["decoder"]["mlp"]
+        x_hat = jax.nn.sigmoid(dense(decoder["out"], jax.nn.relu(dense(decoder["hidden"],
+                                                                       stats[:, :latent]))))
+        receiver = layers["receiver"]["mlp"]
+        logits = dense(receiver["out"], jax.nn.relu(dense(receiver["hidden"], x_hat)))
+        return jnp.mean((x_hat - x) ** 2) + jnp.mean(logits ** 2)
+
+    def step(layers, x):
+        grads = jax.grad(loss)(layers, x)
+        return jax.tree.map(lambda p, g: p - 1e-4 * g, layers, grads)
+
+    layers = {"encoder": params["codec"]["encoder"], "decoder": params["codec"]["decoder"],
+              "receiver": params["receiver"]}
+    return step, layers
+
+
+def _called_primitives(jaxpr, names: tuple[str, ...]) -> list[tuple[Any, dict, list]]:
+    """Every call of a primitive named in `names` in `jaxpr` and the jaxprs nested in it:
+    `(primitive, params, input avals)`."""
+    from jax.extend import core
+
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in names:
+            found.append((eqn.primitive, eqn.params, [v.aval for v in eqn.invars]))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(sub, core.ClosedJaxpr):
+                    found += _called_primitives(sub.jaxpr, names)
+                elif isinstance(sub, core.Jaxpr):
+                    found += _called_primitives(sub, names)
+    return found
+
+
+def _replay_floor_step(one: Callable, state: Any):
+    """The floor of a convolutional step: every convolution of the step (forward, and the
+    input- and weight-gradient convolutions of the backward pass, as they appear in the step's
+    jaxpr) alone, at the step's shapes and dtypes. Each step perturbs the smaller operand of
+    every convolution by a scalar of the previous step's outputs, so XLA hoists none of them out
+    of the loop."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    calls = _called_primitives(jax.make_jaxpr(one)(state, jnp.int32(0)).jaxpr,
+                               ("conv_general_dilated",))
+    rng = np.random.default_rng(0)
+    operands = [[jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in avals]
+                for _, _, avals in calls]
+
+    def step(carry, _):
+        operands, scale = carry
+        total = jnp.zeros((), jnp.float32)
+        moved = []
+        for (primitive, params, _), ops in zip(calls, operands):
+            small = int(np.argmin([op.size for op in ops]))
+            ops = [op + (scale * 1e-30).astype(op.dtype) if k == small else op
+                   for k, op in enumerate(ops)]
+            total = total + jnp.sum(primitive.bind(*ops, **params).astype(jnp.float32))
+            moved.append(ops)
+        return (moved, total), None
+
+    return step, (operands, jnp.zeros((), jnp.float32)), len(calls)
+
+
+def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, windows: int,
+                     method: str = "scu") -> dict[str, Any]:
+    """Steps/s of the floor of `method`'s step on `codec`, scan-fused (one value per repeat), and
+    the floor's FLOPs.
+
+    MNIST: `_mnist_floor_step` on 2·batch_size rows (the erased and remaining batches; for
+    `train`, batch_size rows).
+    CIFAR: `_replay_floor_step`, the step's convolutions alone; on a CPU one step a dispatch,
+    as the engine runs the ResNet there (`convolutions_slow_in_loops`).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from scu_jax.runs.build import convolutions_slow_in_loops
+
+    config, system, train_state, images, labels = _setup(codec, batch_size)
+    if codec == "mnist":
+        step, layers = _mnist_floor_step(system, train_state.params)
+        parts = 1 if method == "train" else 2
+        pool = images.reshape(_POOL // parts, parts * batch_size, -1)  # both batches as one
+
+        def one(carry, i):
+            return step(carry, pool[i % (_POOL // parts)].astype(jnp.float32) / 255.0), None
+
+        carry, per_step = layers, False
+        what = f"6 dense layers, {parts * batch_size} rows, SGD"
+    else:
+        step_one, state = _step_function(method, config, system, train_state, images, labels)
+        one, carry, count = _replay_floor_step(step_one, state)
+        what = f"{count} convolutions of the {method} step alone"
+        per_step = convolutions_slow_in_loops(config) and not _ROLLED.value
+    started = time.perf_counter()
+    single = jax.jit(lambda c: one(c, jnp.int32(0))[0], donate_argnums=0).lower(carry).compile()
+    compile_seconds = time.perf_counter() - started
+    cost = single.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if per_step:  # as the engine runs the ResNet on a CPU: one step a dispatch
+        holder = {"carry": jax.tree.map(jnp.copy, carry)}
+
+        def window():
+            current = holder["carry"]
+            for _ in range(steps):
+                current = single(current)
+            holder["carry"] = jax.block_until_ready(current)
+    else:
+        window, compile_seconds = _scan_window(one, carry, steps, 1)
+    return {"floor": what, "floor_steps_per_s": rates(window, steps, windows, repeats),
+            "floor_flops_per_step": float(cost.get("flops", 0.0)) if cost else 0.0,
+            "compile_floor_s": compile_seconds}
+
+
+def torch_step_throughput(method: str, batch_size: int, repeats: int, steps: int = 600,
+                          windows: int = 3, compile_step: bool = True) -> dict[str, Any] | None:
+    """Steps/s of the PyTorch reference's step (train and scu only), one value per repeat:
+    eager; with `compile_step`, also the loss under `torch.compile` and the whole step (forward,
+    backward, clip, Adam) under `torch.compile`, each warmed up first (compile seconds apart)."""
     if method not in ("train", "scu"):
         return None
     import numpy as np
@@ -184,21 +375,43 @@ def torch_step_throughput(method: str, batch_size: int, repeats: int) -> dict[st
 
     reference = Reference()
     rng = np.random.default_rng(0)
-    count = _STEPS.value
-    data = torch.from_numpy(rng.random((count, batch_size, 28, 28, 1), dtype=np.float32))
-    if method == "train":
-        def run():
-            for i in range(count):
-                reference.train_step(data[i])
-    else:
-        half = count // 2
+    data = torch.from_numpy(rng.random((_POOL, batch_size, 28, 28, 1), dtype=np.float32))
+    loss_fn = reference.train_loss if method == "train" else reference.scu_loss
 
-        def run():
-            for i in range(count):
-                reference.scu_step(data[i], data[(i + half) % count])
-    run()  # warm-up
-    per_step = _best(run, repeats) / count
-    return {"torch_samples_per_s": batch_size / per_step, "torch_step_ms": 1e3 * per_step}
+    def arguments(i):
+        return (data[i % _POOL],) if method == "train" else (data[i % _POOL],
+                                                             data[(i + _POOL // 2) % _POOL])
+
+    def step_fn(*batch):
+        loss = loss_fn(*batch)
+        reference._update(loss)  # zero_grad, backward, clip_grad_norm_, Adam
+        return loss.detach()
+
+    def loss_compiled_step(*batch):
+        loss = compiled_loss(*batch)
+        reference._update(loss)
+        return loss.detach()
+
+    def window_of(fn):
+        def window():
+            for i in range(steps):
+                fn(*arguments(i))
+        return window
+
+    row = {"torch_eager_steps_per_s": rates(window_of(step_fn), steps, windows, repeats)}
+    if not compile_step:
+        return row
+    variants = {}
+    compiled_loss = torch.compile(loss_fn)
+    variants["loss"] = loss_compiled_step
+    variants["step"] = torch.compile(step_fn)
+    for name, fn in variants.items():
+        started = time.perf_counter()
+        for i in range(3):  # compiles, and recompiles once if a guard fails on the second call
+            fn(*arguments(i))
+        row[f"torch_compile_{name}_compile_s"] = time.perf_counter() - started
+        row[f"torch_compile_{name}_steps_per_s"] = rates(window_of(fn), steps, windows, repeats)
+    return row
 
 
 def _machine() -> dict[str, Any]:
@@ -212,22 +425,62 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-def _table(rows: list[dict[str, Any]], peak: float) -> str:
-    lines = ["| codec | step | batch | JAX per-step dispatch samples/s | JAX scan-fused samples/s | "
-             "PyTorch eager samples/s | scan / PyTorch | dispatch / PyTorch | compile s (step, scan) "
-             "| achieved GFLOP/s (scan) | of matmul peak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _fmt(values: list[float] | None, scale: float = 1.0, digits: int | None = None) -> str:
+    """`min–max` (or one value where they agree to the digits shown) of `values`·scale; by
+    default to 3 significant digits or to units, whichever shows more."""
+    if not values:
+        return "–"
+    low, high = (v * scale for v in span(values))
+    if digits is None:
+        digits = 0 if low >= 100 else 1 if low >= 10 else 2
+    text = [f"{v:,.{digits}f}" for v in (low, high)]
+    return text[0] if text[0] == text[1] else f"{text[0]}–{text[1]}"
+
+
+def _ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Every repeat's numerator over every repeat's denominator: the range of the ratio."""
+    return [n / d for n in numerators for d in denominators]
+
+
+def _table(rows: list[dict[str, Any]], peak: list[float]) -> str:
+    unroll_keys = sorted({k for r in rows for k in r
+                          if k.startswith("scan_unroll") and k.endswith("_steps_per_s")})
+    header = (["codec", "step", "batch", "JAX dispatch steps/s", "JAX scan steps/s"]
+              + [f"scan, unroll {k[len('scan_unroll'):-len('_steps_per_s')]}" for k in unroll_keys]
+              + ["floor steps/s", "scan / floor", "scan / peak", "floor / peak",
+                 "PyTorch eager", "PyTorch compile (loss)", "PyTorch compile (step)",
+                 "scan / fastest PyTorch", "compile s (step, scan, floor)",
+                 "torch.compile s (loss, step)"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        torch_rate = r.get("torch_samples_per_s")
-        ratio = (lambda x: f"{x / torch_rate:.1f}×") if torch_rate else (lambda x: "–")
-        achieved = r.get("scan_flops_per_s")
-        lines.append(
-            f"| {r['codec']} | {r['method']} | {r['batch_size']} | {r['dispatch_samples_per_s']:,.0f} | "
-            f"{r['scan_samples_per_s']:,.0f}{' (unrolled)' if r.get('scan_unrolled') else ''} | "
-            f"{f'{torch_rate:,.0f}' if torch_rate else '–'} | {ratio(r['scan_samples_per_s'])} | "
-            f"{ratio(r['dispatch_samples_per_s'])} | {r['compile_step_s']:.2f}, {r['compile_scan_s']:.2f} | "
-            f"{f'{achieved / 1e9:.2f}' if achieved else '–'} | "
-            f"{f'{100 * achieved / peak:.1f} %' if achieved else '–'} |")
+        scan = r["scan_steps_per_s"]
+        floor = r.get("floor_steps_per_s")
+        torch_rates = {name: r.get(f"torch_{name}_steps_per_s")
+                       for name in ("eager", "compile_loss", "compile_step")}
+        measured = {name: max(v) for name, v in torch_rates.items() if v}
+        fastest = max(measured, key=measured.get) if measured else None
+
+        def torch_cell(name):
+            text = _fmt(torch_rates[name])
+            return f"**{text}**" if name == fastest and len(measured) > 1 else text
+
+        def peak_share(values, flops):
+            return _fmt(_ratios([v * flops for v in values], peak), 100, 0) + " %" if flops else "–"
+
+        cells = [r["codec"], r["method"], str(r["batch_size"]), _fmt(r["dispatch_steps_per_s"]),
+                 _fmt(scan) + (" (unrolled)" if r.get("scan_unrolled") else "")]
+        cells += [_fmt(r[k]) for k in unroll_keys]
+        cells += [_fmt(floor), _fmt(_ratios(scan, floor), 100, 0) + " %" if floor else "–",
+                  peak_share(scan, r["xla_flops_per_step"]),
+                  peak_share(floor, r.get("floor_flops_per_step", 0.0)) if floor else "–",
+                  torch_cell("eager"), torch_cell("compile_loss"), torch_cell("compile_step"),
+                  _fmt(_ratios(scan, torch_rates[fastest]), 1, 1) + "×" if fastest else "–",
+                  ", ".join(f"{r[k]:.1f}" for k in ("compile_step_s", "compile_scan_s",
+                                                     "compile_floor_s") if k in r),
+                  ", ".join(f"{r[k]:.0f}" for k in ("torch_compile_loss_compile_s",
+                                                     "torch_compile_step_compile_s") if k in r)
+                  or "–"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -237,34 +490,50 @@ def main(argv: list[str]) -> None:
     try:
         batches = [int(b) for b in _BATCHES.value]
         cifar_batches = [int(b) for b in _CIFAR_BATCHES.value]
+        unrolls = tuple(int(u) for u in _UNROLL.value)
     except ValueError:
-        sys.exit("benchmarks.run: error: --batches and --cifar_batches must be integers")
+        sys.exit("benchmarks.run: error: --batches, --cifar_batches and --unroll must be integers")
     known = ("train", "scu", "scu_no_cc", "vbu", "hbu")
     if (not set(_METHODS.value) | set(_CIFAR_METHODS.value) <= set(known)
-            or min(batches + cifar_batches, default=1) < 1 or min(_STEPS.value, _CIFAR_STEPS.value) < 2):
+            or min(batches + cifar_batches, default=1) < 1 or min(unrolls, default=0) < 1
+            or 1 not in unrolls or min(_STEPS.value, _CIFAR_STEPS.value) < 2
+            or min(_WINDOWS.value, _REPEATS.value, _CIFAR_WINDOWS.value, _CIFAR_REPEATS.value) < 1):
         sys.exit(f"benchmarks.run: error: --methods and --cifar_methods from {', '.join(known)}, "
-                 "batches >= 1 and --steps, --cifar_steps >= 2")
-    repeats = _REPEATS.value
-    results: dict[str, Any] = {"machine": _machine(), **matmul_flops(repeats)}
+                 "batches >= 1, --unroll includes 1, --steps, --cifar_steps >= 2 and windows, "
+                 "repeats >= 1")
+    started = time.perf_counter()
+    repeats, windows, steps = _REPEATS.value, _WINDOWS.value, _STEPS.value
+    results: dict[str, Any] = {"machine": _machine(),
+                               **matmul_flops(repeats, _PEAK_SIZE.value, windows)}
     rows = []
-    plan = ([("mnist", b, m, _STEPS.value, repeats) for b in batches for m in _METHODS.value]
-            + [("cifar", b, m, _CIFAR_STEPS.value, max(_CIFAR_REPEATS.value, 1))
+    plan = ([("mnist", b, m, max(2, steps * 16 // b), windows, repeats)
+             for b in batches for m in _METHODS.value]
+            + [("cifar", b, m, _CIFAR_STEPS.value, _CIFAR_WINDOWS.value, _CIFAR_REPEATS.value)
                for b in cifar_batches for m in _CIFAR_METHODS.value])
-    for codec, batch_size, method, steps, times in plan:
-        row = jax_step_throughput(method, batch_size, times, codec, steps)
+    for codec, batch_size, method, count, times, repeat in plan:
+        row = jax_step_throughput(method, batch_size, repeat, codec, count, times,
+                                  unrolls if codec == "mnist" else (1,))
+        if method in ("train", "scu"):  # the floors of the other methods' steps are SCU's or less
+            row.update(floor_throughput(codec, batch_size, repeat, count, times, method))
         if _TORCH.value and codec == "mnist":  # the reference mirrors the MNIST codec only
-            row.update(torch_step_throughput(method, batch_size, repeats) or {})
+            row.update(torch_step_throughput(method, batch_size, repeat, count, times,
+                                             _TORCH_COMPILE.value) or {})
         rows.append(row)
-        print(f"{codec} {method} batch {batch_size}: scan {row['scan_samples_per_s']:,.0f}/s, "
-              f"dispatch {row['dispatch_samples_per_s']:,.0f}/s"
-              + (f", torch {row['torch_samples_per_s']:,.0f}/s" if "torch_samples_per_s" in row else ""),
+        print(f"{codec} {method} batch {batch_size}: scan {_fmt(row['scan_steps_per_s'])}/s, "
+              f"dispatch {_fmt(row['dispatch_steps_per_s'])}/s"
+              + (f", floor {_fmt(row['floor_steps_per_s'])}/s" if "floor_steps_per_s" in row
+                 else "")
+              + (f", torch eager {_fmt(row['torch_eager_steps_per_s'])}/s"
+                 if "torch_eager_steps_per_s" in row else ""),
               file=sys.stderr, flush=True)
     results["steps"] = rows
+    results["seconds"] = time.perf_counter() - started
     write_text_atomic(_OUT.value, json.dumps(results, indent=2) + "\n")
     print(f"matmul peak (float32, {results['matmul_size']}²): JAX "
-          f"{results['jax_matmul_flops'] / 1e9:.1f} GFLOP/s"
-          + (f", PyTorch {results['torch_matmul_flops'] / 1e9:.1f} GFLOP/s"
-             if "torch_matmul_flops" in results else ""))
+          f"{_fmt(results['jax_matmul_flops'], 1e-9, 1)} GFLOP/s"
+          + (f", PyTorch {_fmt(results['torch_matmul_flops'], 1e-9, 1)} GFLOP/s"
+             if "torch_matmul_flops" in results else "")
+          + f"; {results['seconds'] / 60:.1f} min")
     print(_table(rows, results["jax_matmul_flops"]))
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scu_jax import channels
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax.runs.build import build_system
@@ -69,6 +70,66 @@ def test_channel_noise_only_on_decoder_path():
     other = noisy_system.codec.apply(params, x, rngs={**rngs, "channel": jax.random.PRNGKey(9)})
     np.testing.assert_array_equal(other.z, noisy.z)
     assert not np.allclose(other.x_hat, noisy.x_hat)
+
+
+def _reference_channel(config):
+    """`config`'s channel set to the reference protocol's MNIST one (paper Rician, one draw)."""
+    config.channel.family, config.channel.draw = "paper", "scalar"
+    config.channel.name, config.channel.snr_db, config.channel.k_factor = "rician", 6.0, 2.0
+    return config
+
+
+def test_forward_parts_computes_separate_passes_as_one_batch():
+    """Without channel noise and with the same ε, each part's outputs are those of its own pass."""
+    system, variables = _mnist_system("none")
+    params = {"params": variables["params"]["codec"]}
+    erased, remain = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 28, 28, 1))
+    outs = system.codec.apply(params, (erased, remain), rngs={"latent": jax.random.PRNGKey(2)},
+                              method="forward_parts")
+    for part, out in zip((erased, remain), outs):
+        mu, logvar = system.codec.apply(params, part, method="encode")
+        np.testing.assert_allclose(out.mu, mu, atol=1e-5)
+        np.testing.assert_allclose(out.logvar, logvar, atol=1e-5)
+        decoded = system.codec.apply(params, out.z, method=lambda m, z: m.decoder(z))
+        np.testing.assert_allclose(out.x_hat, decoded, atol=1e-5)
+        assert out.z.shape == (16, 20) and out.x_hat.shape == (16, 28, 28, 1)
+    # One part is the codec's __call__, draw for draw.
+    rngs = {"latent": jax.random.PRNGKey(2), "channel": jax.random.PRNGKey(3)}
+    noisy, _ = _mnist_system("awgn")
+    (alone,) = noisy.codec.apply(params, (erased,), rngs=rngs, method="forward_parts")
+    called = noisy.codec.apply(params, erased, rngs=rngs)
+    for a, b in zip(alone, called):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("protocol", ["default", "reference"])
+def test_forward_parts_applies_the_channel_to_each_part(protocol):
+    """The channel normalises its noise over the batch it is given, and the reference's scalar
+    draw is one value per call: each part gets its own, as when sent alone."""
+    config = config_lib.default_config()
+    if protocol == "reference":
+        _reference_channel(config)
+    system = build_system(config, (28, 28, 1), 10)
+    params = {"params": init_system(system, jax.random.PRNGKey(0), (28, 28, 1))["params"]["codec"]}
+    images = jax.random.uniform(jax.random.PRNGKey(1), (512, 28, 28, 1))
+    # The second part's latents carry ~50× the first's power.
+    parts = (images, 30.0 * images)
+    outs, captured = system.codec.apply(
+        params, parts, train=True, method="forward_parts", capture_intermediates=True,
+        rngs={"latent": jax.random.PRNGKey(2), "channel": jax.random.PRNGKey(3)},
+        mutable=["intermediates"])
+    received = captured["intermediates"]["channel"]["__call__"]
+    assert len(received) == 2
+    powers = [float(jnp.mean(out.z ** 2)) for out in outs]
+    assert powers[1] > 10 * powers[0]
+    if protocol == "default":  # AWGN, one draw an element: SNR as configured in each part
+        for out, y in zip(outs, received):
+            assert float(channels.measured_snr_db(out.z, y)) == pytest.approx(5.0, abs=0.2)
+    else:  # Rician, one draw a call: a constant shift a part, scaled to that part's power
+        shifts = [np.asarray(y - out.z) for out, y in zip(outs, received)]
+        for shift in shifts:
+            np.testing.assert_allclose(shift, shift.flat[0], rtol=1e-3, atol=1e-4)
+        assert shifts[0].flat[0] != shifts[1].flat[0]
 
 
 def _expected_resnet_params(widths, in_channels, features):

@@ -109,6 +109,39 @@ def codec_forward(system: System, params: dict[str, Any], batch_stats: dict[str,
     return out, mutated.get("batch_stats", batch_stats)
 
 
+def codec_has_batch_norm(batch_stats: dict[str, Any]) -> bool:
+    """Whether the codec keeps BatchNorm statistics (a receiver's sit under "receiver")."""
+    return any(name != "receiver" for name in batch_stats)
+
+
+def codec_forward_parts(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
+                        parts: tuple[jax.Array, ...], latent_key: jax.Array,
+                        channel_key: jax.Array, *, fuse: bool | None = None
+                        ) -> tuple[tuple[CodecOutput, ...], dict[str, Any]]:
+    """Training-mode passes of several batches, each through encoder, channel and decoder as
+    if sent alone (`codec_forward` on each).
+
+    Fused (`fuse`; by default wherever the codec has no BatchNorm), the parts run as one batch
+    (`SemanticCodec.forward_parts`: one matrix multiply a layer, the channel applied to each
+    part); otherwise one pass a part, so that a BatchNorm codec's statistics are each part's own
+    (the stored averages are updated part by part). The two draw different noise (one ε draw for
+    all parts against one a part), from the same distributions.
+    """
+    if fuse is None:
+        fuse = not codec_has_batch_norm(batch_stats)
+    if fuse:
+        outs = system.codec.apply(
+            {"params": params["codec"]}, tuple(to_unit_interval(p) for p in parts), train=True,
+            rngs={"latent": latent_key, "channel": channel_key}, method="forward_parts")
+        return outs, batch_stats
+    outs = []
+    for part, keys in zip(parts, zip(jax.random.split(latent_key, len(parts)),
+                                     jax.random.split(channel_key, len(parts)))):
+        out, batch_stats = codec_forward(system, params, batch_stats, part, *keys)
+        outs.append(out)
+    return tuple(outs), batch_stats
+
+
 def receiver_logits(system: System, params: dict[str, Any], batch_stats: dict[str, Any],
                     x_hat: jax.Array, joint_receiver: bool) -> tuple[jax.Array, dict[str, Any]]:
     """The receiver's logits on x̂ in training mode (as the reference runs it in training and

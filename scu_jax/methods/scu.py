@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from scu_jax import losses
 from scu_jax.methods.base import (Batch, CodecObjective, Method, StepMetrics, backdoor_rate,
-                                  codec_forward, forget_term, gradient_method, receiver_logits,
-                                  remain_inputs)
+                                  codec_forward_parts, forget_term, gradient_method,
+                                  receiver_logits, remain_inputs)
 from scu_jax.models import System, to_unit_interval
 
 
@@ -45,10 +45,17 @@ def scu(system: System, objective: CodecObjective, *, learning_rate: float, grad
     joint = objective.joint_receiver
 
     def loss_fn(params, batch_stats, original, batch: Batch, key):
-        erased_key, remain_key, reencode_key, reencode_noise = jax.random.split(key, 4)
+        # One split for the step: the latent noise ε and the channel noise of both batches'
+        # passes, the re-encoding's ε, the D_r crop.
+        latent_key, channel_key, reencode_noise, crop_key = jax.random.split(key, 4)
         x_e = to_unit_interval(batch.erased_images)
-        out_e, batch_stats = codec_forward(system, params, batch_stats, x_e,
-                                           *jax.random.split(erased_key))
+        parts = (x_e,)
+        if compensation:
+            parts += (remain_inputs(batch.remain_images, crop_key, augment_remain),)
+        # Without BatchNorm the erased and remaining batches go through the codec as one batch.
+        outs, batch_stats = codec_forward_parts(system, params, batch_stats, parts, latent_key,
+                                                channel_key)
+        out_e = outs[0]
         logits_e, batch_stats = receiver_logits(system, params, batch_stats, out_e.x_hat, joint)
         mu_o, logvar_o = system.codec.apply(
             jax.lax.stop_gradient(original), x_e, train=False, method="encode")
@@ -60,13 +67,11 @@ def scu(system: System, objective: CodecObjective, *, learning_rate: float, grad
             metrics = StepMetrics(unlearn_loss, backdoor_rate(logits_e, batch.erased_targets),
                                   forget, jnp.zeros(()))
             return unlearn_loss, (batch_stats, metrics)
-        x_r = remain_inputs(batch.remain_images, jax.random.fold_in(key, 5), augment_remain)
-        out_r, batch_stats = codec_forward(system, params, batch_stats, x_r,
-                                           *jax.random.split(remain_key))
+        x_r, out_r = parts[1], outs[1]
         (mu_re, logvar_re), mutated = system.codec.apply(
             {"params": params["codec"], "batch_stats": batch_stats},
             jax.lax.stop_gradient(out_r.x_hat), train=True, method="encode",
-            mutable=["batch_stats"], rngs={"latent": reencode_key})
+            mutable=["batch_stats"])
         batch_stats = mutated.get("batch_stats", batch_stats)
         z_reencoded = mu_re + jnp.exp(0.5 * logvar_re) * jax.random.normal(
             reencode_noise, mu_re.shape, mu_re.dtype)

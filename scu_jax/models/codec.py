@@ -10,6 +10,7 @@ Channel noise is applied on the decoder path only; the KL and contrastive terms 
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -59,6 +60,32 @@ class SemanticCodec(nn.Module):
         """Sends z through the channel and decodes the channel output."""
         return self.decoder(self.channel(z, snr_db), train)
 
+    def __call__(self, x: jax.Array, train: bool = False, snr_db: Any = None) -> CodecOutput:
+        return self.forward_parts((x,), train, snr_db)[0]
+
+    def forward_parts(self, parts: Sequence[jax.Array], train: bool = False,
+                      snr_db: Any = None) -> tuple[CodecOutput, ...]:
+        """Passes several batches through the system as if each were sent alone, with the encoder
+        and decoder run once on their concatenation (one matrix multiply a layer, not one a part).
+
+        The channel is applied to each part on its own: its noise power is taken over the batch
+        it is given, and the reference's `draw="scalar"` is one draw per forward call, so each
+        part gets its own draw, as in separate calls. The latent noise ε is i.i.d. per element
+        either way. Only for codecs without BatchNorm: with it, the parts' batch statistics
+        would mix (`methods.base.codec_forward_parts` chooses). One part is `__call__`, with the
+        same draws.
+        """
+        sizes = [part.shape[0] for part in parts]
+        ends = list(itertools.accumulate(sizes))[:-1]
+        x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        mu, logvar = self.encode(x, train)
+        eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
+        z = mu + jnp.exp(0.5 * logvar) * eps
+        received = [self.channel(part, snr_db) for part in jnp.split(z, ends)]
+        x_hat = self.decoder(received[0] if len(parts) == 1 else jnp.concatenate(received), train)
+        return tuple(CodecOutput(*fields) for fields in
+                     zip(*(jnp.split(a, ends) for a in (z, x_hat, mu, logvar))))
+
     def sample_and_decode(self, mu: jax.Array, logvar: jax.Array, train: bool = False,
                           snr_db: Any = None) -> CodecOutput:
         """Draws z from the posterior `(μ, logvar)`, sends it and decodes: `__call__` after the
@@ -67,10 +94,6 @@ class SemanticCodec(nn.Module):
         eps = jax.random.normal(self.make_rng("latent"), mu.shape, mu.dtype)
         z = mu + jnp.exp(0.5 * logvar) * eps
         return CodecOutput(z, self.decode(z, train, snr_db), mu, logvar)
-
-    def __call__(self, x: jax.Array, train: bool = False, snr_db: Any = None) -> CodecOutput:
-        mu, logvar = self.encode(x, train)
-        return self.sample_and_decode(mu, logvar, train, snr_db)
 
 
 class System(NamedTuple):
