@@ -1,34 +1,23 @@
-"""`python -m benchmarks.many`: independent unlearning runs per second, N runs vmapped in ONE
-compiled program (`engine.run_many`) against the same N runs one by one (`engine.run`), N = 1,
-2, 4, 8, 16, side by side in one process.
-
-  python -m benchmarks.many --out=runs/many.json
-  python -m benchmarks.many --runs=1,4,16 --epochs=5 --repeats=3
+"""Independent unlearning runs per second: N runs vmapped in ONE compiled program
+(`engine.run_many`) against the same N runs one by one (`engine.run`), side by side in one
+process; `python -m benchmarks.run` prints the curve (`--many_runs=1,2,4,8,16`).
 
 Each run is the main job's SCU run at EDR 6 % (the MNIST codec, D_e 240 and D_r 3,760 images,
 batch 16, 15 steps an epoch, the stopping evaluation of all of D_e after every epoch) with its
 own seed (own batches and keys), on synthetic uint8 images (throughput does not depend on pixel
-values), for a fixed `--epochs` (its stop threshold unreachable, so every run does the same work
-and the rates compare). Rates are the best of `--repeats`, compilation apart; the compile time of
+values), for a fixed number of epochs (its stop threshold unreachable, so every run does the
+same work and the rates compare). Rates are the best of `repeats`, compilation apart; the compile time of
 each way is reported too (one by one compiles once per run; vmapped, once for all).
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from typing import Any
 
-from absl import app, flags
 
-from scu_jax.runs.files import write_text_atomic
-
-_OUT = flags.DEFINE_string("out", "runs/many.json", "Where the JSON results go.")
-_RUNS = flags.DEFINE_list("runs", ["1", "2", "4", "8", "16"], "Numbers of runs N.")
-_EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs per run (15 steps and an evaluation each).")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed repeats of each measurement; the best kept.")
-_ALONE = flags.DEFINE_boolean("alone", True, "Time the runs one by one too.")
+# Runs timed one by one (each compiled afresh, as separate `engine.run` calls are).
+ALONE_RUNS = 4
 
 
 def _setup(epochs: int):
@@ -70,7 +59,8 @@ def _setup(epochs: int):
     return phase, state, data, eval_data
 
 
-def measure(counts: list[int], epochs: int, repeats: int, alone: bool) -> list[dict[str, Any]]:
+def measure(counts: list[int], epochs: int, repeats: int, alone: bool = True
+            ) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -80,15 +70,30 @@ def measure(counts: list[int], epochs: int, repeats: int, alone: bool) -> list[d
 
     phase, state, data, eval_data = _setup(epochs)
     stack = lambda *trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # noqa: E731
+    keys = jnp.stack([jax.random.PRNGKey(seed) for seed in range(max(counts))])
+    alone_rate = alone_compile = None
+    if alone:  # a run alone takes as long whatever N is: timed on a few, each compiled afresh
+        phases = [phase(seed) for seed in range(min(max(counts), ALONE_RUNS))]
+        best, compiles = float("inf"), 0.0
+        for _ in range(repeats):
+            seconds, compiles = 0.0, 0.0
+            for index, one in enumerate(phases):
+                _, report = engine.run([one], state(), data, keys[index], name="alone",
+                                       eval_data=eval_data,
+                                       epochs_per_dispatch=EPOCHS_PER_DISPATCH)
+                assert report.epochs == epochs
+                seconds += report.seconds
+                compiles += report.compile_seconds
+            best = min(best, seconds)
+        alone_rate, alone_compile = len(phases) / best, compiles / len(phases)
     rows = []
     for count in counts:
         phases = [phase(seed) for seed in range(count)]
-        keys = jnp.stack([jax.random.PRNGKey(seed) for seed in range(count)])
         best, compile_seconds = float("inf"), 0.0
         for _ in range(repeats):
             _, reports = engine.run_many(
                 phases[0], [p.batches for p in phases], stack(*[state() for _ in phases]), data,
-                keys, name="many", shared_data=True,
+                keys[:count], name="many", shared_data=True,
                 eval_data=stack(*[eval_data] * count), epochs_per_dispatch=EPOCHS_PER_DISPATCH)
             assert all(r.epochs == epochs for r in reports)
             best, compile_seconds = min(best, reports[0].seconds), reports[0].compile_seconds
@@ -96,23 +101,13 @@ def measure(counts: list[int], epochs: int, repeats: int, alone: bool) -> list[d
                "vmapped_runs_per_s": count / best, "vmapped_seconds": best,
                "vmapped_compile_s": compile_seconds}
         if alone:
-            best_alone, compiles = float("inf"), 0.0
-            for _ in range(repeats):
-                seconds, compiles = 0.0, 0.0
-                for index, one in enumerate(phases):
-                    _, report = engine.run([one], state(), data, keys[index], name="alone",
-                                           eval_data=eval_data,
-                                           epochs_per_dispatch=EPOCHS_PER_DISPATCH)
-                    seconds += report.seconds
-                    compiles += report.compile_seconds
-                best_alone = min(best_alone, seconds)
-            row.update(alone_runs_per_s=count / best_alone, alone_seconds=best_alone,
-                       alone_compile_s=compiles,
-                       speedup=best_alone / best,
-                       speedup_with_compile=(best_alone + compiles) / (best + compile_seconds))
+            row.update(alone_runs_per_s=alone_rate, alone_compile_s_per_run=alone_compile,
+                       speedup=count / best / alone_rate,
+                       speedup_with_compile=(count / alone_rate + count * alone_compile)
+                       / (best + compile_seconds))
         rows.append(row)
         print(f"N={count}: vmapped {row['vmapped_runs_per_s']:.2f} runs/s"
-              + (f", one by one {row['alone_runs_per_s']:.2f} runs/s" if alone else ""),
+              + (f", one by one {alone_rate:.2f} runs/s" if alone else ""),
               file=sys.stderr, flush=True)
     return rows
 
@@ -120,36 +115,13 @@ def measure(counts: list[int], epochs: int, repeats: int, alone: bool) -> list[d
 def table(rows: list[dict[str, Any]]) -> str:
     alone = "alone_runs_per_s" in rows[0]
     lines = ["| N runs | vmapped runs/s | vmapped compile s |"
-             + (" one-by-one runs/s | one-by-one compile s (all runs) | vmapped / one by one "
-                "(steps) | (with compilation) |" if alone else ""),
+             + (" one by one runs/s | one by one compile s a run | vmapped / one by one | "
+                "with compilation |" if alone else ""),
              "|---|---|---|" + ("---|---|---|---|" if alone else "")]
     for r in rows:
-        line = (f"| {r['runs']} | {r['vmapped_runs_per_s']:.2f} | {r['vmapped_compile_s']:.1f} |")
+        line = f"| {r['runs']} | {r['vmapped_runs_per_s']:.2f} | {r['vmapped_compile_s']:.1f} |"
         if alone:
-            line += (f" {r['alone_runs_per_s']:.2f} | {r['alone_compile_s']:.1f} | "
+            line += (f" {r['alone_runs_per_s']:.2f} | {r['alone_compile_s_per_run']:.1f} | "
                      f"{r['speedup']:.2f}× | {r['speedup_with_compile']:.2f}× |")
         lines.append(line)
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"benchmarks.many: error: unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        counts = [int(n) for n in _RUNS.value]
-    except ValueError:
-        sys.exit("benchmarks.many: error: --runs must be integers")
-    if min(counts, default=0) < 1 or _EPOCHS.value < 1 or _REPEATS.value < 1:
-        sys.exit("benchmarks.many: error: --runs, --epochs and --repeats must be >= 1")
-    from scu_jax.experiments.machine import machine_info
-
-    started = time.perf_counter()
-    rows = measure(counts, _EPOCHS.value, _REPEATS.value, _ALONE.value)
-    results = {"machine": machine_info(), "epochs": _EPOCHS.value, "rows": rows,
-               "seconds": time.perf_counter() - started}
-    write_text_atomic(_OUT.value, json.dumps(results, indent=2) + "\n")
-    print(table(rows))
-
-
-if __name__ == "__main__":
-    app.run(main)

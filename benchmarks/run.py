@@ -57,6 +57,11 @@ _CIFAR_WINDOWS = flags.DEFINE_integer("cifar_windows", 1, "Windows per CIFAR mea
 _CIFAR_REPEATS = flags.DEFINE_integer("cifar_repeats", 1, "Measurements per CIFAR rate.")
 _ROLLED = flags.DEFINE_boolean("rolled_scan", False, "Keep every scan a loop, even where "
                                "build.convolutions_slow_in_loops unrolls it (to measure why).")
+_MANY_RUNS = flags.DEFINE_list("many_runs", ["1", "2", "4", "8", "16"],
+                               "Numbers N of independent SCU runs to time vmapped in one program "
+                               "against one by one (benchmarks/many.py; empty: none).")
+_MANY_EPOCHS = flags.DEFINE_integer("many_epochs", 10, "Epochs of each of those runs.")
+_MANY_ALONE = flags.DEFINE_boolean("many_alone", True, "Time those runs one by one too.")
 _CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
                                  "Compute dtype of the CIFAR ResNet codec.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square float32 matrices whose "
@@ -491,8 +496,12 @@ def main(argv: list[str]) -> None:
         batches = [int(b) for b in _BATCHES.value]
         cifar_batches = [int(b) for b in _CIFAR_BATCHES.value]
         unrolls = tuple(int(u) for u in _UNROLL.value)
+        many = [int(n) for n in _MANY_RUNS.value]
     except ValueError:
-        sys.exit("benchmarks.run: error: --batches, --cifar_batches and --unroll must be integers")
+        sys.exit("benchmarks.run: error: --batches, --cifar_batches, --unroll and --many_runs "
+                 "must be integers")
+    if min(many, default=1) < 1 or _MANY_EPOCHS.value < 1:
+        sys.exit("benchmarks.run: error: --many_runs and --many_epochs must be >= 1")
     known = ("train", "scu", "scu_no_cc", "vbu", "hbu")
     if (not set(_METHODS.value) | set(_CIFAR_METHODS.value) <= set(known)
             or min(batches + cifar_batches, default=1) < 1 or min(unrolls, default=0) < 1
@@ -527,6 +536,10 @@ def main(argv: list[str]) -> None:
                  if "torch_eager_steps_per_s" in row else ""),
               file=sys.stderr, flush=True)
     results["steps"] = rows
+    if many:
+        from benchmarks import many as many_runs
+
+        results["many"] = many_runs.measure(many, _MANY_EPOCHS.value, repeats, _MANY_ALONE.value)
     results["seconds"] = time.perf_counter() - started
     write_text_atomic(_OUT.value, json.dumps(results, indent=2) + "\n")
     print(f"matmul peak (float32, {results['matmul_size']}²): JAX "
@@ -535,6 +548,10 @@ def main(argv: list[str]) -> None:
              if "torch_matmul_flops" in results else "")
           + f"; {results['seconds'] / 60:.1f} min")
     print(_table(rows, results["jax_matmul_flops"]))
+    if many:
+        print(f"\nIndependent SCU runs ({_MANY_EPOCHS.value} epochs each), vmapped in one program "
+              "against one by one:")
+        print(many_runs.table(results["many"]))
 
 
 if __name__ == "__main__":
