@@ -9,8 +9,10 @@ convolutions of the step, timed the same way) and both against the measured matm
   python -m benchmarks.run --cifar_dtype=bfloat16          # the CIFAR ResNet codec in bf16 (GPU)
   python -m benchmarks.run --batches= --cifar_batches=16 --cifar_methods=train --rolled_scan
 
-The default command takes about 12 minutes on an idle 2-core CPU (torch.compile's compilations
-are about a minute of it).
+Run time of the default command on the 2-core CPU: 17 min 13 s on a busy machine for a first
+version that ran 600-step windows at batch 128 too and compiled the CIFAR floor as one unrolled
+block (250 s); these defaults save about 8 of those minutes, so expect under 10 minutes idle
+(torch.compile: seconds with a warm inductor cache, ~2.5 min cold).
 
 Timing protocol, the same for every rate (JAX and PyTorch, step and floor): a window is `--steps`
 steps at batch 16 (one scan block, as many dispatches, or as many PyTorch steps; a batch of B

@@ -126,7 +126,8 @@ def test_torch_runner_and_table_report_ranges():
     assert len(row["torch_eager_steps_per_s"]) == 2 and min(row["torch_eager_steps_per_s"]) > 0
     assert run.torch_step_throughput("vbu", 4, 1) is None  # the reference has train and scu
     table = run._table([{
-        "codec": "mnist", "method": "scu", "batch_size": 16, "dispatch_steps_per_s": [500.0, 800.0],
+        "codec": "mnist", "method": "scu", "batch_size": 16,
+        "dispatch_steps_per_s": [500.0, 800.0],
         "scan_steps_per_s": [1000.0, 1200.0], "scan_unroll2_steps_per_s": [1100.0, 1100.0],
         "xla_flops_per_step": 1e7, "floor_steps_per_s": [1500.0, 2000.0],
         "floor_flops_per_step": 5e6, "torch_eager_steps_per_s": [250.0, 300.0],

@@ -73,7 +73,7 @@ class SemanticCodec(nn.Module):
         part gets its own draw, as in separate calls. The latent noise ε is i.i.d. per element
         either way. Only for codecs without BatchNorm: with it, the parts' batch statistics
         would mix (`methods.base.codec_forward_parts` chooses). One part is `__call__`, with the
-        same draws.
+        same draws; with several, `snr_db` (one value) applies to every part.
         """
         sizes = [part.shape[0] for part in parts]
         ends = list(itertools.accumulate(sizes))[:-1]
