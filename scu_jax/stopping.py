@@ -81,14 +81,46 @@ def _per_send(system: System, params: Mapping[str, Any], batch_stats: Mapping[st
 
 
 def target_rate(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                draws: Draws, target: int, key: jax.Array) -> jax.Array:
+                draws: Draws, target: int, key: jax.Array,
+                threshold: float | None = None) -> jax.Array:
     """Fraction of the sends that the receiver labels `target`, traceable inside a jit.
 
     `draws` comes from `draws_of`; batch `i` uses `fold_in(key, i)`, so this equals the backdoor
     accuracy that `evaluate_system`-style loops compute with the same key and batch size.
+
+    With `threshold` (a stopping rule `rate < threshold`), the batches are read in order only
+    until their hits reach `threshold` of all the sends: the rate is then at least `threshold`
+    whatever the other batches hold, so the rule's answer is already known, and the rate of the
+    batches read (itself at least `threshold`) is returned. Below the threshold every batch is
+    read and the rate is exact; either way `rate < threshold` is what a full read decides.
     """
-    return _per_send(system, params, batch_stats, draws, key,
-                     lambda out, logits, x: jnp.argmax(logits, axis=-1) == target)
+    def hits(out, logits, x):
+        return jnp.argmax(logits, axis=-1) == target
+
+    if threshold is None:
+        return _per_send(system, params, batch_stats, draws, key, hits)
+    x = to_unit_interval(jnp.asarray(draws.images))
+    mu, logvar = system.codec.apply({"params": params["codec"], "batch_stats": batch_stats}, x,
+                                    train=False, method="encode")
+    mask = jnp.asarray(draws.mask, jnp.float32)
+    enough = threshold * jnp.sum(mask)
+
+    def more(carry):
+        index, found, _ = carry
+        return (index < mask.shape[0]) & (found < enough)
+
+    def read(carry):
+        index, found, sent = carry
+        rows = jnp.asarray(draws.rows)[index]
+        out, logits = posterior_pass(system, params, batch_stats, mu[rows], logvar[rows],
+                                     jax.random.fold_in(key, index))
+        return (index + 1, found + jnp.sum(hits(out, logits, x[rows]) * mask[index]),
+                sent + jnp.sum(mask[index]))
+
+    _, found, sent = jax.lax.while_loop(
+        more, read, (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+                     jnp.zeros((), jnp.float32)))
+    return found / sent
 
 
 def masked_mean_sse(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],

@@ -161,6 +161,15 @@ def test_stopping_reads_each_image_through_the_encoder_once_with_a_full_passs_dr
                                                                draws, key)
     assert float(rate) == pytest.approx(np.asarray(hits)[mask].mean(), abs=1e-7)
     assert float(sse) == pytest.approx(np.asarray(errors)[mask].mean(), rel=1e-5)
+    # Read against a threshold, the batches stop once the rule's answer is known: the same
+    # answer, the exact rate below the threshold, a rate of the batches read at or above it.
+    rate = float(rate)
+    assert 0.05 < rate < 0.95
+    for threshold in (0.02, rate / 2, rate + 0.01, 1.0):
+        early = float(jax.jit(stopping.target_rate, static_argnums=(0, 4, 6))(
+            system, params, batch_stats, draws, 2, key, threshold))
+        assert (early < threshold) == (rate < threshold)
+        assert early == pytest.approx(rate, abs=1e-7) if rate < threshold else early >= threshold
 
 
 def test_calibrated_attack_is_exactly_chance_against_itself_and_reads_the_reference(clean_system):

@@ -347,6 +347,9 @@ def _erased_setup(config: ml_collections.ConfigDict, system: System, split: Eras
     rule = {"backdoor": "backdoor", "class": "class"}.get(split.kind, "gap")
     if rule == "class":
         target = int(split.erased_labels[0])  # the class being forgotten
+    # The rate the rule stops below: `target_rate` reads D_e's draws only until the answer is
+    # known (the history then holds the rate of the batches read, itself above the threshold).
+    threshold = u.class_stop if rule == "class" else u.epoch_stop if u.epoch_stop > 0 else None
 
     def evaluate(state, eval_data):
         if rule == "gap":
@@ -355,9 +358,10 @@ def _erased_setup(config: ml_collections.ConfigDict, system: System, split: Eras
             draws, key, receiver = eval_data
             params, batch_stats = (state.params, state.batch_stats) if receiver is None else (
                 with_receiver(state.params, state.batch_stats, receiver))
-            return target_rate(eval_system, params, batch_stats, draws, target, key)
+            return target_rate(eval_system, params, batch_stats, draws, target, key, threshold)
         draws, key = eval_data
-        return target_rate(eval_system, state.params, state.batch_stats, draws, target, key)
+        return target_rate(eval_system, state.params, state.batch_stats, draws, target, key,
+                           threshold)
 
     phase = unlearning_phase(
         method, seed=config.seed, num_erased=len(split.erased_images),
