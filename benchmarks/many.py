@@ -66,7 +66,7 @@ def measure(counts: list[int], epochs: int, repeats: int, alone: bool = True
     import numpy as np
 
     from scu_jax import engine
-    from scu_jax.runs.unlearn import EPOCHS_PER_DISPATCH
+    from scu_jax.runs.erasing import EPOCHS_PER_DISPATCH
 
     phase, state, data, eval_data = _setup(epochs)
     stack = lambda *trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # noqa: E731

@@ -38,7 +38,7 @@ MESH_CHECK = textwrap.dedent("""
     from scu_jax.evaluation import system_for_evaluation
     from scu_jax.stopping import draws_of, stopping_key, target_rate
     from scu_jax.methods import training
-    from scu_jax.runs import build, train, unlearn
+    from scu_jax.runs import build, erasing, train
     from scu_jax.runs.build import build_system
 
     def fit(system, config, images, labels, shape):
@@ -87,7 +87,7 @@ MESH_CHECK = textwrap.dedent("""
     for devices in (1, 4):
         config.parallel.devices = devices
         config.unlearning.method = "scu"
-        params, stats, _ = unlearn._erased_loop(config, system, split, trained[1].params,
+        params, stats, _ = erasing.erased_loop(config, system, split, trained[1].params,
                                                 trained[1].batch_stats, None, None,
                                                 build.data_parallel(config))
         params, stats = jax.device_get((params, stats))

@@ -13,7 +13,7 @@ from scu_jax import errors
 from scu_jax import config as config_lib
 from scu_jax import presets
 from scu_jax import evaluation, losses
-from scu_jax.runs import train, unlearn
+from scu_jax.runs import erasing, train, unlearn
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.models import init_system
 from scu_jax.data.batching import paired_epoch_indices
@@ -240,7 +240,7 @@ def _method(config, system, name):
 
 def _erased_loop(config, system, split, params, batch_stats):
     """Runs `config.unlearning.method` through the engine (no workdir): (params, stats, info)."""
-    return unlearn._erased_loop(config, system, split, params, batch_stats, None, None,
+    return erasing.erased_loop(config, system, split, params, batch_stats, None, None,
                                 build.data_parallel(config))
 
 
@@ -385,7 +385,7 @@ def test_per_step_epochs_equal_the_scan_fused_epoch(trained, monkeypatch):
     params, batch_stats = jax.device_get((params, batch_stats))  # each run donates its state
     runs = {}
     for per_step in (False, True):
-        monkeypatch.setattr(unlearn, "convolutions_slow_in_loops", lambda config, p=per_step: p)
+        monkeypatch.setattr(erasing, "convolutions_slow_in_loops", lambda config, p=per_step: p)
         new_params, _, report = _erased_loop(config, system, split, params, batch_stats)
         runs[per_step] = (jax.device_get(new_params), report)
     assert runs[True][1]["steps"] == runs[False][1]["steps"] > 0
@@ -405,7 +405,7 @@ def test_the_stop_read_on_device_stops_at_the_host_readings_epoch(trained, monke
     params, batch_stats = jax.device_get((params, batch_stats))
     runs = {}
     for per_dispatch in (1, 4):
-        monkeypatch.setattr(unlearn, "EPOCHS_PER_DISPATCH", per_dispatch)
+        monkeypatch.setattr(erasing, "EPOCHS_PER_DISPATCH", per_dispatch)
         new_params, _, report = _erased_loop(config, system, split, params, batch_stats)
         runs[per_dispatch] = (jax.device_get(new_params), report)
     (host, host_report), (device, device_report) = runs[1], runs[4]
@@ -415,36 +415,6 @@ def test_the_stop_read_on_device_stops_at_the_host_readings_epoch(trained, monke
     assert [h["erased_backdoor"] for h in device_report["history"]] == pytest.approx(
         [h["erased_backdoor"] for h in host_report["history"]], abs=1e-6)
     chex.assert_trees_all_close(device, host, atol=1e-5)
-
-
-def test_runs_of_several_seeds_in_one_program_equal_the_runs_alone(trained):
-    """Two seeds' SCU runs (own D_e, D_r, batches and keys; the smoke system unlearns each) as
-    one vmapped program: each stops after the epoch it stops alone, with its parameters (runs
-    that stop after different epochs: `engine_test`)."""
-    config, workdir = trained
-    configs = []
-    for seed in (0, 1):
-        seeded = _method_config(config, "scu", max_epochs=12, epoch_stop=0.2, batch_stop=0.0)
-        seeded.seed = seed
-        configs.append(seeded)
-    splits = [build.build_for(c)[0] for c in configs]
-    _, system, params, batch_stats = _setup(configs[0], workdir)
-    params, batch_stats = jax.device_get((params, batch_stats))
-    alone = [_erased_loop(c, system, split, params, batch_stats)
-             for c, split in zip(configs, splits)]
-    together = unlearn.erased_loops_together(configs, system, splits,
-                                             [(params, batch_stats)] * 2)
-    for (params_alone, _, info), (params_together, _, info_together) in zip(alone, together):
-        for field in ("epochs", "steps", "stopped_by", "stop_rule"):
-            assert info_together[field] == info[field], field
-        assert [h["erased_backdoor"] for h in info_together["history"]] == pytest.approx(
-            [h["erased_backdoor"] for h in info["history"]], abs=1e-6)
-        chex.assert_trees_all_close(params_together, jax.device_get(params_alone), atol=1e-5)
-    # Other hyper-parameters cannot share the program: None, and the caller runs them alone.
-    other = configs[1].copy_and_resolve_references()
-    other.unlearning.learning_rate *= 2
-    assert unlearn.erased_loops_together([configs[0], other], system, splits[:2],
-                                         [(params, batch_stats)] * 2) is None
 
 
 def test_batch_early_stop_skips_rest_of_epoch(trained):
