@@ -285,13 +285,14 @@ def test_scu_step_traces_once(trained):
     chex.assert_trees_all_close(state.original["params"], trained_codec)
 
 
-@pytest.mark.parametrize("protocol", ["default", "reference"])
+@pytest.mark.parametrize("protocol", ["default"])
 def test_scu_fused_passes_draw_as_separate_passes(trained, monkeypatch, protocol):
     """SCU passes the MLP codec's erased and remaining batches as one batch. That changes the
     step's draws (one ε draw for both), not their distribution: from the trained state, over 256
-    keys, the loss and its terms have the mean of separate passes to 4 standard errors, in our
-    protocol and in the reference's (Rician, one channel draw a pass). The arithmetic of the
-    fused pass is checked draw for draw in models_test."""
+    keys, the loss and its terms have the mean of separate passes to 4 standard errors. The
+    reference protocol's fused pass (Rician, one channel draw a pass) is checked without noise
+    below and its per-part scalar draw in models_test, which checks the arithmetic draw for
+    draw (the suite's time keeps this statistical test to one protocol)."""
     import functools
 
     scu_module = importlib.import_module("scu_jax.methods.scu")
