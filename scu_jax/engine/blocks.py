@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scu_jax.parallel import DataParallel
 
@@ -181,3 +182,12 @@ def epochs_program(phase: Phase, parallel: DataParallel = DataParallel(), *,
         return state, EpochsOutput(*rows, ran, stopped)
 
     return run_epochs
+
+
+def epoch_slots(batches: Callable[[int], Any], chunk: list[int], slots: int):
+    """A multi-epoch dispatch's host inputs: the epochs' batches stacked on a leading epoch axis,
+    padded to `slots` with the first epoch's (the padding does not run), the `valid` mask and
+    the slots' epoch numbers."""
+    padded = chunk + chunk[:1] * (slots - len(chunk))
+    indices = jax.tree.map(lambda *rows: np.stack(rows), *[batches(epoch) for epoch in padded])
+    return indices, np.arange(slots) < len(chunk), np.asarray(padded, np.int32)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scu_jax.engine.blocks import Phase, make_block, make_epochs
+from scu_jax.engine.blocks import Phase, epoch_slots, make_block, make_epochs
 from scu_jax.engine.hooks import BlockResult, EpochResult, Hook
 from scu_jax.errors import NonFiniteError
 from scu_jax.parallel import DataParallel
@@ -205,12 +205,8 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
                     chunk = chunk[:slot + 1]
                     break
             start += len(chunk)
-            batches = [phase.batches(epoch) for epoch in chunk]
-            batches += batches[:1] * (slots - len(chunk))  # slots past `valid` do not run
-            indices = jax.tree.map(
-                lambda *arrays: parallel.shard_batches(np.stack(arrays), batch_axis=2), *batches)
-            valid = np.arange(slots) < len(chunk)
-            numbers = np.asarray(chunk + chunk[:1] * (slots - len(chunk)), np.int32)
+            indices, valid, numbers = epoch_slots(phase.batches, chunk, slots)
+            indices = jax.tree.map(lambda a: parallel.shard_batches(a, batch_axis=2), indices)
             run_epochs = compile_once(
                 ("epochs", phase_index, slots, fused),
                 lambda: make_epochs(phase, parallel, with_evaluation=fused),

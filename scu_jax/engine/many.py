@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scu_jax.engine.blocks import EpochsOutput, Phase, StepFn, epochs_program
+from scu_jax.engine.blocks import EpochsOutput, Phase, StepFn, epoch_slots, epochs_program
 from scu_jax.engine.loop import EpochSums, Report, step_columns
 from scu_jax.errors import NonFiniteError
 
@@ -70,13 +70,9 @@ def run_many(phase: Phase, batches: Sequence[Callable[[int], Any]], states: Any,
     started = time.perf_counter()
     for start in range(0, len(epochs), slots):
         chunk = epochs[start:start + slots]
-        padded = chunk + chunk[:1] * (slots - len(chunk))
-        indices = jax.tree.map(
-            lambda *runs: np.stack(runs),
-            *[jax.tree.map(lambda *rows: np.stack(rows), *[of_run(e) for e in padded])
-              for of_run in batches])
-        valid = np.arange(slots) < len(chunk)
-        numbers = np.asarray(padded, np.int32)
+        per_run = [epoch_slots(of_run, chunk, slots) for of_run in batches]
+        indices = jax.tree.map(lambda *runs: np.stack(runs), *[run[0] for run in per_run])
+        _, valid, numbers = per_run[0]
         arguments = (stopped, indices, valid, numbers, data, keys, eval_data, hyper)
         if compiled is None:
             begun = time.perf_counter()
