@@ -18,6 +18,10 @@ import pytest
 from scu_jax.runs import deployment as deployments
 from scu_jax.runs import ledger, versions
 
+# One xdist worker runs the whole module, so the module's trained system and two-request deployment is made once (scripts/test.sh
+# runs `--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("forget")
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'mnist.py'}:smoke"
 NUM_TRAIN = 1024  # the smoke config's training split

@@ -10,10 +10,28 @@ from __future__ import annotations
 import os
 import pathlib
 import struct
+import sys
 from typing import Mapping
 
-import tensorboardX
-from tensorboardX.proto import event_pb2, summary_pb2
+
+def _import_tensorboardx():
+    """tensorboardX's writer imports PyTorch whenever it is installed (to accept its tensors, which
+    nothing here passes): 1.7 s more at the start of every binary. PyTorch is kept out while
+    tensorboardX is imported (an `import torch` then fails, which it handles) and is importable
+    again after."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import tensorboardX  # pylint: disable=import-outside-toplevel
+        from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=import-outside-toplevel
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return tensorboardX, event_pb2, summary_pb2
+
+
+tensorboardX, event_pb2, summary_pb2 = _import_tensorboardx()
 
 START = event_pb2.SessionLog.START
 
