@@ -1,13 +1,38 @@
-"""Shared fixtures."""
+"""Shared fixtures, and one JAX compilation cache for the whole run.
+
+The suite's binaries, sweeps and in-process runs compile the same few programs again and again,
+in both xdist workers and in every subprocess they start. The controller makes one persistent
+cache directory before the workers start and names it in the environment, which the workers and
+every subprocess inherit; a cache hit loads the same executable a compilation would build.
+"""
+
+import os
+import shutil
+import tempfile
 
 import pytest
 
+_CACHE_VARIABLES = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # an xdist worker (it inherited the controller's), or the user chose one
+    config._scu_cache = tempfile.mkdtemp(prefix="scu_jax_test_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config._scu_cache
+    os.environ.update(_CACHE_VARIABLES)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_scu_cache", None):
+        shutil.rmtree(config._scu_cache, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    """One JAX compilation cache for every sweep of the session: the smoke sweeps and the shards'
-    runs compile the same programs."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
+def cache_dir():
+    """The run's compilation cache, for the sweeps' `--compilation_cache` flag."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 @pytest.fixture
