@@ -203,3 +203,27 @@ def test_a_diverging_method_is_a_row_not_a_failure(monkeypatch, tmp_path):
                                "train_dir": str(tmp_path / "train"), "out_dir": str(tmp_path / "vbu"),
                                "reference_dir": None})
     assert out["status"] == "non-finite" and "unlearning step 3" in out["error"]
+
+
+@pytest.mark.slow
+def test_runs_together_sweep_gives_each_seed_its_row(tmp_path, cache_dir):
+    """`runs_together`: the two seeds' trainings and their scu cells run as one program each;
+    every cell gets its own row, as many as without it, and a rerun runs none."""
+    config = experiment_config("edr_sweep", "smoke")
+    config.grid.methods, config.grid.edr, config.grid.seeds = ("original", "scu"), (0.04,), (0, 1)
+    config.bases.mnist5k.train.epochs = config.bases.mnist5k.train.receiver_epochs = 1
+    config.runs_together = True
+    done = run_experiment(config, tmp_path, workers=0, compilation_cache=cache_dir)
+    assert (done.cells, done.ran) == (4, 4)
+    rows = {(row["seed"], row["method"]): row for row in read_rows(tmp_path)}
+    assert sorted(rows) == [(0, "original"), (0, "scu"), (1, "original"), (1, "scu")]
+    for seed in (0, 1):
+        scu, original = rows[(seed, "scu")], rows[(seed, "original")]
+        assert scu["status"] == original["status"] == "ok" and scu["runs_together"] == 2
+        assert 0 <= scu["backdoor_accuracy"] <= 1 and scu["steps"] > 0
+        trained = json.loads((tmp_path / "runs" / scu["group"] / "train" / "results.json")
+                             .read_text())
+        assert trained["runs_together"] == 2
+    assert rows[(0, "scu")]["mse_erased"] != rows[(1, "scu")]["mse_erased"]
+    again = run_experiment(config, tmp_path, workers=0, compilation_cache=cache_dir)
+    assert (again.cells, again.ran, again.skipped) == (4, 0, 4)

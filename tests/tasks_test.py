@@ -48,3 +48,35 @@ def test_a_finished_retrain_is_not_waited_for():
     # Every cell is ready once its group trained: none waits for a retrain task it does not have.
     assert len(graph.ready()) == len(without_retrain)
     assert all(task["reference_dir"].endswith("/retrain") for task in graph.pending.values())
+
+
+def test_runs_together_makes_one_task_of_the_tasks_that_differ_by_their_seed():
+    config = experiment_config("edr_sweep", "smoke")
+    config.grid.seeds, config.runs_together = (0, 1, 2), True
+    todo = validate_experiment(config)  # 2 EDRs × 3 seeds × (original, retrain, scu, vbu)
+    graph = TaskGraph.plan(config, pathlib.Path("/sweep"), todo)
+    together = {t: task for t, task in graph.tasks.items() if task["kind"] == "together"}
+    # Per EDR: the 3 trainings, the 3 scu cells and the 3 vbu cells; original and retrain alone.
+    assert sorted((task["of"], task["method"], len(task["members"]))
+                  for task in together.values()) == sorted(
+        [("train", "train", 3)] * 2 + [("cell", "scu", 3)] * 2 + [("cell", "vbu", 3)] * 2)
+    assert len(graph.tasks) == 6 + 2 * 3 * 2  # + each group's original and retrain cells
+    cells = [cell for task in together.values() for cell in task.get("cells", [])]
+    assert len(cells) == len({c.id for c in cells}) == 12
+    assert all(c.method in ("scu", "vbu") for c in cells)
+    ready = graph.ready()
+    assert len(ready) == 2 and all(graph.tasks[t]["of"] == "train" for t in ready)
+    assert [m["train_dir"].rsplit("/", 2)[1] for m in graph.tasks[ready[0]]["members"]] == [
+        "seed_0", "seed_1", "seed_2"]
+    json.dumps(graph.take(ready[0]))  # the members' payloads are plain JSON
+    graph.finish(ready[0])
+    # That EDR's training done: its 3 retrains are ready; its scu and vbu wait for all 3.
+    now = [t for t in graph.ready() if t != ready[1]]
+    assert sorted(graph.tasks[t]["method"] for t in now) == ["retrain"] * 3
+    for task_id in now:
+        graph.take(task_id)
+        graph.finish(task_id)
+    now = {graph.tasks[t]["method"] for t in graph.ready() if t != ready[1]}
+    assert now == {"original", "scu", "vbu"}
+    assert graph.kinds([t for t in graph.ready() if graph.tasks[t]["method"] == "scu"]) == [
+        "scu ×3"]

@@ -297,3 +297,49 @@ def test_reset_optimizer_each_epoch(reset):
     # Adam's step count restarts with every epoch's fresh state (its bias correction with it).
     assert counts == {"receiver": per_epoch, "codec": per_epoch if reset else 2 * per_epoch}
     assert report.steps == 3 * per_epoch
+
+
+def test_seeds_trained_together_equal_each_run_alone(tmp_path, monkeypatch):
+    """`train_and_evaluate_many` (scu-pipeline's training of its seeds): two seeds as one vmapped
+    program per phase give the state, results, checkpoints and curves each gives alone; a
+    resumed run trains on alone, and a rerun trains nothing more."""
+    configs = []
+    for seed in (0, 1):
+        config = _smoke_config()
+        config.seed, config.checkpoint_every_epochs = seed, 2
+        configs.append(config)
+    workdirs = [tmp_path / f"seed_{seed}" for seed in (0, 1)]
+    saved = {}
+    original_save = Checkpoints.save
+
+    def recording_save(self, step, *args, **kwargs):
+        saved.setdefault(self.directory.parent.name, []).append(step)
+        return original_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoints, "save", recording_save)
+    together = train.train_and_evaluate_many(configs, [str(w) for w in workdirs])
+    alone = train.train_and_evaluate(configs[1], str(tmp_path / "alone"))
+    chex.assert_trees_all_close(jax.device_get(together[1].params), jax.device_get(alone.params),
+                                atol=2e-5)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(together[0].params),
+                                                     jax.tree.leaves(alone.params)))
+    results = [json.loads((w / "results.json").read_text()) for w in
+               (*workdirs, tmp_path / "alone")]
+    assert results[1]["runs_together"] == 2 and "runs_together" not in results[2]
+    assert results[1]["steps"] == results[2]["steps"] == 7 * 64
+    for name in ("accuracy_clean", "backdoor_accuracy", "mse_clean", "mse_erased"):
+        assert results[1][name] == pytest.approx(results[2][name], abs=1e-4), name
+    # Checkpoints every 2 epochs and at the phase ends (epochs 3 and 7), in each seed's workdir.
+    assert saved == {name: [2, 3, 4, 6, 7] for name in ("seed_0", "seed_1", "alone")}
+    curves = [read_scalars(w / "summaries" / "train") for w in (workdirs[1], tmp_path / "alone")]
+    assert [s for s, _ in curves[0]["codec/epoch/loss"]] == [256, 320, 384, 448]
+    np.testing.assert_allclose([v for _, v in curves[0]["codec/epoch/loss"]],
+                               [v for _, v in curves[1]["codec/epoch/loss"]], rtol=1e-4)
+    # Seed 1 interrupted after epoch 6: it resumes alone, seed 0 is finished; same state.
+    shutil.rmtree(workdirs[1] / "checkpoints" / "7")
+    again = train.train_and_evaluate_many(configs, [str(w) for w in workdirs])
+    chex.assert_trees_all_close(jax.device_get(again[1].params), jax.device_get(alone.params),
+                                atol=2e-5)
+    rerun = [json.loads((w / "results.json").read_text()) for w in workdirs]
+    assert [r.get("runs_together", 1) for r in rerun] == [2, 1]  # seed 0's was trained with seed 1
+    assert int(again[0].step) == 7 * 64

@@ -118,6 +118,8 @@ def validate_experiment(config: ml_collections.ConfigDict) -> list[Cell]:
     check_field(len(config.bases) > 0, "bases", dict(config.bases),
                 "must name at least one dataset")
     _check_grid(config.grid)
+    check_field(isinstance(config.get("runs_together", False), bool), "runs_together",
+                config.get("runs_together"), "must be True or False")
     for dataset, base in config.bases.items():
         check_field(base.dataset == dataset, f"bases.{dataset}.dataset", base.dataset,
                     f"must be {dataset!r}, the name it is listed under")

@@ -8,7 +8,8 @@ WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json
 WORKDIR/comparison.json, .md     mean ± std over seeds, per method, and the protocol
 ```
 Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
-Every seed's system is trained first; then each method runs on every seed, `retrain` first so
+Every seed's system is trained first (the seeds that start from scratch as ONE vmapped program,
+`train_and_evaluate_many`); then each method runs on every seed, `retrain` first so
 that every other method reports its distance to exact unlearning, and an erased-data method's
 runs of all seeds as ONE vmapped program (`unlearn_and_evaluate_many`: each seed's result equals
 its run alone; runs that cannot share a program run one by one).
@@ -33,7 +34,7 @@ from scu_jax.runs.build import describe_protocol
 from scu_jax.experiments.aggregate import (format_statistic, other_receiver_row, statistics,
                                            table_lines, with_speedups)
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic
-from scu_jax.runs.train import train_and_evaluate
+from scu_jax.runs.train import train_and_evaluate_many
 from scu_jax.runs.evaluate import evaluate_workdir
 from scu_jax.runs.unlearn import unlearn_and_evaluate_many
 
@@ -144,9 +145,9 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     root = pathlib.Path(workdir)
     rows: dict[str, list[dict[str, Any]]] = {"original": []}
     root.mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        train_and_evaluate(_seed_config(config, seed), str(root / f"seed_{seed}" / "train"),
-                           overwrite=overwrite)
+    train_and_evaluate_many([_seed_config(config, seed) for seed in seeds],
+                            [str(root / f"seed_{seed}" / "train") for seed in seeds],
+                            overwrite=overwrite)
     reference = "retrain" in methods
     for method in sorted(methods, key=lambda m: m != "retrain"):  # retrain first: the reference
         _run_method(config, root, seeds, method, reference and method != "retrain", overwrite,

@@ -91,17 +91,24 @@ class _Results:
     def complete(self, task_id: str, output: dict[str, Any]) -> None:
         task = self.graph.tasks[task_id]
         if task["kind"] == "cell":
-            cell: Cell = task["cell"]
-            row = make_row(self.experiment, cell, output)
-            append_row(self.root, row, self.shard)
-            self.rows.append(row)
-            if self.shard is None:  # shards running beside each other would race for it
-                write_csv(self.root, self.rows)
-            self.ran += 1
+            self._add_rows([task["cell"]], [output])
             self.progress.finished(self.graph.kind(task_id), output["task_seconds"], 1)
+        elif task["kind"] == "together" and task["of"] == "cell":
+            self._add_rows(task["cells"], output["outputs"])
+            self.progress.finished(self.graph.kind(task_id), output["task_seconds"],
+                                   len(task["cells"]))
         else:
             self.progress.finished(self.graph.kind(task_id), output["seconds"], 0)
         self.graph.finish(task_id)
+
+    def _add_rows(self, cells: list[Cell], outputs: list[dict[str, Any]]) -> None:
+        for cell, output in zip(cells, outputs):
+            row = make_row(self.experiment, cell, output)
+            append_row(self.root, row, self.shard)
+            self.rows.append(row)
+            self.ran += 1
+        if self.shard is None:  # shards running beside each other would race for it
+            write_csv(self.root, self.rows)
 
 
 def _run_locked(config: ml_collections.ConfigDict, root: pathlib.Path, cells: list[Cell],

@@ -34,8 +34,11 @@ def _evaluate_original(task: dict[str, Any], out_dir: pathlib.Path) -> dict[str,
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Runs one task: `train` (a group's original system) or `cell`; returns what it produced."""
+    """Runs one task: `train` (a group's original system), `cell`, or `together` (tasks that
+    differ by their seed alone, as one program); returns what it produced."""
     started = time.perf_counter()
+    if task["kind"] == "together":
+        return _run_together(task, started)
     config = config_from_json(task["config"])
     if task["kind"] == "train":
         train.train_and_evaluate(config, task["train_dir"])
@@ -48,13 +51,35 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
             results = unlearn.unlearn_and_evaluate(config, task["train_dir"], str(out_dir),
                                                    reference_workdir=task["reference_dir"],
                                                    samples_file=str(out_dir / SAMPLES_FILE))
-        results = {key: value for key, value in results.items() if key != "history"}
-        results["status"] = "ok"
+        results = _row_values(results)
     except NonFiniteError as error:
         # A diverging baseline is a result of the sweep, not a reason to stop it.
         results = {"status": "non-finite", "error": str(error)}
     results["task_seconds"] = time.perf_counter() - started
     return results
+
+
+def _row_values(results: dict[str, Any] | NonFiniteError) -> dict[str, Any]:
+    if isinstance(results, NonFiniteError):
+        return {"status": "non-finite", "error": str(results)}
+    return {**{key: value for key, value in results.items() if key != "history"}, "status": "ok"}
+
+
+def _run_together(task: dict[str, Any], started: float) -> dict[str, Any]:
+    """A `together` task: its members' trainings, or its members' cells (one output each)."""
+    members = task["members"]
+    configs = [config_from_json(member["config"]) for member in members]
+    if task["of"] == "train":
+        train.train_and_evaluate_many(configs, [member["train_dir"] for member in members])
+        return {"seconds": time.perf_counter() - started}
+    outcomes = unlearn.unlearn_and_evaluate_many(
+        configs, [member["train_dir"] for member in members],
+        [member["out_dir"] for member in members],
+        reference_workdirs=[member["reference_dir"] for member in members],
+        samples_files=[str(pathlib.Path(member["out_dir"]) / SAMPLES_FILE) for member in members])
+    seconds = time.perf_counter() - started
+    return {"outputs": [{**_row_values(outcome), "task_seconds": seconds} for outcome in outcomes],
+            "task_seconds": seconds}
 
 
 def worker_init(cache_dir: str) -> None:

@@ -10,7 +10,7 @@ resumed run repeats the uninterrupted one exactly.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import ml_collections
@@ -19,7 +19,7 @@ from absl import logging
 
 from scu_jax import engine
 from scu_jax.config import validate_config
-from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, NonFiniteError
 from scu_jax.evaluation import evaluate_system
 from scu_jax.methods import training
 from scu_jax.methods.training import Examples, Recipe, TrainState
@@ -37,10 +37,10 @@ class SaveCheckpoints(engine.Hook):
 
     def __init__(self, checkpoints: Checkpoints, config: ml_collections.ConfigDict, kind: str,
                  phase_ends: tuple[int, ...], previous: engine.Report, every: int,
-                 data: dict | None = None):
+                 data: dict | None = None, runs_together: int = 1):
         self.checkpoints, self.config, self.kind = checkpoints, config, kind
         self.phase_ends, self.previous, self.every = phase_ends, previous, every
-        self.data = data
+        self.data, self.runs_together = data, runs_together
 
     def needs_state(self, epochs_done: int) -> bool:
         return epochs_done % self.every == 0 or epochs_done in self.phase_ends
@@ -52,7 +52,7 @@ class SaveCheckpoints(engine.Hook):
         so_far = total(self.previous, result.report)
         self.checkpoints.save(epochs_done, state, self.config, {
             "train_seconds": so_far.seconds, "compile_seconds": so_far.compile_seconds,
-            "steps": so_far.steps, "kind": self.kind,
+            "steps": so_far.steps, "kind": self.kind, "runs_together": self.runs_together,
             **({"data": self.data} if self.data else {})})
 
 
@@ -154,18 +154,20 @@ def fit_with_checkpoints(system: System, recipe: Recipe, config: ml_collections.
     return state, total(previous, report)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       overwrite: bool = False) -> TrainState:
-    """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
+class _Training(NamedTuple):
+    """A training run in a workdir, checked, with its data and system built (`_prepare`)."""
 
-    The original system trains on the poisoned training set D_e ∪ D_r (`forget.kind` "backdoor"),
-    or on the whole clean training split (any other kind: one system for every request; its
-    results then read the training and test sets). Returns the final
-    `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one (raising
-    `CheckpointMismatchError` before any work if it belongs to another configuration, unless
-    `overwrite`: then that run's checkpoints, results and summaries are deleted first). The
-    curves are in `workdir/summaries/train` (TensorBoard).
-    """
+    config: ml_collections.ConfigDict
+    parallel: DataParallel
+    workdir: pathlib.Path
+    split: Any  # the ErasureSplit it trains on
+    system: System
+    image_shape: tuple[int, ...]
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> _Training:
+    """Every check before any work (a workdir of another configuration is refused, or emptied
+    with `overwrite`), and the training data and system built."""
     validate_config(config)
     parallel = data_parallel(config)  # the mesh's errors before any work
     check_workdir(workdir)
@@ -182,21 +184,154 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         barrier("overwrite")
     split, system, image_shape = build_for(config, training=True)
     logging.info("training on %s: %s", config.dataset, split.summary())
-    state, report = fit_with_checkpoints(system, recipe_of(config), config, workdir_path,
-                                         split.train_images, split.train_labels,
-                                         parallel=parallel, kind="train", image_shape=image_shape,
-                                         data=split.source)
+    return _Training(config, parallel, workdir_path, split, system, image_shape)
+
+
+def _finish(job: _Training, state: TrainState, report: engine.Report,
+            runs_together: int = 1) -> TrainState:
+    """Evaluates a trained system and writes its results.json (with `runs_together`, the runs of
+    the program that trained it, where more than one)."""
+    config = job.config
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((state.params, state.batch_stats))
     protocol = protocol_of(config)
-    results = evaluate_system(system, params, batch_stats, split, protocol)
+    results = evaluate_system(job.system, params, batch_stats, job.split, protocol)
     results.update({"protocol": protocol.description, "receiver": protocol.receiver,
                     "train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset,
-                    "devices": parallel.size, "processes": jax.process_count()})
+                    "devices": job.parallel.size, "processes": jax.process_count()})
+    if runs_together > 1:
+        results["runs_together"] = runs_together
     if is_primary():
-        write_json_atomic(workdir_path / RESULTS_FILE, results)
+        write_json_atomic(job.workdir / RESULTS_FILE, results)
     logging.info("results: %s", {k: round(v, 4) if isinstance(v, float) else v
                                  for k, v in results.items()})
     return state
+
+
+def _fit_alone(job: _Training) -> tuple[TrainState, engine.Report, int]:
+    """`fit_with_checkpoints`, and how many runs the program that trained the last epochs ran
+    (a finished run's comes from its last checkpoint)."""
+    checkpoints = Checkpoints(job.workdir)
+    recipe = recipe_of(job.config)
+    together = (int(checkpoints.saved_config().get("runs_together", 1))
+                if checkpoints.latest_step() == recipe.total_epochs else 1)
+    checkpoints.close()
+    return *fit_with_checkpoints(job.system, recipe_of(job.config), job.config, job.workdir,
+                                job.split.train_images, job.split.train_labels,
+                                parallel=job.parallel, kind="train",
+                                image_shape=job.image_shape, data=job.split.source), together
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> TrainState:
+    """Trains (or resumes) the original system in `workdir`, evaluates it, writes results.json.
+
+    The original system trains on the poisoned training set D_e ∪ D_r (`forget.kind` "backdoor"),
+    or on the whole clean training split (any other kind: one system for every request; its
+    results then read the training and test sets). Returns the final
+    `TrainState`. Resumes from `workdir`'s latest checkpoint when there is one (raising
+    `CheckpointMismatchError` before any work if it belongs to another configuration, unless
+    `overwrite`: then that run's checkpoints, results and summaries are deleted first). The
+    curves are in `workdir/summaries/train` (TensorBoard).
+    """
+    job = _prepare(config, workdir, overwrite)
+    return _finish(job, *_fit_alone(job))
+
+
+def _together_key(job: _Training) -> str | None:
+    """What runs trained together must share (the configuration but its seed, and the data's
+    shapes), or None for a run that trains alone: a resumed one, one on a mesh or in several
+    processes, or one whose steps are not run an epoch per scan."""
+    config = job.config
+    checkpoints = Checkpoints(job.workdir)
+    resumed = checkpoints.latest_step() is not None
+    checkpoints.close()
+    if (resumed or job.parallel.size > 1
+            or jax.process_count() > 1 or config.train.steps_per_dispatch
+            or convolutions_slow_in_loops(config)):
+        return None
+    unseeded = config.copy_and_resolve_references()
+    unseeded.seed = 0
+    return f"{unseeded.to_json(sort_keys=True)}|{job.split.train_images.shape}"
+
+
+def train_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
+                            workdirs: Sequence[str], *,
+                            overwrite: bool = False) -> list[TrainState]:
+    """`train_and_evaluate` of several runs (seeds): the runs that start from scratch with the
+    same configuration but their seed train as ONE vmapped program per phase
+    (`engine.run_many`), each checkpointed in its workdir as it would be alone; the others (a
+    resumed run, a mesh) one by one. Each result equals its run alone (to float rounding).
+
+    Returns the final states, one per run.
+    """
+    jobs = [_prepare(config, workdir, overwrite) for config, workdir in zip(configs, workdirs)]
+    groups: dict[str, list[_Training]] = {}
+    for job in jobs:
+        key = _together_key(job)
+        if key is not None:
+            groups.setdefault(key, []).append(job)
+    trained: dict[int, TrainState] = {}
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        try:
+            outcomes = fit_many(group)
+        except NonFiniteError as error:
+            logging.warning("%s; training the runs one by one (each from its last checkpoint)",
+                            error)
+            continue
+        for job, (state, report) in zip(group, outcomes):
+            trained[id(job)] = _finish(job, state, report, runs_together=len(group))
+    return [trained[id(job)] if id(job) in trained else _finish(job, *_fit_alone(job))
+            for job in jobs]
+
+
+def fit_many(jobs: Sequence[_Training]) -> list[tuple[TrainState, engine.Report]]:
+    """Trains runs of one configuration but their seed, from scratch, as one vmapped program
+    per phase, with the checkpoints, summaries and times `fit_with_checkpoints` gives each alone
+    (the times are the whole batch's)."""
+    first = jobs[0]
+    recipe, config = recipe_of(first.config), first.config
+    num_examples = len(first.split.train_images)
+    seeds = [job.config.seed for job in jobs]
+    phases = [training.phases(job.system, recipe, seed=seed, num_examples=num_examples)
+              for job, seed in zip(jobs, seeds)]
+    states = jax.tree.map(lambda *runs: np.stack(runs), *[
+        jax.device_get(training.initial_state(first.system, recipe, seed, first.image_shape))
+        for seed in seeds])
+    keys = np.stack([jax.random.fold_in(jax.random.PRNGKey(seed), 1) for seed in seeds])
+    sources = [job.split.source for job in jobs]
+    shared = all(source == sources[0] for source in sources[1:]) and all(
+        np.array_equal(job.split.train_images, first.split.train_images) for job in jobs[1:])
+    examples = [Examples(job.split.train_images, job.split.train_labels) for job in jobs]
+    data = examples[0] if shared else jax.tree.map(lambda *runs: np.stack(runs), *examples)
+    steps_per_epoch = num_examples // recipe.batch_size
+    last_epochs = tuple(phase.epochs[-1] for phase in phases[0])
+    hooks, writers, stores = [], [], []
+    for index, job in enumerate(jobs):
+        checkpoints = Checkpoints(job.workdir)
+        stores.append(checkpoints)
+        common, writer = progress_and_summaries(job.config, job.workdir,
+                                                recipe.total_epochs * steps_per_epoch,
+                                                last_epochs, "train")
+        writers.append(writer)
+        saver = SaveCheckpoints(checkpoints, job.config, "train",
+                                (recipe.receiver_epochs, recipe.total_epochs), engine.Report(),
+                                config.checkpoint_every_epochs, job.split.source, len(jobs))
+        hooks.append([*(common if index == 0 else common[1:]), saver])  # one progress line
+    try:
+        states, reports = engine.run_many(
+            phases[0], [[phase.batches for phase in of_run] for of_run in phases], states, data,
+            keys, name="train", shared_data=shared, hooks=hooks,
+            epochs_per_dispatch=config.checkpoint_every_epochs)
+    finally:
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+        for checkpoints in stores:
+            checkpoints.close()
+    return [(jax.tree.map(lambda a, i=index: a[i], states), report)
+            for index, report in enumerate(reports)]

@@ -264,7 +264,9 @@ def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
 def unlearn_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
                               init_workdirs: Sequence[str], workdirs: Sequence[str], *,
                               reference_workdirs: Sequence[str | None] | None = None,
-                              overwrite: bool = False) -> list[dict[str, Any] | NonFiniteError]:
+                              overwrite: bool = False,
+                              samples_files: Sequence[str | None] | None = None
+                              ) -> list[dict[str, Any] | NonFiniteError]:
     """`unlearn_and_evaluate` of several runs (seeds, forget requests) of one method: the runs
     that are not finished yet and can share a program (`erased_loops_together`) run as one
     vmapped program, the others one by one; each result equals its run alone.
@@ -273,6 +275,7 @@ def unlearn_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
     runs are unaffected: a batch with a diverging run is rerun one by one).
     """
     references = reference_workdirs or [None] * len(configs)
+    samples = samples_files or [None] * len(configs)
     jobs = [_prepare(config, init, out, overwrite=overwrite)
             for config, init, out in zip(configs, init_workdirs, workdirs)]
     todo = [job for job in jobs if job.saved is None]
@@ -288,14 +291,15 @@ def unlearn_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
         if outcomes is not None:
             together = {id(job): outcome for job, outcome in zip(todo, outcomes)}
     results: list[dict[str, Any] | NonFiniteError] = []
-    for job, reference in zip(jobs, references):
+    for job, reference, samples_file in zip(jobs, references, samples):
         try:
             outcome = together.get(id(job)) or _run_alone(job)
         except NonFiniteError as error:
             job.out.close()
             results.append(error)
             continue
-        results.append(_finish(job, outcome, reference_workdir=reference))
+        results.append(_finish(job, outcome, reference_workdir=reference,
+                               samples_file=samples_file))
     return results
 
 
