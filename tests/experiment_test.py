@@ -207,23 +207,24 @@ def test_a_diverging_method_is_a_row_not_a_failure(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_runs_together_sweep_gives_each_seed_its_row(tmp_path, cache_dir):
-    """`runs_together`: the two seeds' trainings and their scu cells run as one program each;
-    every cell gets its own row, as many as without it, and a rerun runs none."""
+    """`runs_together`: the two seeds' trainings and their scu cells run as one program each
+    (each run equal to its run alone: tests/train_test.py, tests/forget_runs_test.py); every
+    cell gets its own row, and a rerun runs none."""
     config = experiment_config("edr_sweep", "smoke")
-    config.grid.methods, config.grid.edr, config.grid.seeds = ("original", "scu"), (0.04,), (0, 1)
+    config.grid.methods, config.grid.edr, config.grid.seeds = ("scu",), (0.04,), (0, 1)
     config.bases.mnist5k.train.epochs = config.bases.mnist5k.train.receiver_epochs = 1
     config.runs_together = True
     done = run_experiment(config, tmp_path, workers=0, compilation_cache=cache_dir)
-    assert (done.cells, done.ran) == (4, 4)
+    assert (done.cells, done.ran) == (2, 2)
     rows = {(row["seed"], row["method"]): row for row in read_rows(tmp_path)}
-    assert sorted(rows) == [(0, "original"), (0, "scu"), (1, "original"), (1, "scu")]
+    assert sorted(rows) == [(0, "scu"), (1, "scu")]
     for seed in (0, 1):
-        scu, original = rows[(seed, "scu")], rows[(seed, "original")]
-        assert scu["status"] == original["status"] == "ok" and scu["runs_together"] == 2
+        scu = rows[(seed, "scu")]
+        assert scu["status"] == "ok" and scu["runs_together"] == 2
         assert 0 <= scu["backdoor_accuracy"] <= 1 and scu["steps"] > 0
         trained = json.loads((tmp_path / "runs" / scu["group"] / "train" / "results.json")
                              .read_text())
         assert trained["runs_together"] == 2
     assert rows[(0, "scu")]["mse_erased"] != rows[(1, "scu")]["mse_erased"]
     again = run_experiment(config, tmp_path, workers=0, compilation_cache=cache_dir)
-    assert (again.cells, again.ran, again.skipped) == (4, 0, 4)
+    assert (again.cells, again.ran, again.skipped) == (2, 0, 2)
