@@ -64,6 +64,12 @@ _MANY_RUNS = flags.DEFINE_list("many_runs", ["1", "2", "4", "8", "16"],
                                "against one by one (benchmarks/many.py; empty: none).")
 _MANY_EPOCHS = flags.DEFINE_integer("many_epochs", 10, "Epochs of each of those runs.")
 _MANY_ALONE = flags.DEFINE_boolean("many_alone", True, "Time those runs one by one too.")
+_MANY_TRAIN_RUNS = flags.DEFINE_list("many_train_runs", ["1", "2", "4"],
+                                     "Training runs vmapped in one program, each N, against one by "
+                                     "one (benchmarks/many.py; empty: none).")
+_MANY_TRAIN_EPOCHS = flags.DEFINE_integer("many_train_epochs", 3,
+                                          "Codec epochs of each training run (after one receiver "
+                                          "epoch).")
 _CIFAR_DTYPE = flags.DEFINE_enum("cifar_dtype", "float32", ["float32", "bfloat16"],
                                  "Compute dtype of the CIFAR ResNet codec.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square float32 matrices whose "
@@ -499,11 +505,14 @@ def main(argv: list[str]) -> None:
         cifar_batches = [int(b) for b in _CIFAR_BATCHES.value]
         unrolls = tuple(int(u) for u in _UNROLL.value)
         many = [int(n) for n in _MANY_RUNS.value]
+        many_train = [int(n) for n in _MANY_TRAIN_RUNS.value]
     except ValueError:
-        sys.exit("benchmarks.run: error: --batches, --cifar_batches, --unroll and --many_runs "
-                 "must be integers")
-    if min(many, default=1) < 1 or _MANY_EPOCHS.value < 1:
-        sys.exit("benchmarks.run: error: --many_runs and --many_epochs must be >= 1")
+        sys.exit("benchmarks.run: error: --batches, --cifar_batches, --unroll, --many_runs and "
+                 "--many_train_runs must be integers")
+    if (min(many + many_train, default=1) < 1 or _MANY_EPOCHS.value < 1
+            or _MANY_TRAIN_EPOCHS.value < 1):
+        sys.exit("benchmarks.run: error: --many_runs, --many_train_runs, --many_epochs and "
+                 "--many_train_epochs must be >= 1")
     known = ("train", "scu", "scu_no_cc", "vbu", "hbu")
     if (not set(_METHODS.value) | set(_CIFAR_METHODS.value) <= set(known)
             or min(batches + cifar_batches, default=1) < 1 or min(unrolls, default=0) < 1
@@ -538,10 +547,13 @@ def main(argv: list[str]) -> None:
                  if "torch_eager_steps_per_s" in row else ""),
               file=sys.stderr, flush=True)
     results["steps"] = rows
-    if many:
-        from benchmarks import many as many_runs
+    from benchmarks import many as many_runs
 
+    if many:
         results["many"] = many_runs.measure(many, _MANY_EPOCHS.value, repeats, _MANY_ALONE.value)
+    if many_train:
+        results["many_train"] = many_runs.measure_training(many_train, _MANY_TRAIN_EPOCHS.value,
+                                                           repeats, _MANY_ALONE.value)
     results["seconds"] = time.perf_counter() - started
     write_text_atomic(_OUT.value, json.dumps(results, indent=2) + "\n")
     print(f"matmul peak (float32, {results['matmul_size']}²): JAX "
@@ -554,6 +566,10 @@ def main(argv: list[str]) -> None:
         print(f"\nIndependent SCU runs ({_MANY_EPOCHS.value} epochs each), vmapped in one program "
               "against one by one:")
         print(many_runs.table(results["many"]))
+    if many_train:
+        print(f"\nIndependent training runs (1 + {_MANY_TRAIN_EPOCHS.value} epochs each), "
+              "vmapped in one program against one by one:")
+        print(many_runs.table(results["many_train"]))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The test suite: sets up .venv, then runs pytest on two worker processes (the tests of a module
-# marked with an xdist_group on one of them, so its module fixtures are made once).
+# The test suite: sets up .venv, then runs pytest on two worker processes.
 #   scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"

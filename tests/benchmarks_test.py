@@ -160,3 +160,16 @@ def test_end_to_end_summary_gives_speedups_over_retraining():
     assert "original" not in summary
     table = end_to_end.markdown(summary)
     assert "| scu | 0.50 s, **100×** (backdoor 10.0 %, D_clean acc 90.0 %) | 0.40 s, **125×**" in table
+
+
+def test_training_runs_curve_times_vmapped_and_one_by_one_runs():
+    from benchmarks import many
+
+    rows = many.measure_training([2], epochs=1, repeats=1)
+    (row,) = rows
+    # One receiver and one codec epoch over 4,000 images at batch 16: 2 × 250 steps a run.
+    assert row["runs"] == 2 and row["steps_per_run"] == 500
+    assert row["vmapped_runs_per_s"] > 0 and row["alone_runs_per_s"] > 0
+    assert row["vmapped_compile_s"] > 0 and row["alone_compile_s_per_run"] > 0
+    assert row["speedup"] == pytest.approx(row["vmapped_runs_per_s"] / row["alone_runs_per_s"])
+    assert "| 2 |" in many.table(rows)

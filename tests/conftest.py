@@ -6,9 +6,13 @@ cache directory before the workers start and names it in the environment, which 
 every subprocess inherit; a cache hit loads the same executable a compilation would build.
 """
 
+import fcntl
+import json
 import os
+import pathlib
 import shutil
 import tempfile
+from typing import Any, Callable
 
 import pytest
 
@@ -33,6 +37,25 @@ def pytest_unconfigure(config):
 def cache_dir():
     """The run's compilation cache, for the sweeps' `--compilation_cache` flag."""
     return os.environ["JAX_COMPILATION_CACHE_DIR"]
+
+
+def made_once(tmp_path_factory, name: str,
+              make: Callable[[pathlib.Path], Any]) -> tuple[pathlib.Path, Any]:
+    """`make(directory)` run once per test run, by whichever xdist worker asks first; the other
+    waits on a lock and gets the same directory and `make`'s (JSON-able) value. For the costly
+    module fixtures whose tests only read what they made (a test that writes works on a copy):
+    each worker that runs one of their tests would otherwise make them again."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, the run's directory, which the workers' popen-gwK/ share
+    directory, value = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not value.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            value.write_text(json.dumps(make(directory)))
+    return directory, json.loads(value.read_text())
 
 
 @pytest.fixture

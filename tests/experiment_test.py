@@ -4,6 +4,7 @@ a refused workdir, and a SIGKILL mid-sweep that a rerun completes without duplic
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import uuid
 
 import pytest
+from conftest import made_once
 
 from scu_jax import errors
 from scu_jax.errors import CheckpointMismatchError
@@ -22,10 +24,6 @@ from scu_jax.experiments.workdir import (CSV_FILE, EXPERIMENT_FILE, FIGURES_DIR,
                                          ROWS_FILE, exclusive, result_fingerprint)
 from scu_jax.experiments.worker import run_task
 
-# One xdist worker runs the whole module, so the module's smoke sweep is made once (scripts/test.sh
-# runs `--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("experiment")
-
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EDR_SMOKE = f"--config={REPO / 'configs' / 'experiments' / 'edr_sweep.py'}:smoke"
 COMPARED = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "mia_auc",
@@ -34,17 +32,29 @@ COMPARED = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "mse_erased", "m
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory, cache_dir):
-    workdir = tmp_path_factory.mktemp("sweep") / "edr"
-    config = experiment_config("edr_sweep", "smoke")
-    done = run_experiment(config, workdir, workers=0, compilation_cache=cache_dir)
-    write_report(workdir)
-    return workdir, done
+    """The smoke sweep's workdir (made once per test run; tests that run in it use a copy) and
+    what its run reported: (cells, ran, skipped)."""
+    def make(directory):
+        workdir = directory / "edr"
+        done = run_experiment(experiment_config("edr_sweep", "smoke"), workdir, workers=0,
+                              compilation_cache=cache_dir)
+        write_report(workdir)
+        return [done.cells, done.ran, done.skipped]
+
+    directory, done = made_once(tmp_path_factory, "smoke_sweep", make)
+    return directory / "edr", tuple(done)
+
+
+def _copy(workdir, tmp_path):
+    copy = tmp_path / "edr"
+    shutil.copytree(workdir, copy)
+    return copy
 
 
 @pytest.mark.slow
 def test_smoke_sweep_writes_rows_csv_figures_and_report(smoke_sweep):
     workdir, done = smoke_sweep
-    assert (done.cells, done.ran, done.skipped) == (8, 8, 0)
+    assert done == (8, 8, 0)
     rows = read_rows(workdir)
     assert len(rows) == 8 and len({row["cell"] for row in rows}) == 8
     assert {(row["edr"], row["method"]) for row in rows} == {
@@ -84,8 +94,8 @@ def test_smoke_sweep_writes_rows_csv_figures_and_report(smoke_sweep):
 
 
 @pytest.mark.slow
-def test_rerun_runs_zero_cells_and_changes_no_row(smoke_sweep, cache_dir):
-    workdir, _ = smoke_sweep
+def test_rerun_runs_zero_cells_and_changes_no_row(smoke_sweep, cache_dir, tmp_path):
+    workdir = _copy(smoke_sweep[0], tmp_path)
     before = (workdir / ROWS_FILE).read_bytes()
     config = experiment_config("edr_sweep", "smoke")
     again = run_experiment(config, workdir, workers=0, compilation_cache=cache_dir)
@@ -96,8 +106,8 @@ def test_rerun_runs_zero_cells_and_changes_no_row(smoke_sweep, cache_dir):
 
 
 @pytest.mark.slow
-def test_workdir_of_another_experiment_is_refused(smoke_sweep, cache_dir):
-    workdir, _ = smoke_sweep
+def test_workdir_of_another_experiment_is_refused(smoke_sweep, cache_dir, tmp_path):
+    workdir = _copy(smoke_sweep[0], tmp_path)
     before = (workdir / ROWS_FILE).read_bytes()
     config = experiment_config("edr_sweep", "smoke")
     config.bases.mnist5k.train.learning_rate = 0.5

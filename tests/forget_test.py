@@ -14,13 +14,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import made_once
 
 from scu_jax.runs import deployment as deployments
 from scu_jax.runs import ledger, versions
-
-# One xdist worker runs the whole module, so the module's trained system and two-request deployment is made once (scripts/test.sh
-# runs `--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("forget")
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'mnist.py'}:smoke"
@@ -62,33 +59,44 @@ def _error_line(result, program="scu-forget") -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("forget") / "trained"
-    result = subprocess.run(_command(SMOKE, "--config.forget.kind=ids", f"--workdir={workdir}",
+def _make_two_requests(root: pathlib.Path) -> str:
+    """A smoke system trained on the clean set (`root/trained`), then a deployment of it after
+    two sequential requests (`root/deployment`, versions 1 and 2); returns the requests' output."""
+    trained = root / "trained"
+    result = subprocess.run(_command(SMOKE, "--config.forget.kind=ids", f"--workdir={trained}",
                                      binary="train"),
                             cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
     assert result.returncode == 0, result.stderr[-2000:]
-    return workdir
+    files = [_write(root / "r1.txt", [10, 3, 7, 500]),
+             _write(root / "r2.txt", [20, 21, 22, 23, 24])]
+    # Two files in one command: two requests, applied one after the other.
+    result = _run(f"--deployment={root / 'deployment'}", f"--init_workdir={trained}",
+                  f"--ids={files[0]},{files[1]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
-def two_requests(trained, tmp_path_factory):
-    """A deployment after two sequential requests (versions 1 and 2); never written to by tests."""
-    root = tmp_path_factory.mktemp("two")
-    files = [_write(root / "r1.txt", [10, 3, 7, 500]),
-             _write(root / "r2.txt", [20, 21, 22, 23, 24])]
-    deployment = root / "deployment"
-    # Two files in one command: two requests, applied one after the other.
-    result = _run(f"--deployment={deployment}", f"--init_workdir={trained}",
-                  f"--ids={files[0]},{files[1]}")
-    assert result.returncode == 0, result.stderr[-2000:]
-    return deployment, files, result
+def made(tmp_path_factory):
+    """Made once per test run (`conftest.made_once`) and never written to by tests."""
+    return made_once(tmp_path_factory, "two_requests", _make_two_requests)
+
+
+@pytest.fixture(scope="module")
+def trained(made):
+    return made[0] / "trained"
+
+
+@pytest.fixture(scope="module")
+def two_requests(made):
+    """The deployment, its two request files and the command's stdout."""
+    root, stdout = made
+    return root / "deployment", [root / "r1.txt", root / "r2.txt"], stdout
 
 
 @pytest.mark.slow
 def test_two_sequential_requests_make_two_versions_and_ledger_lines(two_requests, trained):
-    deployment, files, result = two_requests
+    deployment, files, stdout = two_requests
     records = _ledger(deployment)
     assert [r["record"] for r in records] == ["init", "request", "request"]
     assert records[0]["version"] == 0 and records[0]["source"] == str(trained.resolve())
@@ -115,7 +123,7 @@ def test_two_sequential_requests_make_two_versions_and_ledger_lines(two_requests
     # The versions hold the requests' ids, and version 2 was trained on from version 1.
     assert versions.metadata(deployment, 2)["requests"][0]["ids"] == [20, 21, 22, 23, 24]
     assert versions.metadata(deployment, 1)["requests"][0]["ids"] == [3, 7, 10, 500]
-    out = result.stdout.splitlines()
+    out = stdout.splitlines()
     assert len(out) == 3 and out[0].startswith("request r1: 4 samples, version 1, scu stopped by ")
     assert out[1].startswith("request r2: 5 samples, version 2, scu stopped by ")
     assert "MSE erased" in out[0] and out[2] == f"ledger: {deployment / 'ledger.jsonl'}"
