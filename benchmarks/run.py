@@ -561,7 +561,8 @@ def main(argv: list[str]) -> None:
           + (f", PyTorch {_fmt(results['torch_matmul_flops'], 1e-9, 1)} GFLOP/s"
              if "torch_matmul_flops" in results else "")
           + f"; {results['seconds'] / 60:.1f} min")
-    print(_table(rows, results["jax_matmul_flops"]))
+    if rows:
+        print(_table(rows, results["jax_matmul_flops"]))
     if many:
         print(f"\nIndependent SCU runs ({_MANY_EPOCHS.value} epochs each), vmapped in one program "
               "against one by one:")

@@ -28,8 +28,10 @@ def _evaluate_original(task: dict[str, Any], out_dir: pathlib.Path) -> dict[str,
                                        output=str(out_dir / RESULTS_FILE),
                                        samples_file=str(out_dir / SAMPLES_FILE))
     trained = json.loads((pathlib.Path(task["train_dir"]) / RESULTS_FILE).read_text())
+    # Its training's times (with `runs_together`, where the seeds trained as one program).
     results.update({key: trained[key] for key in
-                    ("train_seconds", "compile_seconds", "epochs", "steps")})
+                    ("train_seconds", "compile_seconds", "epochs", "steps", "runs_together")
+                    if key in trained})
     return results
 
 
