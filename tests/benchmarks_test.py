@@ -173,3 +173,14 @@ def test_training_runs_curve_times_vmapped_and_one_by_one_runs():
     assert row["vmapped_compile_s"] > 0 and row["alone_compile_s_per_run"] > 0
     assert row["speedup"] == pytest.approx(row["vmapped_runs_per_s"] / row["alone_runs_per_s"])
     assert "| 2 |" in many.table(rows)
+
+
+def test_step_profile_times_the_step_and_each_part():
+    from benchmarks import profile_step
+
+    rows = profile_step.measure(batch_size=4, repeats=1, steps=2, windows=1)
+    assert [row["part"].split(" (")[0] for row in rows] == [
+        "SCU step", "SCU, clip + SGD", "SCU, SGD", "clip + Adam alone", "floor"]
+    assert all(len(row["steps_per_s"]) == 1 and row["steps_per_s"][0] > 0 for row in rows)
+    lines = profile_step.table(rows).splitlines()
+    assert len(lines) == 2 + 5 and lines[2].endswith("| 100 % |")
