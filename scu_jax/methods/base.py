@@ -83,6 +83,25 @@ def make_optimizer(learning_rate: float, grad_clip: float) -> optax.GradientTran
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(learning_rate))
 
 
+class GradientMaskState(NamedTuple):
+    mask: Any  # 0/1 arrays of the parameters' shapes
+
+
+def gradient_mask(mask: Any) -> optax.GradientTransformation:
+    """Multiplies every gradient by `mask` (0/1, the parameters' pytree). The mask is kept in the
+    optimiser state, a device array of the run (under `vmap`, each run's own), not a constant
+    compiled into the step."""
+    def init(params):
+        del params
+        return GradientMaskState(jax.tree.map(jnp.asarray, mask))
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g, m: g * m.astype(g.dtype), updates, state.mask), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def trainable_params(params: dict[str, Any], joint_receiver: bool) -> dict[str, Any]:
     """The parameters a step updates: the codec, and the receiver where it trains jointly."""
     if joint_receiver:
@@ -153,6 +172,25 @@ def receiver_logits(system: System, params: dict[str, Any], batch_stats: dict[st
     return apply_receiver(system, {"receiver": receiver_params}, batch_stats, x_hat, train=True)
 
 
+def objective_loss(system: System, objective: CodecObjective):
+    """`loss(trainable, params, batch_stats, images, labels, key)`: the codec's training objective
+    (β·KL + MSE, + CE with a joint receiver) on one batch, in training mode, `trainable` (the
+    parameters differentiated) over `params`; `key` draws the latent and channel noise."""
+    joint = objective.joint_receiver
+
+    def loss(trainable, params, batch_stats, images, labels, key):
+        params = {**params, **trainable}
+        latent_key, channel_key = jax.random.split(key)
+        x = to_unit_interval(images)
+        out, batch_stats = codec_forward(system, params, batch_stats, x, latent_key, channel_key)
+        logits, _ = receiver_logits(system, params, batch_stats, out.x_hat, joint)
+        return losses.codec_loss(out.mu, out.logvar, out.x_hat, x, beta=objective.beta,
+                                 mse_weight=objective.mse_weight, receiver_logits=logits,
+                                 labels=labels, ce_weight=objective.ce_weight)
+
+    return loss
+
+
 def backdoor_rate(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(logits, axis=-1) == targets)
 
@@ -188,10 +226,17 @@ def unlearn_state(params: dict[str, Any], batch_stats: dict[str, Any],
 
 
 def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
-                    joint_receiver: bool) -> Method:
+                    joint_receiver: bool, mask: Any = None) -> Method:
     """An Adam (grad-norm clipped) unlearning method minimising
-    `loss_fn(params, batch_stats, θ_o, batch, key) → (loss, (new_batch_stats, StepMetrics))`."""
+    `loss_fn(params, batch_stats, θ_o, batch, key) → (loss, (new_batch_stats, StepMetrics))`.
+
+    `mask` (optional, a 0/1 pytree of the trainable parameters' shapes) multiplies the gradient
+    before the clip and Adam (`gradient_mask`): a masked-out parameter's moments stay 0, so its
+    update is exactly 0.
+    """
     tx = make_optimizer(learning_rate, grad_clip)
+    if mask is not None:
+        tx = optax.chain(gradient_mask(mask), tx)
 
     def init(params, batch_stats) -> UnlearnState:
         return unlearn_state(params, batch_stats,

@@ -16,3 +16,13 @@ def finetune(recipe: Recipe, *, learning_rate: float, batch_size: int, epochs: i
     """The training recipe restricted to `epochs` codec epochs at `learning_rate`."""
     return dataclasses.replace(recipe, receiver_epochs=0, epochs=epochs,
                                learning_rate=learning_rate, batch_size=batch_size)
+
+
+def l1_sparse(recipe: Recipe, *, learning_rate: float, batch_size: int, epochs: int,
+              strength: float, steps_per_epoch: int) -> Recipe:
+    """ℓ1-sparse unlearning (`methods/sparse.py`): the training recipe restricted to `epochs`
+    codec epochs at `learning_rate`, with the ℓ1 penalty γ = `strength` decayed over them
+    (`steps_per_epoch` steps an epoch over D_r)."""
+    return dataclasses.replace(recipe, receiver_epochs=0, epochs=epochs,
+                               learning_rate=learning_rate, batch_size=batch_size,
+                               l1_strength=strength, l1_steps_per_epoch=steps_per_epoch)

@@ -25,6 +25,7 @@ from scu_jax.data.batching import epoch_permutation
 from scu_jax.engine import Phase
 from scu_jax.methods.base import (CodecObjective, codec_forward, make_optimizer, receiver_logits,
                                   trainable_params)
+from scu_jax.methods.sparse import l1_penalty
 from scu_jax.models import System, apply_receiver, init_system, to_unit_interval
 
 RECEIVER, CODEC = "receiver", "codec"
@@ -65,6 +66,10 @@ class Recipe:
     epochs: int
     crop: bool = False  # random crops that keep the trigger, drawn at every step
     reset_optimizer_each_epoch: bool = False  # the reference builds an optimiser per epoch
+    # ℓ1-sparse unlearning (`methods/sparse.py`): the codec phase's gradient gets γ_e·sign(θ),
+    # γ_e = l1_strength·(1 − e/epochs) in epoch e of `l1_steps_per_epoch` steps (0: no penalty).
+    l1_strength: float = 0.0
+    l1_steps_per_epoch: int = 0
 
     @property
     def total_epochs(self) -> int:
@@ -75,8 +80,12 @@ class Recipe:
 
 
 def _optimizers(recipe: Recipe) -> dict[str, optax.GradientTransformation]:
+    codec = make_optimizer(recipe.learning_rate, recipe.grad_clip)
+    if recipe.l1_strength:
+        codec = optax.chain(l1_penalty(recipe.l1_strength, recipe.l1_steps_per_epoch,
+                                       recipe.epochs), codec)
     return {RECEIVER: make_optimizer(recipe.receiver_learning_rate, recipe.grad_clip),
-            CODEC: make_optimizer(recipe.learning_rate, recipe.grad_clip)}
+            CODEC: codec}
 
 
 def optimizer_state(recipe: Recipe, params: dict[str, Any], phase: str) -> Any:

@@ -1,0 +1,95 @@
+"""Saliency unlearning (SalUn, Fan et al., ICLR 2024), adapted to the codec.
+
+```
+g     = mean over the batches of D_e of ∇_θ F_e          F_e: the codec's training objective on D_e
+m     = 1 where |g| is in the top `fraction` of all trainable parameters' |g|, else 0
+loss  = MSE(x̂(x_e), x_r')  + L(x_r)                      one step's erased and remaining batch
+θ    ← θ − Adam(clip(m ⊙ ∇ loss))                          updates are exactly 0 where m = 0
+```
+SalUn's forgetting for a classifier is random labelling: the forgotten images are trained
+towards random labels while the rest keeps its own. The codec's analogue sends each erased image
+towards another image: x̂(x_e) is trained to reconstruct x_r', the step's remaining batch rolled
+by one (random D_r images, drawn afresh every epoch), while the remaining batch keeps the codec's
+training objective L (β·KL + MSE, + CE with a joint receiver, which also learns x̂(x_e) as x_r''s
+label). The saliency (the gradient of the forgetting loss, whose magnitude is that of its ascent)
+is taken once, from the trained system, over all of D_e, with one threshold across every
+parameter (the authors' hard thresholding); the authors' usual fraction is a half.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from scu_jax import losses
+from scu_jax.methods.base import (Batch, CodecObjective, Method, StepMetrics, backdoor_rate,
+                                  codec_forward_parts, gradient_method, objective_loss,
+                                  receiver_logits, trainable_params)
+from scu_jax.models import System, to_unit_interval
+
+
+def saliency(system: System, objective: CodecObjective, params: dict[str, Any],
+             batch_stats: dict[str, Any], images: jax.Array, labels: jax.Array,
+             key: jax.Array) -> Any:
+    """|mean over the batches of `images` (batches, B, ...) of ∇ F_e|, per trainable parameter;
+    F_e is the codec's training objective on each batch (`labels`: the labels it trained with)."""
+    joint = objective.joint_receiver
+    forget_loss = objective_loss(system, objective)
+
+    trainable = trainable_params(params, joint)
+
+    def add(total, batch):
+        index, x, y = batch
+        grads = jax.grad(forget_loss)(trainable, params, batch_stats, x, y,
+                                      jax.random.fold_in(key, index))
+        return jax.tree.map(jnp.add, total, grads), None
+
+    count = images.shape[0]
+    total, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, trainable),
+                            (jnp.arange(count), images, labels))
+    return jax.tree.map(lambda t: jnp.abs(t / count), total)
+
+
+def saliency_mask(scores: Any, fraction: float) -> Any:
+    """1 for the `fraction` of all parameters with the largest `scores`, one threshold across
+    every leaf; 0 elsewhere (float32, the scores' pytree)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    flat = jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(scores)])
+    keep = max(1, int(round(fraction * flat.size)))
+    threshold = jnp.sort(flat)[flat.size - keep]
+    return jax.tree.map(lambda s: (s >= threshold).astype(jnp.float32), scores)
+
+
+def salun(system: System, objective: CodecObjective, *, learning_rate: float, grad_clip: float,
+          mask: Any) -> Method:
+    """SalUn's masked forgetting step (see the module docstring); `mask` from `saliency_mask`."""
+    joint = objective.joint_receiver
+
+    def loss_fn(params, batch_stats, original, batch: Batch, key):
+        del original
+        latent_key, channel_key = jax.random.split(key)
+        x_e = to_unit_interval(batch.erased_images)
+        x_r = to_unit_interval(batch.remain_images)
+        (out_e, out_r), batch_stats = codec_forward_parts(system, params, batch_stats, (x_e, x_r),
+                                                          latent_key, channel_key)
+        others = jnp.roll(x_r, 1, axis=0)[: x_e.shape[0]]
+        relabelled = losses.reconstruction_mse(out_e.x_hat, others)
+        logits_e, batch_stats = receiver_logits(system, params, batch_stats, out_e.x_hat, joint)
+        logits_r, batch_stats = receiver_logits(system, params, batch_stats, out_r.x_hat, joint)
+        keep = losses.codec_loss(out_r.mu, out_r.logvar, out_r.x_hat, x_r, beta=objective.beta,
+                                 mse_weight=objective.mse_weight, receiver_logits=logits_r,
+                                 labels=batch.remain_labels, ce_weight=objective.ce_weight)
+        if joint:
+            other_labels = jnp.roll(batch.remain_labels, 1)[: x_e.shape[0]]
+            relabelled = relabelled + objective.ce_weight * losses.cross_entropy(logits_e,
+                                                                                 other_labels)
+        loss = relabelled + keep
+        metrics = StepMetrics(loss, backdoor_rate(logits_e, batch.erased_targets), relabelled,
+                              keep)
+        return loss, (batch_stats, metrics)
+
+    return gradient_method(loss_fn, learning_rate=learning_rate, grad_clip=grad_clip,
+                           joint_receiver=joint, mask=mask)
