@@ -20,8 +20,9 @@ from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
 # The unlearning methods, by name (`scu_jax.methods` holds one factory for each; named here so
 # that validation needs no import of the methods).
-ERASED_LOOP_METHODS = ("scu", "scu_no_cc", "vbu", "hbu")  # the methods run by the erased-data loop
-METHODS = (*ERASED_LOOP_METHODS, "finetune", "retrain")
+# The methods run by the erased-data loop.
+ERASED_LOOP_METHODS = ("scu", "scu_no_cc", "vbu", "hbu", "salun")
+METHODS = (*ERASED_LOOP_METHODS, "ssd", "l1_sparse", "finetune", "retrain")
 ERASED_OBJECTIVES = ("mse", "ce", "mse+ce")
 EVALUATION_CHANNELS = ("train", "none")
 RECEIVERS = ("original", "own")
@@ -162,7 +163,14 @@ def default_config() -> ml_collections.ConfigDict:
     # Per-method values of the fields above, e.g. `per_method.hbu.early_stop = True`: a method's
     # run takes config.unlearning with its entry applied (`method_config`).
     config.unlearning.per_method = ml_collections.ConfigDict()
-    config.unlearning.finetune_epochs = 20  # epochs over D_r for the `finetune` baseline
+    config.unlearning.finetune_epochs = 20  # epochs over D_r for `finetune` and `l1_sparse`
+    # The field's baselines (methods/ssd.py, sparse.py, salun.py; their papers' settings): SSD's
+    # selection weighting α and dampening constant λ, ℓ1-sparse's initial penalty γ, and the
+    # fraction of the parameters SalUn's saliency mask keeps.
+    config.unlearning.ssd_alpha = 10.0
+    config.unlearning.ssd_lambda = 1.0
+    config.unlearning.l1_strength = 5e-4
+    config.unlearning.salun_fraction = 0.5
 
     # What the evaluation adds beyond the protocol metrics.
     config.evaluation = ml_collections.ConfigDict()
@@ -210,7 +218,8 @@ def default_config() -> ml_collections.ConfigDict:
 _PER_METHOD_FIELDS = ("beta_u", "lambda_kl", "rho", "learning_rate", "grad_clip", "batch_size",
                       "max_epochs", "early_stop", "batch_stop", "epoch_stop", "stop_on",
                       "erased_objective", "gap_tolerance", "class_stop", "stop_weight_gradient", "unit_mse_in_weights",
-                      "partial_batch", "augment_remain", "hbu_fixed_probe", "finetune_epochs")
+                      "partial_batch", "augment_remain", "hbu_fixed_probe", "finetune_epochs",
+                      "ssd_alpha", "ssd_lambda", "l1_strength", "salun_fraction")
 
 
 def method_config(config: ml_collections.ConfigDict, method: str | None = None
@@ -380,6 +389,10 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     _number(config, "unlearning.gap_tolerance", 0.0, 1.0)
     _number(config, "unlearning.class_stop", 0.0, 1.0)
     _number(config, "unlearning.finetune_epochs", 1, 10000, integer=True)
+    _number(config, "unlearning.ssd_alpha", 0.0, 1e9)
+    _number(config, "unlearning.ssd_lambda", 0.0, 1e9)
+    _number(config, "unlearning.l1_strength", 0.0, 10.0)
+    _number(config, "unlearning.salun_fraction", 0.0, 1.0, low_open=True)
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):
         value = config.unlearning[field]

@@ -51,7 +51,8 @@ def test_training_on_the_clean_set_records_the_data(clean_system):
     assert meta["data"]["dataset"] == "mnist5k" and meta["data"]["num_train"] == 1024
 
 
-@pytest.mark.parametrize("method", ["scu", "scu_no_cc", "vbu", "hbu", "finetune", "retrain"])
+@pytest.mark.parametrize("method", ["scu", "scu_no_cc", "vbu", "hbu", "salun", "ssd", "l1_sparse",
+                                    "finetune", "retrain"])
 def test_every_method_runs_on_a_forget_set(clean_system, tmp_path, method):
     config = _smoke("random", fraction=0.05)
     config.unlearning.method = method
@@ -65,8 +66,13 @@ def test_every_method_runs_on_a_forget_set(clean_system, tmp_path, method):
                                                          / results["mse_heldout"])
     assert 0 <= results["mia_auc"] <= 1 and "backdoor_accuracy" not in results
     assert len(results["forget_sha256"]) == 64
-    if method in ("finetune", "retrain"):
+    if method in ("finetune", "l1_sparse", "retrain"):
         assert results["stopped_by"] == "epochs" and results["stop_rule"].startswith("fixed")
+    elif method == "ssd":
+        assert results["stopped_by"] == "one_pass" and results["epochs"] == 1
+        assert results["stop_rule"] == "one pass: SSD, α = 10, λ = 1"
+        assert results["ssd_dampened"] > 0  # 51 random images: some parameters are theirs
+        assert results["steps"] == 51 // 16 + 1024 // 16  # D_e's batches and D's
     else:
         assert results["stopped_by"] in ("gap", "max_epochs")
         assert results["stop_rule"].startswith("gap:") and results["epochs"] <= 2

@@ -449,7 +449,8 @@ def test_diverging_method_stops_naming_the_step(trained, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-@pytest.mark.parametrize("method", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"])
+@pytest.mark.parametrize("method", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "salun",
+                                    "finetune", "l1_sparse"])
 def test_every_method_end_to_end(trained, tmp_path_factory, monkeypatch, method):
     config, workdir = trained
     config = _method_config(config, method, learning_rate=1e-3)
@@ -463,7 +464,8 @@ def test_every_method_end_to_end(trained, tmp_path_factory, monkeypatch, method)
     monkeypatch.setattr(engine, "run", recording_run)
     results = unlearn.unlearn_and_evaluate(config, str(workdir), str(out))
     # Every method runs on the one engine: the erased-data loop, fine-tuning and retraining alike.
-    expected_phases = {"retrain": ["receiver", "codec"], "finetune": ["codec"]}
+    expected_phases = {"retrain": ["receiver", "codec"], "finetune": ["codec"],
+                       "l1_sparse": ["codec"]}
     assert runs == [(method, expected_phases.get(method, ["unlearning"]))]
     saved = json.loads((out / "results.json").read_text())
     assert saved["method"] == method and saved["steps"] == results["steps"] > 0
@@ -472,7 +474,7 @@ def test_every_method_end_to_end(trained, tmp_path_factory, monkeypatch, method)
     phases = expected_phases.get(method, ["unlearning"])
     assert sum(len(curves[f"{phase}/epoch/loss"]) for phase in phases) == saved["epochs"]
     assert curves[f"{phases[-1]}/epoch/loss"][-1][0] == saved["steps"]
-    if method in ("scu", "scu_no_cc", "vbu", "hbu"):
+    if method in ("scu", "scu_no_cc", "vbu", "hbu", "salun"):
         assert {f"unlearning/epoch/{n}" for n in ("backdoor", "forget", "utility")} <= set(curves)
         assert all(0 <= v <= 1 for _, v in curves["unlearning/epoch/backdoor"])
     if method == "scu":  # SCU's adaptive weights a and b, each epoch's means: a + b = 1

@@ -15,7 +15,8 @@ import numpy as np
 from scu_jax.evaluation import FORGET_RECEIVER_METRICS, RECEIVER_METRICS
 from scu_jax.experiments.grid import ORIGINAL
 
-METHOD_ORDER = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune")
+METHOD_ORDER = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune", "ssd", "l1_sparse",
+                "salun")
 SETTING_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "beta_u")
 # A statistic: (mean, std, number of values).
 Statistic = tuple[float, float, int]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from scu_jax.channels import Channel
 from scu_jax.config import ERASED_LOOP_METHODS
@@ -20,7 +21,8 @@ from scu_jax.data import (Dataset, ErasureSplit, class_ids, data_identity, load_
                           make_erasure_split, make_forget_split, random_ids, read_ids)
 from scu_jax.errors import ConfigError
 from scu_jax.evaluation import Protocol
-from scu_jax.methods import CodecObjective, Method, Recipe, finetune, hbu, scu, scu_no_cc, vbu
+from scu_jax.methods import (CodecObjective, Method, Recipe, finetune, hbu, l1_sparse, saliency,
+                             saliency_mask, salun, scu, scu_no_cc, vbu)
 from scu_jax.models import (MODELS, MLP, MLPDecoder, Receiver, ResNet18, ResNetDecoder,
                             ResNetReceiver, SemanticCodec, System)
 from scu_jax.parallel import DataParallel, mesh_for
@@ -175,19 +177,43 @@ def recipe_of(config: ml_collections.ConfigDict) -> Recipe:
                   reset_optimizer_each_epoch=train.reset_optimizer_each_epoch)
 
 
-def finetune_recipe(config: ml_collections.ConfigDict) -> Recipe:
+def finetune_recipe(config: ml_collections.ConfigDict, num_remain: int) -> Recipe:
+    """The `finetune` recipe over `num_remain` D_r images, with the ℓ1 penalty for `l1_sparse`."""
     u = config.unlearning
+    if u.method == "l1_sparse":
+        return l1_sparse(recipe_of(config), learning_rate=u.learning_rate,
+                         batch_size=u.batch_size, epochs=u.finetune_epochs,
+                         strength=u.l1_strength, steps_per_epoch=num_remain // u.batch_size)
     return finetune(recipe_of(config), learning_rate=u.learning_rate, batch_size=u.batch_size,
                     epochs=u.finetune_epochs)
 
 
-def method_of(config: ml_collections.ConfigDict, system: System) -> Method:
+def salun_mask(config: ml_collections.ConfigDict, system: System, params, batch_stats,
+               images: np.ndarray, labels: np.ndarray) -> Any:
+    """SalUn's saliency mask of a trained system over D_e (`images`, the `labels` it trained
+    with) in batches of `unlearning.batch_size` (a partial last batch dropped)."""
+    size = min(config.unlearning.batch_size, len(images))
+    count = len(images) // size
+    scores = saliency(system, objective_of(config), params, batch_stats,
+                      images[:count * size].reshape(count, size, *images.shape[1:]),
+                      labels[:count * size].reshape(count, size),
+                      jax.random.fold_in(jax.random.PRNGKey(config.seed), 3))
+    return saliency_mask(scores, config.unlearning.salun_fraction)
+
+
+def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = None) -> Method:
     """The erased-data method `config.unlearning.method` names, with its hyper-parameters
-    (after `config.method_config` has applied its `unlearning.per_method` entry)."""
+    (after `config.method_config` has applied its `unlearning.per_method` entry); `salun` takes
+    its saliency `mask` (`salun_mask`)."""
     u, objective = config.unlearning, objective_of(config)
     name = u.method
     if name not in ERASED_LOOP_METHODS:
         raise ValueError(f"{name!r} is not an erased-data method ({', '.join(ERASED_LOOP_METHODS)})")
+    if name == "salun":
+        if mask is None:
+            raise ValueError("salun needs its saliency mask (runs.build.salun_mask)")
+        return salun(system, objective, learning_rate=u.learning_rate, grad_clip=u.grad_clip,
+                     mask=mask)
     if name == "hbu":
         return hbu(system, objective, learning_rate=u.learning_rate,
                    fixed_probe=u.hbu_fixed_probe, augment_remain=u.augment_remain)

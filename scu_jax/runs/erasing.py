@@ -6,21 +6,24 @@ method as one vmapped program (`erased_loops_together`). `unlearn.py` saves and 
 from __future__ import annotations
 
 import pathlib
+import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from scu_jax import engine
 from scu_jax.data import ErasureSplit
-from scu_jax.errors import ConfigError
+from scu_jax.errors import ConfigError, NonFiniteError
 from scu_jax.evaluation import system_for_evaluation
-from scu_jax.methods import Batch, unlearning_phase
+from scu_jax.methods import Batch, ssd, unlearning_phase
 from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.parallel import DataParallel
-from scu_jax.runs.build import convolutions_slow_in_loops, method_of, protocol_of
+from scu_jax.runs.build import (convolutions_slow_in_loops, method_of, objective_of, protocol_of,
+                                salun_mask)
 from scu_jax.runs.train import progress_and_summaries
 from scu_jax.stopping import draws_of, gap_closed, gap_stop_data, stopping_key, target_rate
 
@@ -64,7 +67,10 @@ def erased_setup(config: ml_collections.ConfigDict, system: System, split: Erasu
         raise ConfigError(f"{name}: the {batch_size}-image erased batch (D_e has "
                           f"{len(split.erased_images)} images) does not split evenly over the "
                           f"{parallel.size} devices of config.parallel.devices")
-    method = method_of(config, system) if method is None else method
+    if method is None:
+        mask = (salun_mask(config, system, params, batch_stats, split.erased_images,
+                           split.erased_labels) if name == "salun" else None)
+        method = method_of(config, system, mask)
     protocol = protocol_of(config)
     eval_system, target = system_for_evaluation(system, protocol), split.target_class
     rule = {"backdoor": "backdoor", "class": "class"}.get(split.kind, "gap")
@@ -123,7 +129,7 @@ def erased_info(config: ml_collections.ConfigDict, run: ErasedRun,
 def erased_loop(config: ml_collections.ConfigDict, system: System, split: ErasureSplit,
                  params, batch_stats, workdir: pathlib.Path | None, image_shape,
                  parallel: DataParallel) -> tuple[dict, dict, dict]:
-    """An erased-data method (scu, scu_no_cc, vbu, hbu) through the engine, with its stopping
+    """An erased-data method (scu, scu_no_cc, vbu, hbu, salun) through the engine, with its stopping
     rules; its curves go to `workdir/summaries/<method>`."""
     del image_shape
     u, name = config.unlearning, config.unlearning.method
@@ -166,7 +172,9 @@ def erased_loops_together(configs: Sequence[ml_collections.ConfigDict], system: 
             or first.parallel.devices != 1 or convolutions_slow_in_loops(first)):
         return None
     parallel = DataParallel()
-    method = method_of(first, system)
+    # SalUn's mask is each run's own (its D_e, its system): built per run, kept in each run's
+    # state; the step itself is the same for every run.
+    method = None if first.unlearning.method == "salun" else method_of(first, system)
     runs = [erased_setup(config, system, split, *variables, parallel, method=method)
             for config, split, variables in zip(configs, splits, trained)]
     # Run 0's phase is every run's: its stopping rule reads its target.
@@ -209,3 +217,47 @@ def stop_rule_description(config: ml_collections.ConfigDict, rule: str) -> str:
         stops.append(f"the run stops once the backdoor accuracy ({seen}) is below "
                      f"{u.epoch_stop:g}")
     return f"backdoor: {'; '.join(stops) or 'no threshold'}; {cap}"
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count, size, ...) batches of a set, its partial last batch dropped."""
+    count = len(images) // size
+    return (images[:count * size].reshape(count, size, *images.shape[1:]),
+            labels[:count * size].reshape(count, size))
+
+
+def ssd_pass(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
+             batch_stats, workdir: pathlib.Path | None, image_shape,
+             parallel: DataParallel) -> tuple[dict, dict, dict]:
+    """SSD (`methods/ssd.py`): the importances over what the system learnt from (D_e ∪ D_r,
+    with the labels it trained with) and over D_e, in batches of `unlearning.batch_size`, then
+    one dampening. No steps and no stop: timed as the other methods are, compilation apart."""
+    del workdir, image_shape, parallel  # one pass on the default device
+    u = config.unlearning
+    method = ssd(system, objective_of(config), alpha=u.ssd_alpha, dampening=u.ssd_lambda)
+    size = min(u.batch_size, len(split.erased_images))
+    erased = _batches(split.erased_images, split.erased_labels, size)
+    every = _batches(np.concatenate([split.erased_images, split.remain_images]),
+                     np.concatenate([split.erased_labels, split.remain_labels]), size)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+    params, batch_stats, erased, every = jax.device_put((params, batch_stats, erased, every))
+    begun = time.perf_counter()
+    importance = {name: method.importance.lower(params, batch_stats, *data, key).compile()
+                  for name, data in (("every", every), ("erased", erased))}
+    shapes = jax.eval_shape(method.importance, params, batch_stats, *erased, key)
+    dampen = method.dampen.lower(params, shapes, shapes).compile()
+    compile_seconds = time.perf_counter() - begun
+    begun = time.perf_counter()
+    dampened, count = dampen(params, importance["every"](params, batch_stats, *every, key),
+                             importance["erased"](params, batch_stats, *erased, key))
+    jax.block_until_ready(dampened)
+    seconds = time.perf_counter() - begun
+    if not all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(dampened)):
+        raise NonFiniteError("ssd: the dampened parameters are non-finite; no state was saved")
+    info = {"unlearn_seconds": seconds, "compile_seconds": compile_seconds,
+            "steps": int(erased[0].shape[0] + every[0].shape[0]), "epochs": 1, "history": [],
+            "stop_rule": f"one pass: SSD, α = {u.ssd_alpha:g}, λ = {u.ssd_lambda:g}",
+            "stopped_by": "one_pass", "ssd_dampened": int(count)}
+    logging.info("ssd: %d parameters dampened, %.3f s (+%.2f s compile)", int(count), seconds,
+                 compile_seconds)
+    return dampened, batch_stats, info

@@ -25,7 +25,7 @@ from scu_jax.parallel import DataParallel, barrier, is_primary
 from scu_jax.runs import summaries
 from scu_jax.runs.build import build_for, data_parallel, finetune_recipe, recipe_of
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
-from scu_jax.runs.erasing import erased_loop, erased_loops_together, run_info
+from scu_jax.runs.erasing import erased_loop, erased_loops_together, run_info, ssd_pass
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 from scu_jax.runs.evaluate import evaluate
 from scu_jax.runs.saved import load_variables, receiver_entries
@@ -33,6 +33,13 @@ from scu_jax.runs.train import fit, fit_with_checkpoints
 
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
 
+
+
+# The only `unlearning` fields the runs of these methods read.
+_OWN_FIELDS = {"finetune": ("learning_rate", "batch_size", "finetune_epochs"),
+               "l1_sparse": ("learning_rate", "batch_size", "finetune_epochs", "l1_strength"),
+               "ssd": ("batch_size", "ssd_alpha", "ssd_lambda")}
+_BASELINE_FIELDS = ("finetune_epochs", "ssd_alpha", "ssd_lambda", "l1_strength", "salun_fraction")
 
 
 def _unlearning_fingerprint(config: ml_collections.ConfigDict,
@@ -44,10 +51,11 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict,
     unlearning.pop("per_method", None)  # applied by `method_config` before this is called
     if method == "retrain":
         unlearning = {}  # the training recipe alone
-    elif method == "finetune":
-        unlearning = {k: unlearning[k] for k in ("learning_rate", "batch_size", "finetune_epochs")}
-    else:
-        unlearning.pop("finetune_epochs")
+    elif method in _OWN_FIELDS:
+        unlearning = {k: unlearning[k] for k in _OWN_FIELDS[method]}
+    else:  # the erased-data methods: every field but the other baselines' own
+        unlearning = {k: v for k, v in unlearning.items() if k not in _BASELINE_FIELDS
+                      or (method == "salun" and k == "salun_fraction")}
     fingerprint = {"training": training_fingerprint(config), "unlearning": unlearning}
     forget = forget_fingerprint(split)
     if forget is not None:
@@ -315,14 +323,16 @@ def _remain_set(config: ml_collections.ConfigDict, split: ErasureSplit):
 def _finetune(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
               batch_stats, workdir: pathlib.Path, image_shape,
               parallel: DataParallel) -> tuple[dict, dict, dict]:
-    """The training recipe's codec phase on D_r from the trained system, fresh optimisers."""
+    """The training recipe's codec phase on D_r from the trained system, fresh optimisers (with
+    the decayed ℓ1 penalty for `l1_sparse`)."""
     del image_shape
-    recipe = finetune_recipe(config)
     images, labels = _remain_set(config, split)
+    recipe = finetune_recipe(config, len(images))
+    name = config.unlearning.method
     state, report = fit(system, recipe, config, training.train_state_from(params, batch_stats,
                                                                            recipe),
-                        images, labels, parallel=parallel, name="finetune", workdir=workdir,
-                        summaries_subdir="finetune", when_non_finite="; no state was saved")
+                        images, labels, parallel=parallel, name=name, workdir=workdir,
+                        summaries_subdir=name, when_non_finite="; no state was saved")
     info = run_info(report, recipe.total_epochs)
     info.update(stop_rule=f"fixed: {recipe.total_epochs} epochs over D_r", stopped_by="epochs")
     return state.params, state.batch_stats, info
@@ -348,4 +358,4 @@ def _retrain(config: ml_collections.ConfigDict, system: System, split: ErasureSp
 
 # How each method runs in a workdir (`config.METHODS` names them all).
 RUNNERS = {**{name: erased_loop for name in ERASED_LOOP_METHODS},
-           "finetune": _finetune, "retrain": _retrain}
+           "ssd": ssd_pass, "l1_sparse": _finetune, "finetune": _finetune, "retrain": _retrain}
