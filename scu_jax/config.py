@@ -164,12 +164,12 @@ def default_config() -> ml_collections.ConfigDict:
     # run takes config.unlearning with its entry applied (`method_config`).
     config.unlearning.per_method = ml_collections.ConfigDict()
     config.unlearning.finetune_epochs = 20  # epochs over D_r for `finetune` and `l1_sparse`
-    # The field's baselines (methods/ssd.py, sparse.py, salun.py; their papers' settings): SSD's
-    # selection weighting α and dampening constant λ, ℓ1-sparse's initial penalty γ, and the
-    # fraction of the parameters SalUn's saliency mask keeps.
-    config.unlearning.ssd_alpha = 10.0
+    # The field's baselines (methods/ssd.py, sparse.py, salun.py): SSD's α and λ, ℓ1-sparse's
+    # penalty γ, the share of parameters SalUn's mask keeps. λ and the half are the papers'; their
+    # α = 10 and γ = 5e-4 wreck the decoder here: α and γ from README "Baselines from the field".
+    config.unlearning.ssd_alpha = 15.0
     config.unlearning.ssd_lambda = 1.0
-    config.unlearning.l1_strength = 5e-4
+    config.unlearning.l1_strength = 1e-6
     config.unlearning.salun_fraction = 0.5
 
     # What the evaluation adds beyond the protocol metrics.

@@ -57,6 +57,7 @@ def test_every_method_runs_on_a_forget_set(clean_system, tmp_path, method):
     config = _smoke("random", fraction=0.05)
     config.unlearning.method = method
     config.unlearning.max_epochs = 2
+    config.unlearning.ssd_alpha = 10.0  # selects some of the smoke system's parameters
     results = unlearn.unlearn_and_evaluate(config, str(clean_system), str(tmp_path / method))
     assert results["kind"] == "random" and results["num_erased"] == 51
     assert results["num_remain"] == 1024 - 51

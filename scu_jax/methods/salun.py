@@ -3,7 +3,7 @@
 ```
 g     = mean over the batches of D_e of ∇_θ F_e          F_e: the codec's training objective on D_e
 m     = 1 where |g| is in the top `fraction` of all trainable parameters' |g|, else 0
-loss  = MSE(x̂(x_e), x_r')  + L(x_r)                      one step's erased and remaining batch
+loss  = w·MSE(x̂(x_e), x_r') + (1 − w)·L(x_r)             one step's erased and remaining batch
 θ    ← θ − Adam(clip(m ⊙ ∇ loss))                          updates are exactly 0 where m = 0
 ```
 SalUn's forgetting for a classifier is random labelling: the forgotten images are trained
@@ -13,7 +13,10 @@ by one (random D_r images, drawn afresh every epoch), while the remaining batch 
 training objective L (β·KL + MSE, + CE with a joint receiver, which also learns x̂(x_e) as x_r''s
 label). The saliency (the gradient of the forgetting loss, whose magnitude is that of its ascent)
 is taken once, from the trained system, over all of D_e, with one threshold across every
-parameter (the authors' hard thresholding); the authors' usual fraction is a half.
+parameter (the authors' hard thresholding); the authors' usual fraction is a half. SalUn draws
+its batches from one loader over D_f ∪ D_r, so a forgotten image weighs what any other does; the
+paired batches here carry as many erased images as remaining ones, hence the weight
+w = |D_e| / (|D_e| + |D_r|) (`forget_weight`) that gives each erased image its share again.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def saliency_mask(scores: Any, fraction: float) -> Any:
 
 
 def salun(system: System, objective: CodecObjective, *, learning_rate: float, grad_clip: float,
-          mask: Any) -> Method:
-    """SalUn's masked forgetting step (see the module docstring); `mask` from `saliency_mask`."""
+          mask: Any, forget_weight: float = 0.5) -> Method:
+    """SalUn's masked forgetting step (see the module docstring); `mask` from `saliency_mask`,
+    `forget_weight` the weight w of the erased images' term."""
     joint = objective.joint_receiver
 
     def loss_fn(params, batch_stats, original, batch: Batch, key):
@@ -86,7 +90,7 @@ def salun(system: System, objective: CodecObjective, *, learning_rate: float, gr
             other_labels = jnp.roll(batch.remain_labels, 1)[: x_e.shape[0]]
             relabelled = relabelled + objective.ce_weight * losses.cross_entropy(logits_e,
                                                                                  other_labels)
-        loss = relabelled + keep
+        loss = forget_weight * relabelled + (1.0 - forget_weight) * keep
         metrics = StepMetrics(loss, backdoor_rate(logits_e, batch.erased_targets), relabelled,
                               keep)
         return loss, (batch_stats, metrics)

@@ -201,10 +201,11 @@ def salun_mask(config: ml_collections.ConfigDict, system: System, params, batch_
     return saliency_mask(scores, config.unlearning.salun_fraction)
 
 
-def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = None) -> Method:
+def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = None,
+              forget_weight: float = 0.5) -> Method:
     """The erased-data method `config.unlearning.method` names, with its hyper-parameters
     (after `config.method_config` has applied its `unlearning.per_method` entry); `salun` takes
-    its saliency `mask` (`salun_mask`)."""
+    its saliency `mask` (`salun_mask`) and its erased term's weight |D_e| / (|D_e| + |D_r|)."""
     u, objective = config.unlearning, objective_of(config)
     name = u.method
     if name not in ERASED_LOOP_METHODS:
@@ -213,7 +214,7 @@ def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = Non
         if mask is None:
             raise ValueError("salun needs its saliency mask (runs.build.salun_mask)")
         return salun(system, objective, learning_rate=u.learning_rate, grad_clip=u.grad_clip,
-                     mask=mask)
+                     mask=mask, forget_weight=forget_weight)
     if name == "hbu":
         return hbu(system, objective, learning_rate=u.learning_rate,
                    fixed_probe=u.hbu_fixed_probe, augment_remain=u.augment_remain)

@@ -70,7 +70,8 @@ def erased_setup(config: ml_collections.ConfigDict, system: System, split: Erasu
     if method is None:
         mask = (salun_mask(config, system, params, batch_stats, split.erased_images,
                            split.erased_labels) if name == "salun" else None)
-        method = method_of(config, system, mask)
+        erased, remain = len(split.erased_images), len(split.remain_images)
+        method = method_of(config, system, mask, forget_weight=erased / (erased + remain))
     protocol = protocol_of(config)
     eval_system, target = system_for_evaluation(system, protocol), split.target_class
     rule = {"backdoor": "backdoor", "class": "class"}.get(split.kind, "gap")
