@@ -16,9 +16,9 @@ from typing import Mapping
 
 def _import_tensorboardx():
     """tensorboardX's writer imports PyTorch whenever it is installed (to accept its tensors, which
-    nothing here passes): 1.7 s more at the start of every binary. PyTorch is kept out while
-    tensorboardX is imported (an `import torch` then fails, which it handles) and is importable
-    again after."""
+    nothing here passes), which slows the start of every binary (README "Summaries"). PyTorch is
+    kept out while tensorboardX is imported (an `import torch` then fails, which it handles) and
+    is importable again after."""
     blocked = "torch" not in sys.modules
     if blocked:
         sys.modules["torch"] = None  # type: ignore[assignment]
