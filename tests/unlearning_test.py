@@ -648,3 +648,32 @@ def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
     alone = evaluate_workdir(str(tmp_path / "scu"))
     assert alone["original_receiver_backdoor_accuracy"] == pytest.approx(
         results["original_receiver_backdoor_accuracy"], abs=1e-9)
+
+
+def test_relearning_attack_trains_on_part_of_d_e_and_reads_the_rest(trained):
+    from scu_jax.runs.relearn import relearning_curve
+
+    config, workdir = trained
+    curve = relearning_curve(config, workdir, fraction=0.1, steps=(0, 3, 6))
+    split = build.load_split(config)
+    count = len(split.erased_images)
+    attack = max(round(0.1 * count), min(16, count - 1))
+    assert [entry["steps"] for entry in curve] == [0, 3, 6]
+    assert all(entry["attack_images"] == attack and entry["heldout_images"] == count - attack
+               for entry in curve)
+    assert all(0.0 <= entry["backdoor_accuracy"] <= 1.0 for entry in curve)
+    # Step 0 is the saved system itself, read on the images the attack leaves out, with the
+    # stopping key and the original receiver.
+    _, system, image_shape = build.build_for(config)
+    params, batch_stats, _ = saved_lib.load_variables(workdir, system, config, image_shape)
+    heldout = np.random.default_rng(0).permutation(count)[attack:]
+    protocol = build.protocol_of(config)
+    direct = target_rate(system_for_evaluation(system, protocol), params, batch_stats,
+                         draws_of(split.erased_images[heldout], protocol), split.target_class,
+                         stopping_key(protocol))
+    assert curve[0]["backdoor_accuracy"] == pytest.approx(float(direct), abs=1e-6)
+    # A rerun repeats the attack exactly (its draws and batches are seeded).
+    assert relearning_curve(config, workdir, fraction=0.1, steps=(0, 3, 6)) == curve
+    for bad in ({"fraction": 1.0}, {"steps": (3, 3)}, {"steps": (-1, 2)}):
+        with pytest.raises(ValueError):
+            relearning_curve(config, workdir, **bad)
