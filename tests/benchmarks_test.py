@@ -184,3 +184,15 @@ def test_step_profile_times_the_step_and_each_part():
     assert all(len(row["steps_per_s"]) == 1 and row["steps_per_s"][0] > 0 for row in rows)
     lines = profile_step.table(rows).splitlines()
     assert len(lines) == 2 + 5 and lines[2].endswith("| 100 % |")
+
+
+def test_relearning_table_gives_the_steps_that_bring_the_backdoor_back():
+    from benchmarks import relearning
+
+    curves = {name: [{"steps": s, "backdoor_accuracy": v, "attack_images": 24,
+                      "heldout_images": 216} for s, v in zip((0, 10, 50), values)]
+              for name, values in (("scu", (0.09, 0.3, 0.54)), ("retrain", (0.02, 0.01, 0.01)))}
+    lines = relearning.table(curves).splitlines()
+    assert lines[0] == ("| system | 0 steps | 10 steps | 50 steps | back above 50 % after |")
+    assert lines[2] == "| scu | 9.0 % | 30.0 % | 54.0 % | 50 steps |"
+    assert lines[3] == "| retrain | 2.0 % | 1.0 % | 1.0 % | not within 50 |"
