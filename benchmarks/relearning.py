@@ -3,7 +3,7 @@
 ```
 python -m benchmarks.relearning --config=configs/mnist.py \
     --systems=original=runs/pipeline/seed_0/train,retrain=runs/pipeline/seed_0/retrain,... \
-    [--steps=0,10,25,50,100] [--fraction=0.1] [--out=runs/relearning.json]
+    [--attack_steps=0,10,25,50,100] [--attack_fraction=0.1] [--relearning_json=runs/relearning.json]
 ```
 Each system (`name=workdir`; the name is its method, `original` for the trained system) is
 attacked by `runs/relearn.relearning_curve` with the same part of D_e, batches and reading key;
@@ -24,9 +24,11 @@ from scu_jax.runs.files import write_text_atomic
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The systems' configuration.")
 _SYSTEMS = flags.DEFINE_list("systems", [], "name=workdir pairs (name: the method, or original).")
-_STEPS = flags.DEFINE_list("steps", ["0", "10", "25", "50", "100"], "Attack steps to read after.")
-_FRACTION = flags.DEFINE_float("fraction", 0.1, "The part of D_e the attacker trains on.")
-_OUT = flags.DEFINE_string("out", "", "Where the JSON results go (empty: none).")
+# Names of their own: the benchmarks' modules share absl's flags when imported together.
+_STEPS = flags.DEFINE_list("attack_steps", ["0", "10", "25", "50", "100"],
+                           "Attack steps to read after.")
+_FRACTION = flags.DEFINE_float("attack_fraction", 0.1, "The part of D_e the attacker trains on.")
+_OUT = flags.DEFINE_string("relearning_json", "", "Where the JSON results go (empty: none).")
 
 
 def attack(config, systems: dict[str, str], steps: list[int], fraction: float
@@ -73,7 +75,7 @@ def main(argv: list[str]) -> None:
     try:
         steps = [int(s) for s in _STEPS.value]
     except ValueError:
-        sys.exit("benchmarks.relearning: error: --steps must be integers")
+        sys.exit("benchmarks.relearning: error: --attack_steps must be integers")
     try:
         curves = attack(_CONFIG.value, dict(pairs), steps, _FRACTION.value)
     except (ValueError, FileNotFoundError) as error:
