@@ -89,3 +89,12 @@ def padded_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.n
     shape = (num_batches, batch_size)
     return (np.where(real, flat, 0).astype(np.int32).reshape(shape),
             real.astype(np.float32).reshape(shape))
+
+
+def stacked_batches(images: np.ndarray, labels: np.ndarray, size: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """A set as (count, size, ...) batches in order, its partial last batch dropped (for a
+    `lax.scan` over the batches)."""
+    count = len(images) // size
+    return (images[:count * size].reshape(count, size, *images.shape[1:]),
+            labels[:count * size].reshape(count, size))

@@ -19,6 +19,7 @@ from scu_jax.channels import Channel
 from scu_jax.config import ERASED_LOOP_METHODS
 from scu_jax.data import (Dataset, ErasureSplit, class_ids, data_identity, load_dataset,
                           make_erasure_split, make_forget_split, random_ids, read_ids)
+from scu_jax.data.batching import stacked_batches
 from scu_jax.errors import ConfigError
 from scu_jax.evaluation import Protocol
 from scu_jax.methods import (CodecObjective, Method, Recipe, finetune, hbu, l1_sparse, saliency,
@@ -193,10 +194,8 @@ def salun_mask(config: ml_collections.ConfigDict, system: System, params, batch_
     """SalUn's saliency mask of a trained system over D_e (`images`, the `labels` it trained
     with) in batches of `unlearning.batch_size` (a partial last batch dropped)."""
     size = min(config.unlearning.batch_size, len(images))
-    count = len(images) // size
     scores = saliency(system, objective_of(config), params, batch_stats,
-                      images[:count * size].reshape(count, size, *images.shape[1:]),
-                      labels[:count * size].reshape(count, size),
+                      *stacked_batches(images, labels, size),
                       jax.random.fold_in(jax.random.PRNGKey(config.seed), 3))
     return saliency_mask(scores, config.unlearning.salun_fraction)
 

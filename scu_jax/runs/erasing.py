@@ -17,6 +17,7 @@ from absl import logging
 
 from scu_jax import engine
 from scu_jax.data import ErasureSplit
+from scu_jax.data.batching import stacked_batches
 from scu_jax.errors import ConfigError, NonFiniteError
 from scu_jax.evaluation import system_for_evaluation
 from scu_jax.methods import Batch, ssd, unlearning_phase
@@ -220,13 +221,6 @@ def stop_rule_description(config: ml_collections.ConfigDict, rule: str) -> str:
     return f"backdoor: {'; '.join(stops) or 'no threshold'}; {cap}"
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(count, size, ...) batches of a set, its partial last batch dropped."""
-    count = len(images) // size
-    return (images[:count * size].reshape(count, size, *images.shape[1:]),
-            labels[:count * size].reshape(count, size))
-
-
 def ssd_pass(config: ml_collections.ConfigDict, system: System, split: ErasureSplit, params,
              batch_stats, workdir: pathlib.Path | None, image_shape,
              parallel: DataParallel) -> tuple[dict, dict, dict]:
@@ -237,8 +231,8 @@ def ssd_pass(config: ml_collections.ConfigDict, system: System, split: ErasureSp
     u = config.unlearning
     method = ssd(system, objective_of(config), alpha=u.ssd_alpha, dampening=u.ssd_lambda)
     size = min(u.batch_size, len(split.erased_images))
-    erased = _batches(split.erased_images, split.erased_labels, size)
-    every = _batches(np.concatenate([split.erased_images, split.remain_images]),
+    erased = stacked_batches(split.erased_images, split.erased_labels, size)
+    every = stacked_batches(np.concatenate([split.erased_images, split.remain_images]),
                      np.concatenate([split.erased_labels, split.remain_labels]), size)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
     params, batch_stats, erased, every = jax.device_put((params, batch_stats, erased, every))
