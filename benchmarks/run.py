@@ -128,7 +128,7 @@ def matmul_flops(repeats: int, size: int = 2048, windows: int = 3) -> dict[str, 
     return result
 
 
-def _setup(codec: str, batch_size: int):
+def _setup(codec: str, batch_size: int, dtype: str = "float32"):
     import jax
     import numpy as np
 
@@ -141,7 +141,10 @@ def _setup(codec: str, batch_size: int):
         config, shape = config_lib.default_config(), (28, 28, 1)
     else:  # the paper's CIFAR-10 system: ResNet encoder and decoder, joint receiver
         config, shape = presets.cifar_config("cifar10"), (32, 32, 3)
-        config.model.dtype = _CIFAR_DTYPE.value
+        config.model.dtype = dtype
+        # No crop in the step: the PyTorch mirror (torch_cifar) has none, so both do the same
+        # arithmetic; a crop is a few element-wise passes over the batch.
+        config.train.augment = False
     config.train.batch_size = config.unlearning.batch_size = batch_size
     system = build_system(config, shape, 10)
     state = training.initial_state(system, recipe_of(config), config.seed, shape)
@@ -199,21 +202,23 @@ def _scan_window(one: Callable, state: Any, steps: int, unroll: int | bool):
 
 def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str = "mnist",
                         steps: int = 600, windows: int = 3,
-                        unrolls: tuple[int, ...] = (1,)) -> dict[str, Any]:
+                        unrolls: tuple[int, ...] = (1,), *, dtype: str = "float32",
+                        rolled: bool = False, scan: bool = True) -> dict[str, Any]:
     """Steps/s of one method's step: per-step dispatch (one jitted call per step) and one
     `lax.scan` block of `steps` steps (for each scan unroll factor in `unrolls`; the ResNet on a
-    CPU is always fully unrolled); compile times; XLA's FLOP count of a step. Each rate is a
-    list, one value per repeat."""
+    CPU is always fully unrolled, unless `rolled`; none without `scan`); compile times; XLA's
+    FLOP count of a step; the device's peak memory where it reports one. Each rate is a list,
+    one value per repeat. `dtype` is the ResNet codec's compute dtype."""
     import jax
     import jax.numpy as jnp
 
     from scu_jax.runs.build import convolutions_slow_in_loops
 
-    config, system, train_state, images, labels = _setup(codec, batch_size)
+    config, system, train_state, images, labels = _setup(codec, batch_size, dtype)
     one, state = _step_function(method, config, system, train_state, images, labels)
     # As the engine does: where XLA runs the step slower inside a loop (the ResNet on a CPU),
     # the block is unrolled (one dispatch, no loop).
-    fully_unrolled = convolutions_slow_in_loops(config) and not _ROLLED.value
+    fully_unrolled = convolutions_slow_in_loops(config) and not rolled
     single = jax.jit(lambda s, i: one(s, i)[0], donate_argnums=0)
     started = time.perf_counter()
     compiled_single = single.lower(state, jnp.int32(0)).compile()
@@ -230,16 +235,20 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
             s = compiled_single(s, i)
         holder["state"] = jax.block_until_ready(s)
 
-    row = {"codec": codec if codec == "mnist" else f"cifar10 ({_CIFAR_DTYPE.value})",
+    row = {"codec": codec if codec == "mnist" else f"cifar10 ({dtype})",
            "method": method, "batch_size": batch_size, "scan_unrolled": fully_unrolled,
            "steps_per_window": steps, "windows": windows,
            "dispatch_steps_per_s": rates(dispatch, steps, windows, repeats),
            "compile_step_s": compile_single, "xla_flops_per_step": flops}
-    for unroll in ((True,) if fully_unrolled else unrolls):
+    for unroll in ((True,) if fully_unrolled else unrolls) if scan else ():
         window, compile_scan = _scan_window(one, state, steps, unroll)
         suffix = "" if unroll in (1, True) else f"_unroll{unroll}"
         row[f"scan{suffix}_steps_per_s"] = rates(window, steps, windows, repeats)
         row[f"compile_scan{suffix}_s"] = compile_scan
+    analysis = compiled_single.memory_analysis()
+    if analysis is not None:  # what one step holds on the device: its arguments, outputs, scratch
+        row["step_bytes"] = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
     return row
 
 
@@ -324,7 +333,8 @@ def _replay_floor_step(one: Callable, state: Any):
 
 
 def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, windows: int,
-                     method: str = "scu") -> dict[str, Any]:
+                     method: str = "scu", *, dtype: str = "float32",
+                     rolled: bool = False) -> dict[str, Any]:
     """Steps/s of the floor of `method`'s step on `codec`, scan-fused (one value per repeat), and
     the floor's FLOPs.
 
@@ -338,7 +348,7 @@ def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, wind
 
     from scu_jax.runs.build import convolutions_slow_in_loops
 
-    config, system, train_state, images, labels = _setup(codec, batch_size)
+    config, system, train_state, images, labels = _setup(codec, batch_size, dtype)
     if codec == "mnist":
         step, layers = _mnist_floor_step(system, train_state.params)
         parts = 1 if method == "train" else 2
@@ -353,7 +363,7 @@ def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, wind
         step_one, state = _step_function(method, config, system, train_state, images, labels)
         one, carry, count = _replay_floor_step(step_one, state)
         what = f"{count} convolutions of the {method} step alone"
-        per_step = convolutions_slow_in_loops(config) and not _ROLLED.value
+        per_step = convolutions_slow_in_loops(config) and not rolled
     started = time.perf_counter()
     single = jax.jit(lambda c: one(c, jnp.int32(0))[0], donate_argnums=0).lower(carry).compile()
     compile_seconds = time.perf_counter() - started
@@ -374,56 +384,89 @@ def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, wind
             "compile_floor_s": compile_seconds}
 
 
+TORCH_VARIANTS = ("eager", "compile_loss", "compile_step", "compile_loss_graphs")
+
+
 def torch_step_throughput(method: str, batch_size: int, repeats: int, steps: int = 600,
-                          windows: int = 3, compile_step: bool = True) -> dict[str, Any] | None:
-    """Steps/s of the PyTorch reference's step (train and scu only), one value per repeat:
-    eager; with `compile_step`, also the loss under `torch.compile` and the whole step (forward,
-    backward, clip, Adam) under `torch.compile`, each warmed up first (compile seconds apart)."""
+                          windows: int = 3, compile_step: bool = True, *, codec: str = "mnist",
+                          dtype: str = "float32", device: str = "cpu",
+                          variants: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """Steps/s of the PyTorch reference's step (train and scu only), one value per repeat.
+
+    Variants (`TORCH_VARIANTS`; by default eager, and with `compile_step` the two compiled
+    ones a CPU user picks): `eager`; `compile_loss`, the loss under `torch.compile` (its
+    backward compiled too) with the update (zero_grad, backward, clip, Adam) eager;
+    `compile_step`, the whole step under `torch.compile`; `compile_loss_graphs`, the loss under
+    `torch.compile(mode="reduce-overhead")`, CUDA graphs (a GPU only). Each compiled variant is
+    warmed up first, its compile seconds apart. `codec` "cifar" is `torch_cifar`'s ResNet system
+    in `dtype` (bfloat16 by autocast). On a GPU every window ends with a synchronisation.
+    """
     if method not in ("train", "scu"):
         return None
     import numpy as np
     import torch
 
-    from benchmarks.torch_reference import Reference
-
-    reference = Reference()
+    if variants is None:
+        variants = ("eager", "compile_loss", "compile_step") if compile_step else ("eager",)
     rng = np.random.default_rng(0)
-    data = torch.from_numpy(rng.random((_POOL, batch_size, 28, 28, 1), dtype=np.float32))
-    loss_fn = reference.train_loss if method == "train" else reference.scu_loss
+    if codec == "mnist":
+        from benchmarks.torch_reference import Reference
 
-    def arguments(i):
-        return (data[i % _POOL],) if method == "train" else (data[i % _POOL],
-                                                             data[(i + _POOL // 2) % _POOL])
+        reference = Reference(device=device)
+        data = torch.from_numpy(rng.random((_POOL, batch_size, 28, 28, 1), dtype=np.float32))
+        data = data.to(device)
+        loss_fn, update = (reference.train_loss if method == "train" else reference.scu_loss,
+                           reference._update)
+        pool = [((data[i],), (data[i], data[(i + _POOL // 2) % _POOL])) for i in range(_POOL)]
+    else:
+        from benchmarks.torch_cifar import Reference as CifarReference
 
-    def step_fn(*batch):
-        loss = loss_fn(*batch)
-        reference._update(loss)  # zero_grad, backward, clip_grad_norm_, Adam
-        return loss.detach()
+        reference = CifarReference(device=device, dtype=dtype)
+        images = [reference.images(torch.from_numpy(rng.random((batch_size, 32, 32, 3),
+                                                               dtype=np.float32)))
+                  for _ in range(_POOL)]
+        labels = [torch.from_numpy(rng.integers(0, 10, batch_size)).to(device)
+                  for _ in range(_POOL)]
+        loss_fn, update = (reference.train_loss if method == "train" else reference.scu_loss,
+                           reference.update)
+        pool = [((images[i], labels[i]),
+                 (images[i], labels[i], images[(i + _POOL // 2) % _POOL],
+                  labels[(i + _POOL // 2) % _POOL])) for i in range(_POOL)]
+    which = 0 if method == "train" else 1
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
-    def loss_compiled_step(*batch):
-        loss = compiled_loss(*batch)
-        reference._update(loss)
-        return loss.detach()
+    def stepper(loss):
+        def step(*batch):
+            value = loss(*batch)
+            update(value)
+            return value.detach()
+        return step
 
     def window_of(fn):
         def window():
             for i in range(steps):
-                fn(*arguments(i))
+                fn(*pool[i % _POOL][which])
+            sync()
         return window
 
-    row = {"torch_eager_steps_per_s": rates(window_of(step_fn), steps, windows, repeats)}
-    if not compile_step:
-        return row
-    variants = {}
-    compiled_loss = torch.compile(loss_fn)
-    variants["loss"] = loss_compiled_step
-    variants["step"] = torch.compile(step_fn)
-    for name, fn in variants.items():
+    row: dict[str, Any] = {}
+    for name in variants:
+        if name == "eager":
+            row["torch_eager_steps_per_s"] = rates(window_of(stepper(loss_fn)), steps, windows,
+                                                   repeats)
+            continue
+        torch._dynamo.reset()  # each variant compiles afresh, at its own (static) shapes
+        if name == "compile_step":
+            fn = torch.compile(stepper(loss_fn), dynamic=False)
+        else:
+            mode = "reduce-overhead" if name == "compile_loss_graphs" else None
+            fn = stepper(torch.compile(loss_fn, mode=mode, dynamic=False))
         started = time.perf_counter()
-        for i in range(3):  # compiles, and recompiles once if a guard fails on the second call
-            fn(*arguments(i))
-        row[f"torch_compile_{name}_compile_s"] = time.perf_counter() - started
-        row[f"torch_compile_{name}_steps_per_s"] = rates(window_of(fn), steps, windows, repeats)
+        for i in range(3):  # compiles (and records the graphs), recompiling once if a guard fails
+            fn(*pool[i % _POOL][which])
+        sync()
+        row[f"torch_{name}_compile_s"] = time.perf_counter() - started
+        row[f"torch_{name}_steps_per_s"] = rates(window_of(fn), steps, windows, repeats)
     return row
 
 
@@ -460,16 +503,18 @@ def _table(rows: list[dict[str, Any]], peak: list[float]) -> str:
                           if k.startswith("scan_unroll") and k.endswith("_steps_per_s")})
     header = (["codec", "step", "batch", "JAX dispatch steps/s", "JAX scan steps/s"]
               + [f"scan, unroll {k[len('scan_unroll'):-len('_steps_per_s')]}" for k in unroll_keys]
-              + ["floor steps/s", "scan / floor", "scan / peak", "floor / peak",
+              + ["floor steps/s", "JAX / floor", "JAX / peak", "floor / peak",
                  "PyTorch eager", "PyTorch compile (loss)", "PyTorch compile (step)",
-                 "scan / fastest PyTorch", "compile s (step, scan, floor)",
-                 "torch.compile s (loss, step)"])
+                 "PyTorch compile (loss, CUDA graphs)",
+                 "JAX / fastest PyTorch", "compile s (step, scan, floor)",
+                 "torch.compile s (loss, step, graphs)"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        scan = r["scan_steps_per_s"]
+        scan = r.get("scan_steps_per_s") or r["dispatch_steps_per_s"]  # scan where timed, else dispatch
         floor = r.get("floor_steps_per_s")
         torch_rates = {name: r.get(f"torch_{name}_steps_per_s")
-                       for name in ("eager", "compile_loss", "compile_step")}
+                       for name in ("eager", "compile_loss", "compile_step",
+                                    "compile_loss_graphs")}
         measured = {name: max(v) for name, v in torch_rates.items() if v}
         fastest = max(measured, key=measured.get) if measured else None
 
@@ -481,17 +526,21 @@ def _table(rows: list[dict[str, Any]], peak: list[float]) -> str:
             return _fmt(_ratios([v * flops for v in values], peak), 100, 0) + " %" if flops else "–"
 
         cells = [r["codec"], r["method"], str(r["batch_size"]), _fmt(r["dispatch_steps_per_s"]),
-                 _fmt(scan) + (" (unrolled)" if r.get("scan_unrolled") else "")]
+                 _fmt(r.get("scan_steps_per_s"))
+                 + (" (unrolled)" if r.get("scan_unrolled") else "")]
         cells += [_fmt(r[k]) for k in unroll_keys]
         cells += [_fmt(floor), _fmt(_ratios(scan, floor), 100, 0) + " %" if floor else "–",
                   peak_share(scan, r["xla_flops_per_step"]),
                   peak_share(floor, r.get("floor_flops_per_step", 0.0)) if floor else "–",
                   torch_cell("eager"), torch_cell("compile_loss"), torch_cell("compile_step"),
+                  torch_cell("compile_loss_graphs"),
                   _fmt(_ratios(scan, torch_rates[fastest]), 1, 1) + "×" if fastest else "–",
                   ", ".join(f"{r[k]:.1f}" for k in ("compile_step_s", "compile_scan_s",
                                                      "compile_floor_s") if k in r),
                   ", ".join(f"{r[k]:.0f}" for k in ("torch_compile_loss_compile_s",
-                                                     "torch_compile_step_compile_s") if k in r)
+                                                     "torch_compile_step_compile_s",
+                                                     "torch_compile_loss_graphs_compile_s")
+                            if k in r)
                   or "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -532,9 +581,11 @@ def main(argv: list[str]) -> None:
                for b in cifar_batches for m in _CIFAR_METHODS.value])
     for codec, batch_size, method, count, times, repeat in plan:
         row = jax_step_throughput(method, batch_size, repeat, codec, count, times,
-                                  unrolls if codec == "mnist" else (1,))
+                                  unrolls if codec == "mnist" else (1,),
+                                  dtype=_CIFAR_DTYPE.value, rolled=_ROLLED.value)
         if method in ("train", "scu"):  # the floors of the other methods' steps are SCU's or less
-            row.update(floor_throughput(codec, batch_size, repeat, count, times, method))
+            row.update(floor_throughput(codec, batch_size, repeat, count, times, method,
+                                        dtype=_CIFAR_DTYPE.value, rolled=_ROLLED.value))
         if _TORCH.value and codec == "mnist":  # the reference mirrors the MNIST codec only
             row.update(torch_step_throughput(method, batch_size, repeat, count, times,
                                              _TORCH_COMPILE.value) or {})
