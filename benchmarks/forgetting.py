@@ -2,7 +2,8 @@
 retraining on the same D_r, on the embedded MNIST.
 
   python -m benchmarks.forgetting --workdir=runs/forgetting --seeds=0,1,2 \
-      [--settings=class1,random0.02,random0.10] [--output=runs/forgetting.md]
+      [--settings=class1,random0.02,random0.10] [--output=runs/forgetting.md] \
+      [--forget_relearning [--forget_attack_steps=0,10,25,50,100]]
 
 For each seed it trains one system on the clean training set (`forget.kind="random"`: one
 system serves every setting), then for each setting (a whole class, or a random fraction drawn
@@ -11,7 +12,11 @@ code (`train_and_evaluate`, `unlearn_and_evaluate`) and the default config, with
 off (evaluation, not forgetting). Every system, the original included, is read under the same
 protocol with the retrained system as the membership attack's reference. Rerunning resumes:
 finished runs are reused. Prints (and writes to --output) one table per setting, seed means ±
-standard deviations.
+standard deviations. With `--forget_relearning`, every system is then attacked
+(`runs/relearn.relearning_curve`: the codec's training step on 10 % of D_e) and a second table
+per setting gives D_e's reconstruction error (SSE per image, on the 90 % the attack never saw)
+after each number of steps, against retraining's under the same attack (the curves also go to
+WORKDIR/relearning.json).
 """
 
 from __future__ import annotations
@@ -37,15 +42,22 @@ from scu_jax.runs.saved import load_variables
 from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.unlearn import unlearn_and_evaluate
 
-from benchmarks.forget_common import base_config, setting_config
+from benchmarks.forget_common import (base_config, relearning_markdown, relearning_rows,
+                                      setting_config)
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
 _SETTINGS = flags.DEFINE_list("settings", ["class1", "random0.02", "random0.10"],
                               "classN (every image of class N) or randomF (a random fraction F).")
-_METHODS = flags.DEFINE_list("methods", ["scu", "scu_no_cc", "vbu", "hbu", "finetune"],
+_METHODS = flags.DEFINE_list("methods", ["scu", "scu_no_cc", "vbu", "hbu", "finetune", "ssd",
+                                         "l1_sparse", "salun"],
                              "Methods run against retraining.")
 _OUTPUT = flags.DEFINE_string("output", "runs/forgetting.md", "The markdown tables.")
+# Names of their own: the benchmarks' modules share absl's flags when imported together.
+_RELEARN = flags.DEFINE_boolean("forget_relearning", False, "Also run the relearning attack on "
+                                "every system and tabulate how fast D_e's error returns.")
+_RELEARN_STEPS = flags.DEFINE_list("forget_attack_steps", ["0", "10", "25", "50", "100"],
+                                   "Attack steps to read D_e's error after.")
 _CONFIG_ARGS = flags.DEFINE_list("set", [], "Config overrides FIELD=VALUE (JSON values), e.g. "
                                  "train.epochs=20 for a quick look.")
 
@@ -166,6 +178,12 @@ def markdown(rows: list[dict[str, Any]], settings, methods) -> str:
 
 def main(argv) -> None:
     del argv
+    try:
+        steps = [int(k) for k in _RELEARN_STEPS.value]
+    except ValueError:
+        sys.exit("benchmarks.forgetting: error: --forget_attack_steps must be integers")
+    if not steps or steps[0] < 0 or any(b <= a for a, b in zip(steps, steps[1:])):
+        sys.exit("benchmarks.forgetting: error: --forget_attack_steps must increase from >= 0")
     quiet_library_logs()
     base = base_config(_CONFIG_ARGS.value)
     root = pathlib.Path(_WORKDIR.value)
@@ -174,6 +192,12 @@ def main(argv) -> None:
         rows += run_seed(base, seed, root, _SETTINGS.value, _METHODS.value)
         write_json_atomic(root / "rows.json", rows)
     table = markdown(rows, _SETTINGS.value, _METHODS.value)
+    if _RELEARN.value:
+        curves = []
+        for seed in map(int, _SEEDS.value):
+            curves += relearning_rows(base, seed, root, _SETTINGS.value, _METHODS.value, steps)
+            write_json_atomic(root / "relearning.json", curves)
+        table += relearning_markdown(curves, _SETTINGS.value, _METHODS.value)
     command = "python -m benchmarks.forgetting " + " ".join(sys.argv[1:])
     write_text_atomic(_OUTPUT.value, f"<!-- {command} -->\n{table}")
     print(table)

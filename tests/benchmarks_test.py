@@ -277,3 +277,23 @@ def test_gpu_benchmark_budget_failures_and_targets():
                         "(met ≥ 3×), 0.8–0.9× the fastest torch.compile (not ahead); 44 % of the "
                         "bf16 product peak (met ≥ 40 %)")
     assert "Skipped (time budget): many runs" in gpu.tables(results)
+
+
+def test_forget_relearning_table_gives_each_systems_error_and_its_gap_to_retraining():
+    from benchmarks import forget_common
+
+    def row(method, seed, values):
+        return {"seed": seed, "setting": "random0.02", "method": method,
+                "curve": [{"steps": k, "mse_erased": v} for k, v in zip((0, 50), values)]}
+
+    rows = [row("original", 0, (20.0, 19.0)), row("scu", 0, (22.0, 20.0)),
+            row("scu", 1, (24.0, 22.0)), row("retrain", 0, (21.0, 21.5)),
+            row("retrain", 1, (23.0, 23.0))]
+    lines = forget_common.relearning_markdown(rows, ["random0.02", "class1"], ["scu", "ssd"])
+    lines = [line for line in lines.splitlines() if line]
+    assert "seeds 0, 1" in lines[0]
+    assert lines[1] == "| system | 0 steps | 50 steps | Δ retrain at 50 |"
+    assert lines[3] == "| original | 20.00 ± 0.00 | 19.00 ± 0.00 | -2.50 |"
+    # SCU's seeds: 22 → 20 and 24 → 22; against retraining's 21.5 and 23 at 50 steps: −1.5, −1.
+    assert lines[4] == "| scu | 23.00 ± 1.00 | 21.00 ± 1.00 | -1.25 |"
+    assert lines[5].startswith("| retrain | 22.00 ± 1.00 |") and len(lines) == 6  # no ssd row

@@ -238,3 +238,38 @@ def test_runs_together_sweep_gives_each_seed_its_row(tmp_path, cache_dir):
     assert rows[(0, "scu")]["mse_erased"] != rows[(1, "scu")]["mse_erased"]
     again = run_experiment(config, tmp_path, workers=0, compilation_cache=cache_dir)
     assert (again.cells, again.ran, again.skipped) == (2, 0, 2)
+
+
+@pytest.mark.slow
+def test_relearning_attack_over_an_experiment_goes_to_its_report(smoke_sweep, tmp_path):
+    from scu_jax.experiments.relearning import (RELEARNING_FILE, attack_experiment,
+                                                relearning_summary)
+
+    workdir = _copy(smoke_sweep[0], tmp_path)
+    with pytest.raises(ValueError, match="no cell of .* is at EDR 0.05"):
+        attack_experiment(workdir, edr=0.05)
+    lines = []
+    data = attack_experiment(workdir, edr=0.08, steps=(0, 3), methods=("original", "scu"),
+                             log=lines.append)
+    assert [(e["cell"].split("/")[-1], e["steps"]) for e in data["curves"]] == [
+        ("scu_bu0.1", [0, 3]), ("original", [0, 3])]
+    assert len(lines) == 2
+    # Step 0 reads the system as it was saved: the original's backdoor is the sweep's row's
+    # (same receiver and channel; the rest of D_e, one key, so within a few points).
+    rows = {row["method"]: row for row in read_rows(workdir) if row["edr"] == 0.08}
+    original = data["curves"][1]["curve"][0]
+    assert abs(original["backdoor_accuracy"] - rows["original"]["backdoor_accuracy"]) < 0.15
+    assert original["attack_images"] + original["heldout_images"] == rows["original"]["num_erased"]
+    # Resumed: nothing attacked twice; another attack's steps are refused, not mixed in.
+    again = attack_experiment(workdir, edr=0.08, steps=(0, 3), methods=("original", "scu"),
+                              log=lines.append)
+    assert again == data and len(lines) == 2
+    with pytest.raises(ValueError, match="holds an attack with steps \\[0, 3\\]"):
+        attack_experiment(workdir, edr=0.08, steps=(0, 5))
+    summary = relearning_summary(data)
+    assert list(summary[("mnist5k", 0.08)]) == ["original", "scu"]  # the report's order
+    write_report(workdir)
+    text = (workdir / REPORT_FILE).read_text()
+    assert "## Relearning attack" in text and RELEARNING_FILE in text
+    assert "| system | 0 steps | 3 steps | back above 50 % after (per seed) |" in text
+    assert (workdir / FIGURES_DIR / "relearning.png").stat().st_size > 5_000

@@ -8,7 +8,7 @@ from scu_jax.experiments.sweeps import experiment_config
 
 
 @pytest.mark.parametrize("name,arg,cells,groups", [
-    ("edr_sweep", None, 5 * 3 * 7, 5 * 3),  # 5 EDRs × 3 seeds × 7 methods (original included)
+    ("edr_sweep", None, 5 * 3 * 10, 5 * 3),  # 5 EDRs × 3 seeds × (7 of the paper, 3 of the field)
     ("snr_sweep", None, 3 * 5 * 3 * 7, 3 * 5 * 3),  # 3 channels × 5 SNRs × 3 seeds
     ("beta_sweep", None, 3 * (2 + 3 * 5), 3),  # per seed: original, retrain, 3 methods × 5 β_u
     ("edr_sweep", "smoke", 2 * 4, 2),

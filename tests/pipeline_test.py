@@ -51,3 +51,13 @@ def test_a_diverged_seed_is_counted_apart_and_speedups_pair_seeds():
     assert summary["hbu"]["backdoor_accuracy"]["mean"] == pytest.approx(0.01)
     table = pipeline.markdown_table(summary)
     assert "| hbu (1 of 2 diverged) | 1.0 |" in table
+
+
+def test_seeds_run_as_one_program_say_that_their_time_is_the_programs():
+    rows = {"retrain": [{"seed": s, "unlearn_seconds": 60.0} for s in (0, 1)],
+            "salun": [{"seed": s, "unlearn_seconds": 2.0, "runs_together": 2} for s in (0, 1)],
+            "scu": [{"seed": s, "unlearn_seconds": 0.5} for s in (0, 1)]}
+    summary = pipeline.summarise(rows)
+    assert summary["salun"]["runs_together"] == 2 and "runs_together" not in summary["scu"]
+    table = pipeline.markdown_table(summary)
+    assert "| salun (2 seeds as one program, its time) |" in table and "| scu |" in table

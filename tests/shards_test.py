@@ -62,8 +62,8 @@ def test_every_task_that_writes_shared_state_has_one_owner():
             # What a cell reads (its group's training and retraining) is its own shard's.
             for read in (task["train_dir"], task.get("reference_dir")):
                 assert read is None or written.get(read, index) == index
-    # One training per group (15) and one output per cell (105), each written once.
-    assert len(written) == 15 + 105
+    # One training per group (15) and one output per cell (150), each written once.
+    assert len(written) == 15 + 150
 
 
 @pytest.mark.parametrize("text,shard", [("0/1", Shard(0, 1)), ("3/4", Shard(3, 4)),

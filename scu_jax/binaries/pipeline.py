@@ -21,7 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the whole comparison.")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Comma-separated seeds (each trains its own system).")
-_METHODS = flags.DEFINE_list("methods", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune"],
+_METHODS = flags.DEFINE_list("methods", ["retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune",
+                                         "ssd", "l1_sparse", "salun"],
                              "Comma-separated unlearning methods.")
 _OVERWRITE = common.define_overwrite_flag()
 flags.mark_flags_as_required(["config", "workdir"])

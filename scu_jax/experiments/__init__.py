@@ -17,6 +17,7 @@ comparison table over seeds). Modules, one job each:
   aggregate  statistics over seeds and their Markdown (the report's and the main job's)
   figures    matplotlib figures of a sweep
   paper      the published numbers (paper_numbers.toml) and why ours differ
+  relearning the relearning attack over an experiment's systems (relearning.json), its summary
   report     REPORT.md
   pipeline   the main job
 """
@@ -30,6 +31,7 @@ from scu_jax.experiments.grid import validate_experiment
 from scu_jax.experiments.machine import machine_info
 from scu_jax.experiments.paper import paper_numbers
 from scu_jax.experiments.pipeline import run_pipeline
+from scu_jax.experiments.relearning import attack_experiment
 from scu_jax.experiments.report import write_report
 from scu_jax.experiments.rows import read_rows
 from scu_jax.experiments.scheduler import ExperimentReport
@@ -44,6 +46,7 @@ __all__ = (
     "Group",
     "Shard",
     "aggregate",
+    "attack_experiment",
     "experiment_config",
     "expand",
     "machine_info",

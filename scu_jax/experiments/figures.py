@@ -46,6 +46,35 @@ AXES = {  # swept field → (label, scale, log axis)
 OVERVIEW = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "unlearn_seconds")
 
 
+def relearning_figure(summary, directory: pathlib.Path) -> list[str]:
+    """The relearning attack (`experiments.relearning.relearning_summary`): backdoor accuracy against
+    attack steps, a line per system (mean ± std over seeds), a panel per (dataset, EDR)."""
+    if not summary:
+        return []
+    figure, axes = plt.subplots(1, len(summary), figsize=(6.4 * len(summary), 3.6), squeeze=False)
+    colours = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the references' colour
+    for ax, ((dataset, edr), by_method) in zip(axes[0], summary.items()):
+        methods = [m for m in by_method if m not in ("retrain", ORIGINAL)]
+        for method, entry in by_method.items():
+            mean, std = 100 * np.array(entry["mean"]), 100 * np.array(entry["std"])
+            style = ({"color": "black", "ls": "--"} if method == ORIGINAL else
+                     {"color": "grey", "ls": "--"} if method == "retrain" else
+                     {"color": colours[methods.index(method) % len(colours)]})
+            ax.plot(entry["steps"], mean, marker="o", ms=3, label=method, **style)
+            ax.fill_between(entry["steps"], mean - std, mean + std, alpha=0.15,
+                            color=style["color"])
+        ax.axhline(50, color="black", lw=0.8, ls=":")
+        share = 100 * next(iter(by_method.values()))["fraction"]
+        ax.set_xlabel(f"attack steps (training on {share:g} % of D_e)")
+        ax.set_ylabel("backdoor accuracy on the rest of D_e (%)")
+        ax.set_title(f"relearning attack, {dataset}, EDR {100 * edr:g} % (mean ± std over "
+                     f"{len(next(iter(by_method.values()))['seeds'])} seeds)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    return _save(figure, directory, "relearning")
+
+
 def _save(figure, directory: pathlib.Path, stem: str) -> list[str]:
     names = []
     for extension in ("png", "pdf"):

@@ -169,15 +169,19 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
 def summarise(rows: dict[str, list[dict[str, Any]]], columns=COLUMNS) -> dict[str, Any]:
     """Mean and std over seeds of every column, per method (row label); speed-up against the same
     seed's retraining (retraining's own is 1). A run that diverged (`status: non-finite`) counts
-    in `diverged`, not in the means."""
+    in `diverged`, not in the means. Seeds that ran as one program (`runs_together`) say so: each
+    one's time is the program's."""
     labelled = [{**row, "method": label} for label, results in rows.items() for row in results]
     timed = with_speedups(labelled, pair_by="seed", reference_too=True)
     summary: dict[str, Any] = {}
     for label in rows:
-        entry = statistics([row for row in timed if row["method"] == label],
-                           [key for key, *_ in columns])
+        mine = [row for row in timed if row["method"] == label]
+        entry = statistics(mine, [key for key, *_ in columns])
         summary[label] = {key: ({"mean": value[0], "std": value[1]} if isinstance(value, tuple)
                                 else value) for key, value in entry.items()}
+        together = max((row.get("runs_together") or 1 for row in mine), default=1)
+        if together > 1:
+            summary[label]["runs_together"] = together
     return summary
 
 
@@ -188,6 +192,8 @@ def markdown_table(summary: dict[str, Any], columns=COLUMNS) -> str:
         diverged = entry.get("diverged", 0)
         name = method if not diverged else (
             f"{method} ({diverged} of {diverged + entry['seeds']} diverged)")
+        if entry.get("runs_together", 1) > 1:  # times are the whole program's
+            name += f" ({entry['runs_together']} seeds as one program, its time)"
         lines.append([name] + [format_statistic((entry[key]["mean"], entry[key]["std"], 0)
                                                 if key in entry else None,
                                                 scale, decimals, spread=entry["seeds"] > 1)

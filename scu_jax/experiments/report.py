@@ -18,11 +18,14 @@ import ml_collections
 
 from scu_jax.experiments.aggregate import (aggregate, format_statistic, other_receiver_row,
                                            table_lines, with_speedups)
-from scu_jax.experiments.figures import METRICS, axis_figures, sample_figures, time_figure
+from scu_jax.experiments.figures import (METRICS, axis_figures, relearning_figure, sample_figures,
+                                         time_figure)
 from scu_jax.experiments.grid import expand
 from scu_jax.experiments.paper import gap_lines, paper_comparison
+from scu_jax.experiments.relearning import (RELEARNING_FILE, relearning_lines,
+                                            relearning_summary)
 from scu_jax.experiments.rows import read_rows, write_csv
-from scu_jax.experiments.workdir import EXPERIMENT_FILE, FIGURES_DIR, REPORT_FILE
+from scu_jax.experiments.workdir import FIGURES_DIR, REPORT_FILE, read_experiment
 from scu_jax.runs.files import write_text_atomic
 
 TABLE_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test", "mse_clean", "mse_erased",
@@ -59,6 +62,13 @@ DIFFERENCES = """\
   the paper's times are synthetic (batches × a constant, on a GPU).
 * **MSE is the per-image sum of squared errors**, as in the reference; PSNR/SSIM come from dm-pix.
 """
+RELEARNING_NOTE = """\
+From each system, the codec's training step on a part of D_e (a seeded draw; batch, learning rate
+and objective of the training recipe, fresh Adam), and the backdoor accuracy read after each number
+of steps on the rest of D_e, which the attack never saw (the original receiver, one fixed key). A
+method that removed what it forgot relearns it no faster than retraining; one that hid it gives it
+back within a few steps (`{file}`, written by `python -m benchmarks.relearning --experiment=…`).
+""".format(file=RELEARNING_FILE)
 MINE_NOTE = (
     "MINE estimates (`mi_mine_erased` in results.csv and its figure) are not in the tables: on a "
     "few hundred erased images of 784 pixels the critic over-fits and the held-out estimate "
@@ -182,17 +192,6 @@ def _paper_section(summary, bases: dict[str, Any]) -> list[str]:
     return out
 
 
-def _read_experiment(root: pathlib.Path) -> dict[str, Any]:
-    experiment_file = root / EXPERIMENT_FILE
-    if not experiment_file.exists():
-        raise FileNotFoundError(f"--workdir={root} holds no {EXPERIMENT_FILE}: not an "
-                                "scu-experiment directory")
-    try:
-        return json.loads(experiment_file.read_text())
-    except ValueError:
-        raise ValueError(f"{experiment_file} is not valid JSON") from None
-
-
 def merged_rows(root: pathlib.Path, config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rows file's rows (unsharded and shards') in the grid order of `config` (the saved
     experiment config): the rows one unsharded `--workers=0` run would have written. A cell with
@@ -205,7 +204,7 @@ def write_report(workdir: str | os.PathLike) -> str:
     """Writes WORKDIR/results.csv, figures and REPORT.md from the finished rows of every shard;
     returns REPORT.md's path."""
     root = pathlib.Path(workdir)
-    experiment = _read_experiment(root)
+    experiment = read_experiment(root)
     config = experiment["config"]
     merged = merged_rows(root, config)
     write_csv(root, merged)
@@ -228,6 +227,10 @@ def write_report(workdir: str | os.PathLike) -> str:
             "× faster is per seed against that seed's retraining.\n",
             results_tables(summary)]
     out += _paper_section(summary, config["bases"])
+    if (root / RELEARNING_FILE).exists():  # written by `python -m benchmarks.relearning`
+        relearning = relearning_summary(json.loads((root / RELEARNING_FILE).read_text()))
+        figures += relearning_figure(relearning, figures_dir)
+        out += ["## Relearning attack\n", RELEARNING_NOTE, *relearning_lines(relearning)]
     out.append("## Figures\n")
     out += [f"![{name[:-4]}]({FIGURES_DIR}/{name})\n" for name in figures if name.endswith(".png")]
     path = root / REPORT_FILE

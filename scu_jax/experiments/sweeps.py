@@ -61,6 +61,8 @@ def _grid(name: str, smoke: bool, reference: bool) -> ml_collections.ConfigDict:
     grid.seeds = (0, 1, 2)
     if name == "edr_sweep":
         grid.edr = (0.02, 0.04, 0.06, 0.08, 0.10)
+        if not reference:  # the field's baselines; the authors' protocol compares the paper's
+            grid.methods += ("ssd", "l1_sparse", "salun")
     elif name == "snr_sweep":
         grid.channels = ("awgn", "rayleigh", "rician")
         grid.families = grid.families or ("paper",)

@@ -89,6 +89,23 @@ def row_files(workdir: str | os.PathLike) -> list[pathlib.Path]:
     return unsharded + [path for *_, path in shards]
 
 
+def read_experiment(root: pathlib.Path) -> dict[str, Any]:
+    """WORKDIR/experiment.json's content.
+
+    Raises:
+      FileNotFoundError: `root` is not an experiment directory.
+      ValueError: its experiment.json is not valid JSON.
+    """
+    experiment_file = root / EXPERIMENT_FILE
+    if not experiment_file.exists():
+        raise FileNotFoundError(f"--workdir={root} holds no {EXPERIMENT_FILE}: not an "
+                                "scu-experiment directory")
+    try:
+        return json.loads(experiment_file.read_text())
+    except ValueError:
+        raise ValueError(f"{experiment_file} is not valid JSON") from None
+
+
 def _check_fingerprint(root: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """Refuses an experiment.json of another experiment (or an unreadable one)."""
     experiment_file = root / EXPERIMENT_FILE

@@ -1,0 +1,137 @@
+"""The relearning attack over an experiment's systems, and its summary for the report.
+
+`attack_experiment` runs `runs.relearn.relearning_curve` on every finished system (the original,
+retraining and each method) of the groups at one grid EDR, and keeps the curves in
+WORKDIR/relearning.json, rewritten after each curve, so an interrupted attack resumes where it
+stopped (a curve already there is kept; the file holds one attack's steps and fraction). `relearning_summary`
+and `relearning_lines` read that file alone (no JAX work): per EDR and method, the forgotten behaviour's
+mean ± std over seeds after each number of steps, and for each seed the first step count at which
+the backdoor accuracy is back above 50 %; `scu-report` puts both and a figure in REPORT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+from scu_jax.experiments.aggregate import method_order
+from scu_jax.experiments.grid import ORIGINAL, cell_config, expand
+from scu_jax.experiments.rows import read_rows
+from scu_jax.experiments.workdir import group_dir, read_experiment
+from scu_jax.runs.files import write_text_atomic
+
+RELEARNING_FILE = "relearning.json"
+BACK_ABOVE = 0.5  # the backdoor accuracy that counts as "came back"
+
+
+def _cell_dir(root: pathlib.Path, cell) -> pathlib.Path:
+    directory = group_dir(root, cell.group.id)
+    return directory / ("train" if cell.method == ORIGINAL else cell.name)
+
+
+def attack_experiment(workdir: str | pathlib.Path, *, edr: float | None = None,
+                      steps: Sequence[int] = (0, 10, 25, 50, 100), fraction: float = 0.1,
+                      methods: Sequence[str] = (),
+                      log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Attacks every finished system of the groups at `edr` (default: the bases' EDR; only
+    `methods`, if given) and returns relearning.json's content (see the module docstring).
+
+    Raises:
+      FileNotFoundError: `workdir` is not an experiment directory.
+      ValueError: no group of the grid is at `edr`, or no system there is finished.
+    """
+    from scu_jax.runs.relearn import relearning_curve  # JAX work: only here, not in the report
+
+    root = pathlib.Path(workdir)
+    experiment = read_experiment(root)
+    config = ml_collections.ConfigDict(experiment["config"])
+    cells = expand(config)
+    if edr is None:
+        edr = next(iter(config.bases.values())).erasure.edr
+    chosen = [c for c in cells if abs(c.group.edr - edr) < 1e-9
+              and (not methods or c.method in methods)]
+    if not chosen:
+        raise ValueError(f"no cell of {root} is at EDR {edr:g}"
+                         + (f" with a method of {', '.join(methods)}" if methods else ""))
+    finished = {row["cell"] for row in read_rows(root, order=[c.id for c in cells])
+                if row.get("status") == "ok"}
+    chosen = [c for c in chosen if c.id in finished]
+    if not chosen:
+        raise ValueError(f"no system of {root} at EDR {edr:g} is finished: run the experiment")
+    path = root / RELEARNING_FILE
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {"curves": []}
+    except ValueError:
+        raise ValueError(f"{path} is not valid JSON: move it away to attack afresh") from None
+    steps = [int(s) for s in steps]
+    other = {(tuple(e["steps"]), e["fraction"]) for e in data["curves"]} - {(tuple(steps), fraction)}
+    if other:  # one attack per file, so that every curve of the summary is comparable
+        (old_steps, old_fraction), *_ = other
+        raise ValueError(f"{path} holds an attack with steps {list(old_steps)} and fraction "
+                         f"{old_fraction:g}: attack with those, or move the file away first")
+    for cell in chosen:
+        if any(entry["cell"] == cell.id for entry in data["curves"]):
+            continue
+        cell_config_ = cell_config(config.bases[cell.group.dataset], cell)
+        curve = relearning_curve(cell_config_, _cell_dir(root, cell), fraction=fraction,
+                                 steps=steps)
+        data["curves"].append({
+            "cell": cell.id, "method": cell.method, "seed": cell.group.seed,
+            "edr": cell.group.edr, "dataset": cell.group.dataset, "steps": steps,
+            "fraction": fraction, "curve": curve})
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+        log(f"{cell.id}: " + ", ".join(f"{_value(e):.3f}" for e in curve))
+    return data
+
+
+def _value(entry: dict[str, Any]) -> float:
+    return entry.get("backdoor_accuracy", entry.get("mse_erased"))
+
+
+def relearning_summary(data: dict[str, Any]) -> dict[tuple[str, float], dict[str, dict[str, Any]]]:
+    """{(dataset, edr): {method: {steps, fraction, mean, std, seeds, back_above}}}, methods in report
+    order; `back_above` lists each seed's first step count with backdoor accuracy > 50 %
+    (None: not within the attack)."""
+    grouped: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
+    for entry in data.get("curves", []):
+        grouped.setdefault((entry["dataset"], entry["edr"]), {}).setdefault(
+            entry["method"], []).append(entry)
+    summary = {}
+    for key, by_method in sorted(grouped.items()):
+        summary[key] = {}
+        for method in sorted(by_method, key=method_order):
+            entries = sorted(by_method[method], key=lambda e: e["seed"])
+            values = np.array([[_value(point) for point in e["curve"]] for e in entries])
+            summary[key][method] = {
+                "steps": entries[0]["steps"], "fraction": entries[0]["fraction"],
+                "mean": values.mean(axis=0).tolist(),
+                "std": values.std(axis=0).tolist(), "seeds": [e["seed"] for e in entries],
+                "back_above": [next((p["steps"] for p in e["curve"]
+                                     if p.get("backdoor_accuracy", 0.0) > BACK_ABOVE), None)
+                               for e in entries]}
+    return summary
+
+
+def relearning_lines(summary) -> list[str]:
+    """One markdown table per (dataset, EDR): backdoor accuracy % (mean ± std over seeds) after
+    each number of attack steps, and each seed's steps to above 50 %."""
+    out = []
+    for (dataset, edr), by_method in summary.items():
+        first = next(iter(by_method.values()))
+        steps = first["steps"]
+        out += [f"**{dataset}, EDR {100 * edr:g} %** (backdoor accuracy %, mean ± std over "
+                f"seeds {', '.join(str(s) for s in first['seeds'])}; the attack trains on "
+                f"{100 * first['fraction']:g} % of D_e)\n",
+                "| system | " + " | ".join(f"{s} steps" for s in steps)
+                + " | back above 50 % after (per seed) |",
+                "|---" * (len(steps) + 2) + "|"]
+        for method, entry in by_method.items():
+            cells = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in zip(entry["mean"], entry["std"])]
+            back = ", ".join("–" if b is None else str(b) for b in entry["back_above"])
+            out.append(f"| {method} | " + " | ".join(cells) + f" | {back} |")
+        out.append(f"\n(–: not above 50 % within {steps[-1]} steps.)\n")
+    return out
