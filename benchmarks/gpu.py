@@ -276,7 +276,8 @@ def tables(results: dict[str, Any]) -> str:
     if isinstance(results.get("many"), list):
         from benchmarks import many
 
-        parts += [f"Independent SCU runs ({results['many_epochs']} epochs each) vmapped in one "
+        epochs = results['many_epochs']
+        parts += [f"Independent SCU runs ({epochs} epoch{'s' * (epochs != 1)} each) vmapped in one "
                   "program:",
                   many.table(results["many"]), ""]
     parts += targets(results)
