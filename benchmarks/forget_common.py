@@ -41,9 +41,10 @@ def base_config(overrides: list[str]):
 
 
 def relearning_rows(base, seed: int, root: pathlib.Path, settings, methods,
-                    steps: list[int]) -> list[dict[str, Any]]:
+                    steps: list[int], done=frozenset()) -> list[dict[str, Any]]:
     """The relearning attack on every finished system of one seed (a diverged method saved
-    none): {seed, setting, method, curve}."""
+    none) but those in `done` ((seed, setting, method) already attacked): {seed, setting,
+    method, steps, curve}."""
     from scu_jax.runs.relearn import relearning_curve
 
     rows = []
@@ -52,12 +53,12 @@ def relearning_rows(base, seed: int, root: pathlib.Path, settings, methods,
         for method in ["original", *methods, "retrain"]:
             workdir = (root / f"seed{seed}" / ("train" if method == "original" else setting)
                        / ("" if method == "original" else method))
-            if not (workdir / "results.json").exists():
+            if (seed, setting, method) in done or not (workdir / "results.json").exists():
                 continue
             method_config = config.copy_and_resolve_references()
             if method != "original":
                 method_config.unlearning.method = method
-            rows.append({"seed": seed, "setting": setting, "method": method,
+            rows.append({"seed": seed, "setting": setting, "method": method, "steps": steps,
                          "curve": relearning_curve(method_config, workdir, steps=steps)})
     return rows
 

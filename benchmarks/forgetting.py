@@ -16,11 +16,12 @@ standard deviations. With `--forget_relearning`, every system is then attacked
 (`runs/relearn.relearning_curve`: the codec's training step on 10 % of D_e) and a second table
 per setting gives D_e's reconstruction error (SSE per image, on the 90 % the attack never saw)
 after each number of steps, against retraining's under the same attack (the curves also go to
-WORKDIR/relearning.json).
+WORKDIR/relearning.json, which a rerun resumes).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import sys
 from typing import Any
@@ -193,10 +194,18 @@ def main(argv) -> None:
         write_json_atomic(root / "rows.json", rows)
     table = markdown(rows, _SETTINGS.value, _METHODS.value)
     if _RELEARN.value:
-        curves = []
+        # Resumes: curves of these steps already in relearning.json are kept, not recomputed,
+        # and the file only ever grows (one of other steps is left alone: a new file is named).
+        path = root / "relearning.json"
+        curves = json.loads(path.read_text()) if path.exists() else []
+        if any(c.get("steps") != steps for c in curves):
+            path = root / f"relearning_{'_'.join(map(str, steps))}.json"
+            curves = json.loads(path.read_text()) if path.exists() else []
+        done = {(c["seed"], c["setting"], c["method"]) for c in curves}
         for seed in map(int, _SEEDS.value):
-            curves += relearning_rows(base, seed, root, _SETTINGS.value, _METHODS.value, steps)
-            write_json_atomic(root / "relearning.json", curves)
+            curves += relearning_rows(base, seed, root, _SETTINGS.value, _METHODS.value, steps,
+                                      done)
+            write_json_atomic(path, curves)
         table += relearning_markdown(curves, _SETTINGS.value, _METHODS.value)
     command = "python -m benchmarks.forgetting " + " ".join(sys.argv[1:])
     write_text_atomic(_OUTPUT.value, f"<!-- {command} -->\n{table}")

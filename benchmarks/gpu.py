@@ -61,19 +61,23 @@ CIFAR_PLAN = (
 
 
 class Budget:
-    """Each section's deadline: its share of the budget plus what earlier sections left."""
+    """Each section's deadline: its share of the budget plus what earlier sections left, or less
+    what they overran (but at least half its share); no measurement starts past the whole
+    budget. `save` runs after every measurement, so a run stopped early keeps what it measured."""
 
-    def __init__(self, seconds: float):
-        self.seconds, self.banked, self.deadline = seconds, 0.0, 0.0
+    def __init__(self, seconds: float, save: Callable[[], None] = lambda: None):
+        self.seconds, self.banked, self.deadline, self.save = seconds, 0.0, 0.0, save
+        self.end_of_all = time.perf_counter() + seconds
 
     def start(self, section: str) -> None:
-        self.deadline = time.perf_counter() + self.seconds * SHARES[section] + self.banked
+        share = self.seconds * SHARES[section]
+        self.deadline = time.perf_counter() + max(share + self.banked, share / 2)
 
     def end(self) -> None:
-        self.banked = max(0.0, self.deadline - time.perf_counter())
+        self.banked = self.deadline - time.perf_counter()
 
     def left(self) -> float:
-        return self.deadline - time.perf_counter()
+        return min(self.deadline, self.end_of_all) - time.perf_counter()
 
 
 def _attempt(what: str, budget: Budget, skipped: list[str], fn: Callable[[], Any]) -> Any:
@@ -87,9 +91,11 @@ def _attempt(what: str, budget: Budget, skipped: list[str], fn: Callable[[], Any
     except Exception as error:  # one measurement's failure must not lose the others
         traceback.print_exc()
         print(f"benchmarks.gpu: {what} failed: {error!r}", file=sys.stderr, flush=True)
-        return {"error": f"{type(error).__name__}: {error}"}
-    print(f"benchmarks.gpu: {what}: {time.perf_counter() - started:.1f} s", file=sys.stderr,
-          flush=True)
+        result = {"error": f"{type(error).__name__}: {error}"}
+    else:
+        print(f"benchmarks.gpu: {what}: {time.perf_counter() - started:.1f} s", file=sys.stderr,
+              flush=True)
+    budget.save()
     return result
 
 
@@ -169,13 +175,13 @@ def _step_row(codec: str, method: str, batch: int, dtype: str, *, steps: int, wi
     return row
 
 
-def mnist(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]]:
+def mnist(tiny: bool, budget: Budget, skipped: list[str], rows: list[dict[str, Any]]) -> None:
     # torch.compile for the SCU step (CUDA graphs first: a small step is launch-bound); the
-    # training step's compiled variants are left out for time.
+    # training step's compiled variants are left out for time. Both steps at each batch before
+    # the next batch, so that a short budget cuts the largest batch, not a whole step.
     compiled = ("compile_loss_graphs", "compile_loss") if _cuda() else ()
-    rows = []
-    for method in ("scu", "train"):
-        for batch in ((4,) if tiny else (16, 128, 1024)):
+    for batch in ((4,) if tiny else (16, 128, 1024)):
+        for method in ("scu", "train"):
             steps = 4 if tiny else max(20, 600 * 16 // batch)
             row = _attempt(f"mnist {method} batch {batch}", budget, skipped, lambda: _step_row(
                 "mnist", method, batch, "float32", steps=steps, windows=1 if tiny else 2,
@@ -183,11 +189,9 @@ def mnist(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]
                 variants=compiled if method == "scu" else (), budget=budget, skipped=skipped))
             if row:
                 rows.append(row)
-    return rows
 
 
-def cifar(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]]:
-    rows = []
+def cifar(tiny: bool, budget: Budget, skipped: list[str], rows: list[dict[str, Any]]) -> None:
     # Tiny: one row at batch 2 (a ResNet step's compilation alone takes a CPU half a minute).
     for method, dtype, batch, scan, floor, variants in CIFAR_PLAN[4:5] if tiny else CIFAR_PLAN:
         if not _cuda():  # CUDA graphs are a GPU's
@@ -201,29 +205,36 @@ def cifar(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]
                                          budget=budget, skipped=skipped))
         if row:
             rows.append(row)
-    return rows
 
 
-def scale(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]]:
+def scale(tiny: bool, budget: Budget, skipped: list[str], results: list[dict[str, Any]]) -> None:
     plan = ([("mnist", dict(size=3000, fraction=0.1, scu_epochs=2))] if tiny else
             [("mnist", dict(fraction=1.0)),
              ("cifar10", dict(fraction=0.05, scu_epochs=2)),
              ("cifar10", dict(fraction=0.05, scu_epochs=2, dtype="bfloat16"))])
-    results = []
     for dataset, arguments in plan:
         result = _attempt(f"full scale {dataset} {arguments}", budget, skipped,
                           lambda: full_scale.measure(dataset, **arguments))
         if result:
             results.append(result)
-    return results
 
 
-def many_runs(tiny: bool, budget: Budget, skipped: list[str]) -> list[dict[str, Any]] | None:
+def many_runs(tiny: bool, budget: Budget, skipped: list[str], rows: list[dict[str, Any]]) -> None:
+    """The curve one N at a time (each its own measurement), against N = 1's runs one by one."""
     from benchmarks import many
 
     counts = [1, 2] if tiny else [1, 2, 4, 8, 16, 32, 64]
-    return _attempt("many runs", budget, skipped,
-                    lambda: many.measure(counts, many_epochs(tiny), 1))
+    first = _attempt("many runs N=1, and one by one", budget, skipped,
+                     lambda: many.measure(counts[:1], many_epochs(tiny), 1))
+    if not isinstance(first, list):
+        return
+    rows += first
+    alone = (first[0]["alone_runs_per_s"], first[0]["alone_compile_s_per_run"])
+    for count in counts[1:]:
+        got = _attempt(f"many runs N={count}", budget, skipped,
+                       lambda n=count: many.measure([n], many_epochs(tiny), 1, alone=False))
+        if isinstance(got, list):
+            rows.append({**got[0], **many.against_alone(got[0], *alone)})
 
 
 def many_epochs(tiny: bool) -> int:
@@ -273,7 +284,7 @@ def tables(results: dict[str, Any]) -> str:
         if good:
             parts += ["Full scale (synthetic data of the real shapes, EDR 6 %):",
                       full_scale.markdown(good), ""]
-    if isinstance(results.get("many"), list):
+    if [r for r in results.get("many") or [] if "runs" in r]:
         from benchmarks import many
 
         epochs = results['many_epochs']
@@ -311,7 +322,7 @@ def targets(results: dict[str, Any]) -> list[str]:
         if compiled:
             text += (f", {_ratio_text(best, [max(compiled)])} the fastest torch.compile "
                      f"({'ahead' if min(best) > max(compiled) else 'not ahead'})")
-        if peak and "bfloat16" in r["codec"]:
+        if peak and "bfloat16" in r["codec"] and r["xla_flops_per_step"] > 0:
             share = max(best) * r["xla_flops_per_step"] / peak
             text += f"; {100 * share:.0f} % of the bf16 product peak ({'met' if share >= 0.4 else 'missed'} ≥ 40 %)"
         lines.append(text)
@@ -335,22 +346,37 @@ def main(argv: list[str]) -> None:
     from scu_jax.runs.logs import quiet_library_logs
 
     quiet_library_logs()
+    # As XLA picks its convolution algorithms when it compiles: cuDNN's search, in the warm-up.
+    torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    started, budget, tiny = time.perf_counter(), Budget(_BUDGET.value), _TINY.value
+    started, tiny = time.perf_counter(), _TINY.value
     results: dict[str, Any] = {"machine": machine(), "tiny": tiny, "skipped": [],
-                               "many_epochs": many_epochs(tiny)}
-    sections = {"peaks": lambda s: _attempt("peaks", budget, s, lambda: peaks(tiny)),
-                "mnist": lambda s: mnist(tiny, budget, s), "cifar": lambda s: cifar(tiny, budget, s),
-                "full_scale": lambda s: scale(tiny, budget, s),
-                "many": lambda s: many_runs(tiny, budget, s)}
-    for name in _SECTIONS.value:
-        budget.start(name)
-        results[name] = sections[name](results["skipped"])
-        budget.end()
+                               "many_epochs": many_epochs(tiny), "peaks": {}}
+
+    def save() -> None:
         results["seconds"] = time.perf_counter() - started
         write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
         write_text_atomic(out / "tables.md", tables(results))
+
+    budget = Budget(_BUDGET.value, save)
+    sections = {"peaks": lambda s, _: results["peaks"].update(
+                    _attempt("peaks", budget, s, lambda: peaks(tiny)) or {}),
+                "mnist": lambda s, rows: mnist(tiny, budget, s, rows),
+                "cifar": lambda s, rows: cifar(tiny, budget, s, rows),
+                "full_scale": lambda s, rows: scale(tiny, budget, s, rows),
+                "many": lambda s, rows: many_runs(tiny, budget, s, rows)}
+    try:
+        for name in _SECTIONS.value:
+            budget.start(name)
+            results.setdefault(name, [])
+            sections[name](results["skipped"], results[name])
+            budget.end()
+    except KeyboardInterrupt:  # `timeout -s INT`: keep and print what was measured
+        results["interrupted"] = True
+    save()
     print(tables(results), end="")
+    if results.get("interrupted"):
+        sys.exit("benchmarks.gpu: interrupted; results.json holds what was measured")
 
 
 if __name__ == "__main__":

@@ -83,15 +83,23 @@ def _compare(counts: list[int], repeats: int, alone: bool, one: Callable[[int], 
                "vmapped_runs_per_s": count / best, "vmapped_seconds": best,
                "vmapped_compile_s": compile_seconds}
         if alone:
-            row.update(alone_runs_per_s=alone_rate, alone_compile_s_per_run=alone_compile,
-                       speedup=count / best / alone_rate,
-                       speedup_with_compile=(count / alone_rate + count * alone_compile)
-                       / (best + compile_seconds))
+            row.update(against_alone(row, alone_rate, alone_compile))
         rows.append(row)
         print(f"{label} N={count}: vmapped {row['vmapped_runs_per_s']:.2f} runs/s"
               + (f", one by one {alone_rate:.2f} runs/s" if alone else ""),
               file=sys.stderr, flush=True)
     return rows
+
+
+def against_alone(row: dict[str, Any], alone_rate: float, alone_compile: float
+                  ) -> dict[str, float]:
+    """A curve row's fields against runs one by one at `alone_rate` runs/s, each compiling for
+    `alone_compile` s: the speed-up, without and with compilation."""
+    count = row["runs"]
+    return {"alone_runs_per_s": alone_rate, "alone_compile_s_per_run": alone_compile,
+            "speedup": row["vmapped_runs_per_s"] / alone_rate,
+            "speedup_with_compile": (count / alone_rate + count * alone_compile)
+            / (row["vmapped_seconds"] + row["vmapped_compile_s"])}
 
 
 def _stack(*trees):

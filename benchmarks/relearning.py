@@ -86,6 +86,9 @@ def main(argv: list[str]) -> None:
     if _EXPERIMENT.value:
         _attack_experiment(steps)
         return
+    if _EDR.value is not None or _METHODS.value:
+        sys.exit("benchmarks.relearning: error: --attack_edr and --attack_methods choose an "
+                 "experiment's systems: they need --experiment")
     pairs = [item.split("=", 1) for item in _SYSTEMS.value]
     if _CONFIG.value is None or not pairs or any(len(p) != 2 or not all(p) for p in pairs):
         sys.exit("benchmarks.relearning: error: --config and --systems=name=workdir,... needed "
@@ -104,9 +107,10 @@ def _attack_experiment(steps: list[int]) -> None:
                                                 relearning_summary)
     from scu_jax.runs.logs import quiet_library_logs
 
-    if _CONFIG.value is not None or _SYSTEMS.value:
+    if _CONFIG.value is not None or _SYSTEMS.value or _OUT.value:
         sys.exit("benchmarks.relearning: error: --experiment attacks the experiment's own "
-                 "systems: drop --config and --systems")
+                 "systems into its relearning.json: drop --config, --systems and "
+                 "--relearning_json")
     if not 0.0 < _FRACTION.value < 1.0 or not steps or steps[0] < 0 or any(
             b <= a for a, b in zip(steps, steps[1:])):
         sys.exit("benchmarks.relearning: error: --attack_fraction must be in (0, 1) and "

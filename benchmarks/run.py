@@ -88,6 +88,22 @@ def _best(fn: Callable[[], Any], windows: int) -> float:
     return best
 
 
+def flop_count(lowered, compiled) -> float:
+    """XLA's FLOP count of a program: the lowered HLO's (the backend-independent count; a GPU's
+    compiled count can miss the library calls that do the products), else the compiled one's;
+    0.0 where neither gives a positive count (shown as unknown, never as a share of a peak)."""
+    for source in (lowered, compiled):
+        try:
+            cost = source.cost_analysis()
+        except Exception:  # some backends count nothing
+            continue
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float((cost or {}).get("flops", 0.0))
+        if flops > 0:
+            return flops
+    return 0.0
+
+
 def rates(window: Callable[[], Any], steps: int, windows: int, repeats: int) -> list[float]:
     """Steps/s of `window` (which runs `steps` steps), best of `windows` windows, for each of
     `repeats` measurements; one warm-up window first."""
@@ -221,11 +237,10 @@ def jax_step_throughput(method: str, batch_size: int, repeats: int, codec: str =
     fully_unrolled = convolutions_slow_in_loops(config) and not rolled
     single = jax.jit(lambda s, i: one(s, i)[0], donate_argnums=0)
     started = time.perf_counter()
-    compiled_single = single.lower(state, jnp.int32(0)).compile()
+    lowered = single.lower(state, jnp.int32(0))
+    compiled_single = lowered.compile()
     compile_single = time.perf_counter() - started
-    cost = compiled_single.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    flops = flop_count(lowered, compiled_single)
     indices = [jnp.int32(i) for i in range(steps)]
     holder = {"state": jax.tree.map(jnp.copy, state)}
 
@@ -365,10 +380,10 @@ def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, wind
         what = f"{count} convolutions of the {method} step alone"
         per_step = convolutions_slow_in_loops(config) and not rolled
     started = time.perf_counter()
-    single = jax.jit(lambda c: one(c, jnp.int32(0))[0], donate_argnums=0).lower(carry).compile()
+    lowered = jax.jit(lambda c: one(c, jnp.int32(0))[0], donate_argnums=0).lower(carry)
+    single = lowered.compile()
     compile_seconds = time.perf_counter() - started
-    cost = single.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    floor_flops = flop_count(lowered, single)
     if per_step:  # as the engine runs the ResNet on a CPU: one step a dispatch
         holder = {"carry": jax.tree.map(jnp.copy, carry)}
 
@@ -380,7 +395,7 @@ def floor_throughput(codec: str, batch_size: int, repeats: int, steps: int, wind
     else:
         window, compile_seconds = _scan_window(one, carry, steps, 1)
     return {"floor": what, "floor_steps_per_s": rates(window, steps, windows, repeats),
-            "floor_flops_per_step": float(cost.get("flops", 0.0)) if cost else 0.0,
+            "floor_flops_per_step": floor_flops,
             "compile_floor_s": compile_seconds}
 
 
@@ -456,6 +471,7 @@ def torch_step_throughput(method: str, batch_size: int, repeats: int, steps: int
                                                    repeats)
             continue
         torch._dynamo.reset()  # each variant compiles afresh, at its own (static) shapes
+        skips = _cudagraph_skips()
         if name == "compile_step":
             fn = torch.compile(stepper(loss_fn), dynamic=False)
         else:
@@ -466,8 +482,17 @@ def torch_step_throughput(method: str, batch_size: int, repeats: int, steps: int
             fn(*pool[i % _POOL][which])
         sync()
         row[f"torch_{name}_compile_s"] = time.perf_counter() - started
+        if name == "compile_loss_graphs":  # inductor falls back to no graphs quietly: count it
+            row["torch_cudagraph_skips"] = _cudagraph_skips() - skips
         row[f"torch_{name}_steps_per_s"] = rates(window_of(fn), steps, windows, repeats)
     return row
+
+
+def _cudagraph_skips() -> int:
+    """How many times inductor has run a graph without CUDA graphs, in this process."""
+    from torch._dynamo.utils import counters
+
+    return sum(count for key, count in counters["inductor"].items() if "cudagraph_skip" in key)
 
 
 def _machine() -> dict[str, Any]:
@@ -520,6 +545,8 @@ def _table(rows: list[dict[str, Any]], peak: list[float]) -> str:
 
         def torch_cell(name):
             text = _fmt(torch_rates[name])
+            if name == "compile_loss_graphs" and r.get("torch_cudagraph_skips"):
+                text += " (graphs skipped)"
             return f"**{text}**" if name == fastest and len(measured) > 1 else text
 
         def peak_share(values, flops):

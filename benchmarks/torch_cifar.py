@@ -6,10 +6,10 @@ networks (`scu_jax.models.resnet`: a `Conv1×1(64)` stem, 8 blocks `Conv3×3(str
 Conv1×1 → BN` with 1×1 projection skips, global average pooling, a Dense head), the encoder's head
 giving μ and softplus σ of a 3,072-value latent, the latent reshaped to 3×32×32 for the decoder,
 the paper-family AWGN channel on the decoder path, and a `MLP(3072, 10)` receiver trained jointly
-(the CE term). Losses: training `β·KL_prior + 30·MSE + CE/30`; SCU as `scu_jax.methods.scu` with
-the CIFAR terms (`− β_u·(MSE + CE_target/30)` in L_unl, `30·MSE + CE/30` in L_ss, the weights a, b
-seeing 1·MSE). Two passes through the codec (erased, remaining) so each batch's BatchNorm
-statistics are its own, as `scu_jax` runs a BatchNorm codec.
+(the CE term). Losses: training `β·KL_prior + 30·MSE + CE/30`; SCU as `scu_jax.methods.scu` runs
+under the CIFAR-10 preset (`− β_u·(MSE + CE_target/30)` in L_unl, `30·MSE + CE/30` in L_ss, the
+weights a, b from that L_ss). Two passes through the codec (erased, remaining) so each batch's
+BatchNorm statistics are its own, as `scu_jax` runs a BatchNorm codec.
 
 The strongest PyTorch set-up rather than the authors' literal one: channels-last tensors, fused
 Adam (`fused=True` on a GPU), `clip_grad_norm_(foreach)`, TF32 for float32 products (JAX's
@@ -153,6 +153,5 @@ class Reference:
                       + F.cross_entropy(self._receiver(x_hat_r), y_r) / 30.0)
             mse_r = F.mse_loss(x_hat_r.float(), x_r.flatten(1).float())
             utility = self.rho * (shared + 30.0 * mse_r)
-            weighed = self.rho * (shared + mse_r)  # the reference's a, b see 1·MSE
-            total = unlearn.abs() + weighed.abs() + 1e-12
-            return unlearn.abs() / total * unlearn + weighed.abs() / total * utility
+            total = unlearn.abs() + utility.abs() + 1e-12
+            return unlearn.abs() / total * unlearn + utility.abs() / total * utility

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a lent GPU machine (README "GPU"):
-#   OUT=DIR bash scripts/gpu.sh [BENCH_BUDGET_S] [TESTS_S]       (defaults 330 and 100)
+#   bash scripts/gpu.sh [BENCH_BUDGET_S] [TESTS_S]       (defaults 330 and 100; files go to $OUT,
+#                                                        which the device tool sets, else runs/gpu)
 # (a trial on a CPU: JAX_PLATFORMS=cpu BENCH_ARGS="--tiny --sections=peaks" bash scripts/gpu.sh 60 30)
 # 1. the environment: versions, the GPU (env.txt);
 # 2. a smoke scu-train + scu-unlearn (SCU) on the GPU (smoke.log);
 # 3. the unit tests that start no binary and need no multi-device CPU, under
-#    JAX_PLATFORMS=cuda, stopped after TESTS_S seconds with pytest's summary (tests.log);
-# 4. python -m benchmarks.gpu within BENCH_BUDGET_S (bench.log, results.json, tables.md).
+#    JAX_PLATFORMS=cuda with float32 products in full precision (the tests compare against
+#    float32 CPU references; TF32, JAX's GPU default, is the benchmark's business), stopped after
+#    TESTS_S seconds with pytest's summary (tests.log);
+# 4. python -m benchmarks.gpu within BENCH_BUDGET_S (bench.log, results.json, tables.md, which it
+#    rewrites after every measurement; stopped 60 s past its budget, it prints what it has).
+# Under the device tool's 10-minute limit with the defaults: ~15 + ≤150 + ≤115 + ≤390 s.
 # Python packages the machine lacks travel as wheels in .whl/, fetched here beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
@@ -51,9 +56,9 @@ cat "$OUT/env.txt"
 echo "== smoke scu-train + scu-unlearn on the GPU"
 SMOKE=$(mktemp -d)
 started=$SECONDS
-python3 -m scu_jax.binaries.train --config=configs/mnist.py:smoke --workdir="$SMOKE/train" \
-  > "$OUT/smoke.log" 2>&1 \
-  && python3 -m scu_jax.binaries.unlearn --config=configs/mnist.py:smoke \
+timeout 90 python3 -m scu_jax.binaries.train --config=configs/mnist.py:smoke \
+  --workdir="$SMOKE/train" > "$OUT/smoke.log" 2>&1 \
+  && timeout 60 python3 -m scu_jax.binaries.unlearn --config=configs/mnist.py:smoke \
        --config.unlearning.method=scu --init_workdir="$SMOKE/train" --workdir="$SMOKE/scu" \
        >> "$OUT/smoke.log" 2>&1
 echo "smoke: exit $? in $((SECONDS - started)) s"
@@ -63,7 +68,8 @@ echo "== unit tests under JAX_PLATFORMS=$JAX_PLATFORMS (at most $TESTS_S s)"
 # No test here starts a binary or needs tfds' datasets beyond its mock; xdist workers share the
 # GPU, so none of them takes most of its memory up front.
 PER_TEST=$(python3 -c "import pytest_timeout" 2> /dev/null && echo --timeout=90)
-XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -s INT "$TESTS_S" python3 -m pytest -q -n 8 \
+XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_DEFAULT_MATMUL_PRECISION=highest \
+  timeout -k 15 -s INT "$TESTS_S" python3 -m pytest -q -n 8 \
   -p no:cacheprovider ${PER_TEST:-} \
   tests/channels_test.py tests/losses_test.py tests/models_test.py tests/mi_test.py \
   tests/engine_test.py tests/baselines_test.py tests/unlearning_test.py tests/train_test.py \
@@ -74,7 +80,7 @@ echo "tests: exit $?"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -25
 
 echo "== benchmarks.gpu (budget $BENCH_BUDGET_S s)"
-python3 -m benchmarks.gpu --gpu_out="$OUT" --budget_s="$BENCH_BUDGET_S" ${BENCH_ARGS:-} \
-  2> "$OUT/bench.log"
+timeout -k 20 -s INT $((BENCH_BUDGET_S + 60)) python3 -m benchmarks.gpu --gpu_out="$OUT" \
+  --budget_s="$BENCH_BUDGET_S" ${BENCH_ARGS:-} 2> "$OUT/bench.log"
 echo "benchmarks.gpu: exit $?"
 grep -E "failed|Error" "$OUT/bench.log" | tail -10

@@ -242,12 +242,14 @@ def test_runs_together_sweep_gives_each_seed_its_row(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_relearning_attack_over_an_experiment_goes_to_its_report(smoke_sweep, tmp_path):
-    from scu_jax.experiments.relearning import (RELEARNING_FILE, attack_experiment,
-                                                relearning_summary)
+    from scu_jax.experiments.relearning import attack_experiment, relearning_summary
+    from scu_jax.experiments.workdir import RELEARNING_FILE, remove_results
 
     workdir = _copy(smoke_sweep[0], tmp_path)
     with pytest.raises(ValueError, match="no cell of .* is at EDR 0.05"):
         attack_experiment(workdir, edr=0.05)
+    with pytest.raises(ValueError, match="hbu: not a method of .*grid"):
+        attack_experiment(workdir, edr=0.08, methods=("scu", "hbu"))
     lines = []
     data = attack_experiment(workdir, edr=0.08, steps=(0, 3), methods=("original", "scu"),
                              log=lines.append)
@@ -267,9 +269,19 @@ def test_relearning_attack_over_an_experiment_goes_to_its_report(smoke_sweep, tm
     with pytest.raises(ValueError, match="holds an attack with steps \\[0, 3\\]"):
         attack_experiment(workdir, edr=0.08, steps=(0, 5))
     summary = relearning_summary(data)
-    assert list(summary[("mnist5k", 0.08)]) == ["original", "scu"]  # the report's order
+    (setting,) = summary  # one system per cell name and setting, its seeds together
+    assert setting == ("mnist5k", "awgn", "paper", 5.0, 0.08)
+    assert list(summary[setting]) == ["original", "scu"]  # the report's order
     write_report(workdir)
     text = (workdir / REPORT_FILE).read_text()
     assert "## Relearning attack" in text and RELEARNING_FILE in text
     assert "| system | 0 steps | 3 steps | back above 50 % after (per seed) |" in text
     assert (workdir / FIGURES_DIR / "relearning.png").stat().st_size > 5_000
+    # A file that is not an attack's is refused before the report writes anything.
+    (workdir / RELEARNING_FILE).write_text('{"curves": [{"cell": 1}]}')
+    before = (workdir / REPORT_FILE).read_bytes()
+    with pytest.raises(ValueError, match="is not a relearning attack's file"):
+        write_report(workdir)
+    assert (workdir / REPORT_FILE).read_bytes() == before
+    remove_results(workdir)  # --overwrite: a new experiment's systems, none of the old curves
+    assert not (workdir / RELEARNING_FILE).exists()

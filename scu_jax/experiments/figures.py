@@ -53,7 +53,7 @@ def relearning_figure(summary, directory: pathlib.Path) -> list[str]:
         return []
     figure, axes = plt.subplots(1, len(summary), figsize=(6.4 * len(summary), 3.6), squeeze=False)
     colours = [f"C{i}" for i in range(10) if i != 7]  # C7 is grey: the references' colour
-    for ax, ((dataset, edr), by_method) in zip(axes[0], summary.items()):
+    for ax, ((dataset, channel, _, snr_db, edr), by_method) in zip(axes[0], summary.items()):
         methods = [m for m in by_method if m not in ("retrain", ORIGINAL)]
         for method, entry in by_method.items():
             mean, std = 100 * np.array(entry["mean"]), 100 * np.array(entry["std"])
@@ -67,7 +67,8 @@ def relearning_figure(summary, directory: pathlib.Path) -> list[str]:
         share = 100 * next(iter(by_method.values()))["fraction"]
         ax.set_xlabel(f"attack steps (training on {share:g} % of D_e)")
         ax.set_ylabel("backdoor accuracy on the rest of D_e (%)")
-        ax.set_title(f"relearning attack, {dataset}, EDR {100 * edr:g} % (mean ± std over "
+        ax.set_title(f"relearning attack, {dataset}, {channel} {snr_db:g} dB, EDR {100 * edr:g} % "
+                     f"(mean ± std over "
                      f"{len(next(iter(by_method.values()))['seeds'])} seeds)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

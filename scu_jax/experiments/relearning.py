@@ -21,10 +21,9 @@ import numpy as np
 from scu_jax.experiments.aggregate import method_order
 from scu_jax.experiments.grid import ORIGINAL, cell_config, expand
 from scu_jax.experiments.rows import read_rows
-from scu_jax.experiments.workdir import group_dir, read_experiment
+from scu_jax.experiments.workdir import RELEARNING_FILE, group_dir, read_experiment
 from scu_jax.runs.files import write_text_atomic
 
-RELEARNING_FILE = "relearning.json"
 BACK_ABOVE = 0.5  # the backdoor accuracy that counts as "came back"
 
 
@@ -54,19 +53,19 @@ def attack_experiment(workdir: str | pathlib.Path, *, edr: float | None = None,
         edr = next(iter(config.bases.values())).erasure.edr
     chosen = [c for c in cells if abs(c.group.edr - edr) < 1e-9
               and (not methods or c.method in methods)]
+    unknown = sorted(set(methods) - {c.method for c in cells})
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a method of {root}'s grid "
+                         f"({', '.join(sorted({c.method for c in cells}))})")
     if not chosen:
-        raise ValueError(f"no cell of {root} is at EDR {edr:g}"
-                         + (f" with a method of {', '.join(methods)}" if methods else ""))
+        raise ValueError(f"no cell of {root} is at EDR {edr:g}")
     finished = {row["cell"] for row in read_rows(root, order=[c.id for c in cells])
                 if row.get("status") == "ok"}
     chosen = [c for c in chosen if c.id in finished]
     if not chosen:
         raise ValueError(f"no system of {root} at EDR {edr:g} is finished: run the experiment")
     path = root / RELEARNING_FILE
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {"curves": []}
-    except ValueError:
-        raise ValueError(f"{path} is not valid JSON: move it away to attack afresh") from None
+    data = read_curves(path) if path.exists() else {"curves": []}
     steps = [int(s) for s in steps]
     other = {(tuple(e["steps"]), e["fraction"]) for e in data["curves"]} - {(tuple(steps), fraction)}
     if other:  # one attack per file, so that every curve of the summary is comparable
@@ -80,33 +79,58 @@ def attack_experiment(workdir: str | pathlib.Path, *, edr: float | None = None,
         curve = relearning_curve(cell_config_, _cell_dir(root, cell), fraction=fraction,
                                  steps=steps)
         data["curves"].append({
-            "cell": cell.id, "method": cell.method, "seed": cell.group.seed,
-            "edr": cell.group.edr, "dataset": cell.group.dataset, "steps": steps,
+            "cell": cell.id, **cell.fields(), "name": cell.name, "steps": steps,
             "fraction": fraction, "curve": curve})
         write_text_atomic(path, json.dumps(data, indent=2) + "\n")
         log(f"{cell.id}: " + ", ".join(f"{_value(e):.3f}" for e in curve))
     return data
 
 
+def read_curves(path: pathlib.Path) -> dict[str, Any]:
+    """relearning.json's content, checked.
+
+    Raises:
+      ValueError: it is not what `attack_experiment` writes.
+    """
+    try:
+        data = json.loads(path.read_text())
+        if not (isinstance(data, dict) and isinstance(data.get("curves"), list) and all(
+                isinstance(e, dict) and _FIELDS <= set(e) for e in data["curves"])):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{path} is not a relearning attack's file: move it away to attack "
+                         "afresh") from None
+    return data
+
+
+# An entry's fields: its cell, the cell's grid fields, the attack and its curve.
+_FIELDS = {"cell", "dataset", "channel", "family", "snr_db", "edr", "seed", "method", "beta_u",
+           "name", "steps", "fraction", "curve"}
+
+
 def _value(entry: dict[str, Any]) -> float:
     return entry.get("backdoor_accuracy", entry.get("mse_erased"))
 
 
-def relearning_summary(data: dict[str, Any]) -> dict[tuple[str, float], dict[str, dict[str, Any]]]:
-    """{(dataset, edr): {method: {steps, fraction, mean, std, seeds, back_above}}}, methods in report
-    order; `back_above` lists each seed's first step count with backdoor accuracy > 50 %
-    (None: not within the attack)."""
-    grouped: dict[tuple[str, float], dict[str, list[dict[str, Any]]]] = {}
+def relearning_summary(data: dict[str, Any]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """{(dataset, channel, family, snr_db, edr): {system: {steps, fraction, mean, std, seeds,
+    back_above}}}: the seeds of one system at one setting together (a system is a cell name:
+    the method, with its β_u where the grid has several), in report order; `back_above` lists
+    each seed's first step count with backdoor accuracy > 50 % (None: not within the attack)."""
+    grouped: dict[tuple, dict[tuple, list[dict[str, Any]]]] = {}
     for entry in data.get("curves", []):
-        grouped.setdefault((entry["dataset"], entry["edr"]), {}).setdefault(
-            entry["method"], []).append(entry)
+        setting = tuple(entry[k] for k in ("dataset", "channel", "family", "snr_db", "edr"))
+        grouped.setdefault(setting, {}).setdefault((entry["method"], entry["beta_u"]),
+                                                   []).append(entry)
     summary = {}
-    for key, by_method in sorted(grouped.items()):
+    for key, by_system in sorted(grouped.items()):
         summary[key] = {}
-        for method in sorted(by_method, key=method_order):
-            entries = sorted(by_method[method], key=lambda e: e["seed"])
+        for method, beta_u in sorted(by_system, key=lambda s: (method_order(s[0]), s[1] or 0)):
+            entries = sorted(by_system[(method, beta_u)], key=lambda e: e["seed"])
+            several = sum(m == method for m, _ in by_system) > 1
+            label = f"{method} (β_u {beta_u:g})" if several else method
             values = np.array([[_value(point) for point in e["curve"]] for e in entries])
-            summary[key][method] = {
+            summary[key][label] = {
                 "steps": entries[0]["steps"], "fraction": entries[0]["fraction"],
                 "mean": values.mean(axis=0).tolist(),
                 "std": values.std(axis=0).tolist(), "seeds": [e["seed"] for e in entries],
@@ -120,10 +144,11 @@ def relearning_lines(summary) -> list[str]:
     """One markdown table per (dataset, EDR): backdoor accuracy % (mean ± std over seeds) after
     each number of attack steps, and each seed's steps to above 50 %."""
     out = []
-    for (dataset, edr), by_method in summary.items():
+    for (dataset, channel, family, snr_db, edr), by_method in summary.items():
         first = next(iter(by_method.values()))
         steps = first["steps"]
-        out += [f"**{dataset}, EDR {100 * edr:g} %** (backdoor accuracy %, mean ± std over "
+        out += [f"**{dataset}, {channel} ({family}) {snr_db:g} dB, EDR {100 * edr:g} %** "
+                "(backdoor accuracy %, mean ± std over "
                 f"seeds {', '.join(str(s) for s in first['seeds'])}; the attack trains on "
                 f"{100 * first['fraction']:g} % of D_e)\n",
                 "| system | " + " | ".join(f"{s} steps" for s in steps)

@@ -22,10 +22,10 @@ from scu_jax.experiments.figures import (METRICS, axis_figures, relearning_figur
                                          time_figure)
 from scu_jax.experiments.grid import expand
 from scu_jax.experiments.paper import gap_lines, paper_comparison
-from scu_jax.experiments.relearning import (RELEARNING_FILE, relearning_lines,
-                                            relearning_summary)
+from scu_jax.experiments.relearning import read_curves, relearning_lines, relearning_summary
 from scu_jax.experiments.rows import read_rows, write_csv
-from scu_jax.experiments.workdir import FIGURES_DIR, REPORT_FILE, read_experiment
+from scu_jax.experiments.workdir import (FIGURES_DIR, RELEARNING_FILE, REPORT_FILE,
+                                         read_experiment)
 from scu_jax.runs.files import write_text_atomic
 
 TABLE_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test", "mse_clean", "mse_erased",
@@ -64,10 +64,11 @@ DIFFERENCES = """\
 """
 RELEARNING_NOTE = """\
 From each system, the codec's training step on a part of D_e (a seeded draw; batch, learning rate
-and objective of the training recipe, fresh Adam), and the backdoor accuracy read after each number
-of steps on the rest of D_e, which the attack never saw (the original receiver, one fixed key). A
-method that removed what it forgot relearns it no faster than retraining; one that hid it gives it
-back within a few steps (`{file}`, written by `python -m benchmarks.relearning --experiment=…`).
+and objective of the training recipe, fresh Adam), and the backdoor accuracy read after each
+number of steps on the rest of D_e, which the attack never saw (by the receiver that reads the
+results, one fixed key). A method that removed what it forgot relearns it no faster than
+retraining; one that hid it gives it back within a few steps (`{file}`, written by
+`python -m benchmarks.relearning --experiment=…`).
 """.format(file=RELEARNING_FILE)
 MINE_NOTE = (
     "MINE estimates (`mi_mine_erased` in results.csv and its figure) are not in the tables: on a "
@@ -207,6 +208,9 @@ def write_report(workdir: str | os.PathLike) -> str:
     experiment = read_experiment(root)
     config = experiment["config"]
     merged = merged_rows(root, config)
+    # Read (and checked) before anything is written: written by `python -m benchmarks.relearning`.
+    relearning = (relearning_summary(read_curves(root / RELEARNING_FILE))
+                  if (root / RELEARNING_FILE).exists() else None)
     write_csv(root, merged)
     rows = with_speedups(merged)
     summary = aggregate(rows)
@@ -227,8 +231,7 @@ def write_report(workdir: str | os.PathLike) -> str:
             "× faster is per seed against that seed's retraining.\n",
             results_tables(summary)]
     out += _paper_section(summary, config["bases"])
-    if (root / RELEARNING_FILE).exists():  # written by `python -m benchmarks.relearning`
-        relearning = relearning_summary(json.loads((root / RELEARNING_FILE).read_text()))
+    if relearning:
         figures += relearning_figure(relearning, figures_dir)
         out += ["## Relearning attack\n", RELEARNING_NOTE, *relearning_lines(relearning)]
     out.append("## Figures\n")

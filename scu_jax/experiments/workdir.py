@@ -48,6 +48,7 @@ ROWS_FILE = "results.jsonl"
 CSV_FILE = "results.csv"
 SAMPLES_FILE = "samples.npz"
 REPORT_FILE = "REPORT.md"
+RELEARNING_FILE = "relearning.json"  # experiments/relearning.py: the attack's curves
 FIGURES_DIR = "figures"
 RUNS_DIR = "runs"
 LOCK_FILE = ".lock"
@@ -98,7 +99,7 @@ def read_experiment(root: pathlib.Path) -> dict[str, Any]:
     """
     experiment_file = root / EXPERIMENT_FILE
     if not experiment_file.exists():
-        raise FileNotFoundError(f"--workdir={root} holds no {EXPERIMENT_FILE}: not an "
+        raise FileNotFoundError(f"{root} holds no {EXPERIMENT_FILE}: not an "
                                 "scu-experiment directory")
     try:
         return json.loads(experiment_file.read_text())
@@ -148,7 +149,7 @@ def remove_results(root: pathlib.Path) -> None:
     compilation cache stays."""
     for path in row_files(root):
         path.unlink(missing_ok=True)
-    for name in (CSV_FILE, EXPERIMENT_FILE, REPORT_FILE):
+    for name in (CSV_FILE, EXPERIMENT_FILE, REPORT_FILE, RELEARNING_FILE):
         (root / name).unlink(missing_ok=True)
     for name in (RUNS_DIR, FIGURES_DIR):
         shutil.rmtree(root / name, ignore_errors=True)
