@@ -51,8 +51,8 @@ def relearning_rows(base, seed: int, root: pathlib.Path, settings, methods,
     for setting in settings:
         config = setting_config(base, setting, seed)
         for method in ["original", *methods, "retrain"]:
-            workdir = (root / f"seed{seed}" / ("train" if method == "original" else setting)
-                       / ("" if method == "original" else method))
+            workdir = root / f"seed{seed}" / ("train" if method == "original"
+                                               else f"{setting}/{method}")
             if (seed, setting, method) in done or not (workdir / "results.json").exists():
                 continue
             method_config = config.copy_and_resolve_references()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a lent GPU machine (README "GPU"):
-#   bash scripts/gpu.sh [BENCH_BUDGET_S] [TESTS_S]       (defaults 330 and 100; files go to $OUT,
+#   bash scripts/gpu.sh [BENCH_BUDGET_S] [TESTS_S]       (defaults 300 and 100; files go to $OUT,
 #                                                        which the device tool sets, else runs/gpu)
 # (a trial on a CPU: JAX_PLATFORMS=cpu BENCH_ARGS="--tiny --sections=peaks" bash scripts/gpu.sh 60 30)
 # 1. the environment: versions, the GPU (env.txt);
@@ -10,8 +10,8 @@
 #    float32 CPU references; TF32, JAX's GPU default, is the benchmark's business), stopped after
 #    TESTS_S seconds with pytest's summary (tests.log);
 # 4. python -m benchmarks.gpu within BENCH_BUDGET_S (bench.log, results.json, tables.md, which it
-#    rewrites after every measurement; stopped 60 s past its budget, it prints what it has).
-# Under the device tool's 10-minute limit with the defaults: ~15 + ≤150 + ≤115 + ≤390 s.
+#    rewrites after every measurement; stopped 45 s past its budget, it prints what it has).
+# Under the device tool's 10-minute limit with the defaults: ~15 + ≤100 + ≤115 + ≤365 s.
 # Python packages the machine lacks travel as wheels in .whl/, fetched here beforehand with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
@@ -24,7 +24,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
-BENCH_BUDGET_S=${1:-330}
+BENCH_BUDGET_S=${1:-300}
 TESTS_S=${2:-100}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -56,9 +56,9 @@ cat "$OUT/env.txt"
 echo "== smoke scu-train + scu-unlearn on the GPU"
 SMOKE=$(mktemp -d)
 started=$SECONDS
-timeout 90 python3 -m scu_jax.binaries.train --config=configs/mnist.py:smoke \
+timeout 60 python3 -m scu_jax.binaries.train --config=configs/mnist.py:smoke \
   --workdir="$SMOKE/train" > "$OUT/smoke.log" 2>&1 \
-  && timeout 60 python3 -m scu_jax.binaries.unlearn --config=configs/mnist.py:smoke \
+  && timeout 40 python3 -m scu_jax.binaries.unlearn --config=configs/mnist.py:smoke \
        --config.unlearning.method=scu --init_workdir="$SMOKE/train" --workdir="$SMOKE/scu" \
        >> "$OUT/smoke.log" 2>&1
 echo "smoke: exit $? in $((SECONDS - started)) s"
@@ -80,7 +80,7 @@ echo "tests: exit $?"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -25
 
 echo "== benchmarks.gpu (budget $BENCH_BUDGET_S s)"
-timeout -k 20 -s INT $((BENCH_BUDGET_S + 60)) python3 -m benchmarks.gpu --gpu_out="$OUT" \
+timeout -k 20 -s INT $((BENCH_BUDGET_S + 45)) python3 -m benchmarks.gpu --gpu_out="$OUT" \
   --budget_s="$BENCH_BUDGET_S" ${BENCH_ARGS:-} 2> "$OUT/bench.log"
 echo "benchmarks.gpu: exit $?"
 grep -E "failed|Error" "$OUT/bench.log" | tail -10
