@@ -11,12 +11,14 @@ import ml_collections
 from scu_jax.errors import ConfigError
 from scu_jax.config import default_config
 from scu_jax.data import DATASETS
+from scu_jax.data.sources import like
 
 VARIANTS = ("reference", "smoke")
 
 
 def cifar_config(dataset: str) -> ml_collections.ConfigDict:
-    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting."""
+    """The paper's CIFAR-10 / CIFAR-100 (20 coarse labels) setting (also a real-pixel fixture's:
+    `cifar10_real20`, `cifar100_real20`)."""
     config = default_config()
     config.dataset = dataset
     config.train.epochs = 20  # CIFAR's 50,000 images: the paper's epochs are its step budget.
@@ -36,7 +38,7 @@ def cifar_config(dataset: str) -> ml_collections.ConfigDict:
     config.eval_batch_size = 250
     config.eval_draws = 1
     config.checkpoint_every_epochs = 1  # an epoch of 50,000 images is worth keeping
-    if dataset == "cifar100":
+    if like(dataset) == "cifar100":
         config.erasure.base_class = 18
         config.unlearning.lambda_kl = 1e-4
         config.unlearning.rho = 10.0
@@ -60,7 +62,7 @@ def preset(dataset: str) -> ml_collections.ConfigDict:
         return default_config()
     if dataset == "mnist":
         return mnist_tfds_config()
-    if dataset in ("cifar10", "cifar100"):
+    if like(dataset) in ("cifar10", "cifar100"):
         return cifar_config(dataset)
     raise ConfigError(f"config.dataset={dataset!r}: must be one of: {', '.join(sorted(DATASETS))}")
 
@@ -102,7 +104,7 @@ def use_reference_protocol(config: ml_collections.ConfigDict) -> ml_collections.
     config.channel.draw = "scalar"
     config.train.reset_optimizer_each_epoch = True
     u.hbu_fixed_probe = True
-    if config.dataset in ("mnist5k", "mnist"):
+    if like(config.dataset) in ("mnist5k", "mnist"):
         config.channel.name, config.channel.snr_db, config.channel.k_factor = "rician", 6.0, 2.0
         config.evaluation.channel = "none"
         u.learning_rate = 1e-4
@@ -120,7 +122,7 @@ def use_reference_protocol(config: ml_collections.ConfigDict) -> ml_collections.
         u.partial_batch = "drop"
         u.augment_remain = True
         u.early_stop = True
-        if config.dataset == "cifar10":
+        if like(config.dataset) == "cifar10":
             u.epoch_stop = 0.0
         else:
             config.model.receiver = "resnet18"

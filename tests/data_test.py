@@ -71,7 +71,7 @@ def test_mnist5k_corrupt_file(tmp_path):
 
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="unknown dataset 'x'; choose one of: "
-                       "mnist5k, mnist, cifar10, cifar100"):
+                       "mnist5k, mnist, cifar10, cifar100, cifar10_real20, cifar100_real20$"):
         data.load_dataset("x")
 
 

@@ -533,35 +533,6 @@ def test_refuses_to_write_into_the_trained_workdir_or_reuse_another_method(train
 
 
 @pytest.mark.slow
-def test_cifar_path_unlearns_with_batchnorm_and_ce_objective(mock_tfds, tmp_path):
-    """The ResNet codec (BatchNorm, joint receiver) through training and SCU's CE objective."""
-    config = presets.apply_variant(presets.cifar_config("cifar10"), "smoke")
-    config.max_train_examples, config.max_test_examples = 64, 32
-    config.erasure.edr = 0.1
-    config.evaluation.mi_steps = 0
-    config.eval_batch_size = 32
-    train.train_and_evaluate(config, str(tmp_path / "train"))
-    scu_config = _method_config(config, "scu", max_epochs=1)
-    assert scu_config.unlearning.erased_objective == "mse+ce" and scu_config.train.ce_weight > 0
-    split, system, params, batch_stats = _setup(scu_config, tmp_path / "train")
-    results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
-    assert results["steps"] >= 1 and np.isfinite(results["mse_clean"])
-    unlearned, unlearned_stats, _ = saved_lib.load_variables(tmp_path / "scu", system, scu_config,
-                                                           (32, 32, 3))
-    # Both the codec and the jointly trained receiver moved; BatchNorm statistics were updated.
-    for part in ("codec", "receiver"):
-        assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(params[part]),
-                                                         jax.tree.leaves(unlearned[part])))
-    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(batch_stats),
-                                                     jax.tree.leaves(unlearned_stats)))
-    # One instrument: the original receiver reads the row; the unlearned one is an extra reading.
-    assert results["receiver"] == "original"
-    assert {f"own_receiver_{name}" for name in evaluation.RECEIVER_METRICS} <= set(results)
-    # On a CPU the ResNet's epochs dispatch one step at a time (XLA runs its convolutions slower
-    # in loops); test_per_step_epochs_equal_the_scan_fused_epoch checks that path.
-    assert build.convolutions_slow_in_loops(scu_config)
-
-
 def test_hbu_fixed_probe_reuses_one_rademacher_vector(monkeypatch):
     """The reference draws HBU's Rademacher probe once, from a fixed seed; by default
     each step draws its own (two eager steps, the probe keys recorded)."""
@@ -612,44 +583,6 @@ def test_a_result_saved_before_new_fields_is_reused(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_cifar_reference_protocol_end_to_end(mock_tfds, tmp_path):
-    """The CIFAR-100 `reference` preset on mock data: crops taken once, scalar channel draws, the
-    ResNet receiver (BatchNorm), SCU with its quirks (unit-MSE weights, cropped D_r, dropped
-    partial batch), every system read by its own receiver."""
-    config = presets.apply_variant(presets.cifar_config("cifar100"), "reference,smoke")
-    assert config.model.receiver == "resnet18"
-    config.max_train_examples, config.max_test_examples = 64, 32
-    config.erasure.edr = 0.3  # the erased images of base class 18 in the 64: a partial last batch
-    config.evaluation.mi_steps = 0
-    train.train_and_evaluate(config, str(tmp_path / "train"))
-    split = build.load_split(config)
-    # The 2 % batch stop and the 10 % D_e stop off, so that the step count is exact (the stops
-    # have their own tests).
-    scu_config = _method_config(config, "scu", max_epochs=2, batch_size=3, batch_stop=0.0,
-                                epoch_stop=0.0)
-    results = unlearn.unlearn_and_evaluate(scu_config, str(tmp_path / "train"), str(tmp_path / "scu"))
-    full_batches = len(split.erased_images) // 3
-    assert full_batches >= 1 and len(split.erased_images) % 3, len(split.erased_images)
-    # ⌊|D_e|/B⌋ steps an epoch, and no epoch-level stop: both epochs run.
-    assert results["epochs"] == 2 and results["steps"] == 2 * full_batches
-    assert results["receiver"] == "own" and "original_receiver_backdoor_accuracy" in results
-    assert results["protocol"].startswith("trained through awgn, paper family, 20 dB, one noise "
-                                          "scalar per call; evaluated through the training channel")
-    assert np.isfinite(results["mse_clean"])
-    # The receiver's BatchNorm statistics were trained, then unlearned with the codec, and the
-    # original's are kept with the result (scu-evaluate reads them back).
-    _, system, _ = build.build_for(scu_config)
-    trained_params, trained_stats, _ = saved_lib.load_variables(tmp_path / "train", system, scu_config,
-                                                              (32, 32, 3))
-    params, stats, _ = saved_lib.load_variables(tmp_path / "scu", system, scu_config, (32, 32, 3))
-    assert "receiver" in trained_stats and not all(
-        np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained_stats["receiver"]),
-                                          jax.tree.leaves(stats["receiver"])))
-    alone = evaluate_workdir(str(tmp_path / "scu"))
-    assert alone["original_receiver_backdoor_accuracy"] == pytest.approx(
-        results["original_receiver_backdoor_accuracy"], abs=1e-9)
-
-
 def test_relearning_attack_trains_on_part_of_d_e_and_reads_the_rest(trained):
     from scu_jax.runs.relearn import relearning_curve
 

