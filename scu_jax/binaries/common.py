@@ -1,8 +1,11 @@
-"""What every binary shares: flag parsing and turning user errors into one line and exit 2."""
+"""What every binary shares: its help, flag parsing and turning user errors into one line and
+exit 2."""
 
 from __future__ import annotations
 
+import inspect
 import sys
+import textwrap
 from typing import Callable, NoReturn, Sequence
 
 import ml_collections
@@ -105,8 +108,84 @@ def run_guarded(program: str, body: Callable[[], None]) -> None:
         fail(program, "interrupted", code=130)
 
 
-def entry(program: str, main: Callable[[], None]) -> Callable[[], None]:
-    """A binary's console-script function: parses the flags (an error is one line, exit 2),
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
+FULL_HELP_FLAGS = ("--helpfull", "-helpfull")
+_WIDTH = 96
+
+
+def own_flags() -> list[flags.Flag]:
+    """The flags scu-jax's modules defined in this process, in the order they were defined: a
+    binary's module and this one's `define_*` helpers (absl names a `python -m` module by its
+    path, `sys.argv[0]`). Other libraries' (absl, chex, Orbax) are defined in their own modules."""
+    by_module = flags.FLAGS.flags_by_module_dict()
+    return [flag for module, defined in by_module.items()
+            if module.startswith("scu_jax.") or module == sys.argv[0] for flag in defined]
+
+
+def _required(flag: flags.Flag) -> bool:
+    # mark_flags_as_required registers this validator (absl's wording).
+    return any("must have a value other than None" in getattr(validator, "message", "")
+               for validator in getattr(flag, "validators", ()))
+
+
+# What a string flag's value is, where its name does not say.
+_METAVARS = {"workdir": "DIR", "init_workdir": "DIR", "reference_workdir": "DIR",
+             "deployment": "DIR", "compilation_cache": "DIR", "output": "FILE", "ids": "FILE,...",
+             "config": "FILE[:VARIANTS]", "shard": "i/n", "coordinator_address": "HOST:PORT",
+             "request_id": "NAME"}
+
+
+def _usage(flag: flags.Flag) -> str:
+    if flag.flag_type() == "bool":
+        return f"--[no]{flag.name}"
+    if isinstance(flag.parser, flags.EnumParser):
+        return f"--{flag.name}={{{'|'.join(flag.parser.enum_values)}}}"
+    metavar = {"int": "INT", "float": "FLOAT", "comma separated list of strings": "A,B,..."}
+    return f"--{flag.name}={_METAVARS.get(flag.name, metavar.get(flag.flag_type(), 'VALUE'))}"
+
+
+def _help(flag: flags.Flag) -> str:
+    text = " ".join(flag.help.split())
+    if isinstance(flag.parser, flags.EnumParser):  # absl prefixes the values, shown above
+        text = text.removeprefix(f"<{'|'.join(flag.parser.enum_values)}>: ")
+    return text
+
+
+def _default(flag: flags.Flag) -> str | None:
+    if _required(flag):
+        return "required"
+    value = flag.default
+    if value is None or (flag.name == "config" and not value):
+        return None
+    if isinstance(value, bool):
+        return f"default: {str(value).lower()}"
+    if isinstance(value, (list, tuple)):
+        return f"default: {','.join(map(str, value))}"
+    return f"default: {value!r}" if isinstance(value, str) else f"default: {value}"
+
+
+def help_text(program: str, doc: str) -> str:
+    """What `program --help` prints: the binary's docstring, then its own flags with their help
+    and defaults (absl's, chex's and Orbax's flags are left to `--helpfull`)."""
+    lines = [inspect.cleandoc(doc), "", "Flags:"]
+    for flag in own_flags():
+        default = _default(flag)
+        lines.append(f"  {_usage(flag)}" + (f"  ({default})" if default else ""))
+        lines.extend(textwrap.wrap(_help(flag), _WIDTH, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6))
+    lines += ["", f"Every flag, the libraries' too: {program} --helpfull"]
+    return "\n".join(lines)
+
+
+def _asked(argv: Sequence[str], names: Sequence[str]) -> bool:
+    """Whether one of `names` is among the flags (before a `--`, which ends them)."""
+    flags_part = argv[:argv.index("--")] if "--" in argv else argv
+    return any(arg in names for arg in flags_part)
+
+
+def entry(program: str, main: Callable[[], None], doc: str) -> Callable[[], None]:
+    """A binary's console-script function: `--help` prints `help_text` and exits 0 (`--helpfull`
+    adds every library's flags); otherwise parses the flags (an error is one line, exit 2),
     refuses stray positional arguments, then runs `main`."""
 
     def checked(argv: list[str]) -> None:
@@ -114,4 +193,13 @@ def entry(program: str, main: Callable[[], None]) -> Callable[[], None]:
             fail(program, f"unexpected arguments: {' '.join(argv[1:])}")
         main()
 
-    return lambda: app.run(checked, flags_parser=flags_parser(program))
+    def run() -> None:
+        if _asked(sys.argv[1:], HELP_FLAGS + FULL_HELP_FLAGS):
+            print(help_text(program, doc))
+            if _asked(sys.argv[1:], FULL_HELP_FLAGS):
+                print("\nAll flags, by the module that defines them:\n")
+                print(flags.FLAGS.get_help())
+            sys.exit(0)
+        app.run(checked, flags_parser=flags_parser(program))
+
+    return run

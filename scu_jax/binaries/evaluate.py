@@ -1,9 +1,13 @@
 """`scu-evaluate`: evaluates any saved system (trained or unlearned) and prints its metrics.
 
-  scu-evaluate --workdir=runs/mnist_scu [--reference_workdir=runs/mnist_retrain]
+Usage:
+  scu-evaluate --workdir=DIR [--reference_workdir=RETRAINED] [--output=FILE]
 
 The config is the one stored with the checkpoint; --workdir is only read. --output=FILE also
 writes the metrics as JSON (atomically).
+
+Example:
+  scu-evaluate --workdir=runs/smoke/scu --output=runs/smoke/scu_metrics.json
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def _main() -> None:
     common.run_guarded(PROGRAM, body)
 
 
-run = common.entry(PROGRAM, _main)
+run = common.entry(PROGRAM, _main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """`scu-experiment`: a grid of cells (the paper's sweeps) as one resumable command.
 
-  scu-experiment --config=configs/experiments/edr_sweep.py --workdir=runs/edr --workers=2
+Usage:
+  scu-experiment --config=configs/experiments/SWEEP.py[:DATASETS[,smoke]] --workdir=DIR
+      [--workers=N] [--shard=i/n] [--overwrite] [--report=false]
 
-Writes WORKDIR/results.jsonl (one row per cell), results.csv, figures/ and REPORT.md. Rerunning
+Writes DIR/results.jsonl (one row per cell), results.csv, figures/ and REPORT.md. Rerunning
 the same command skips finished cells and resumes the rest; a workdir of another experiment is
 refused unless --overwrite is given.
 
-Across machines: `--shard=i/n` (or, without it, a SLURM array task's SLURM_ARRAY_TASK_ID minus
+Across machines: --shard=i/n (or, without it, a SLURM array task's SLURM_ARRAY_TASK_ID minus
 SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT) runs shard i of n into a shared workdir, its
-rows to WORKDIR/results.shard-i-of-n.jsonl; `scu-report` merges them when every shard is done.
+rows to DIR/results.shard-i-of-n.jsonl; scu-report merges them when every shard is done.
+
+Example (8 cells, about a minute):
+  scu-experiment --config=configs/experiments/edr_sweep.py:smoke --workdir=runs/smoke/sweep
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ from scu_jax.experiments.shards import parse_shard, shard_from_environment
 
 PROGRAM = "scu-experiment"
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config (configs/experiments/*.py[:datasets[,smoke]]).",
-    lock_config=True)
+    "config", None, "Experiment config: configs/experiments/SWEEP.py[:DATASETS[,reference][,smoke]]; "
+    "its grid and bases overridden with --config.grid.AXIS=(...) and "
+    "--config.bases.DATASET.FIELD=VALUE (docs/experiments.md).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The experiment directory.")
 _WORKERS = flags.DEFINE_integer(
-    "workers", min(2, os.cpu_count() or 1),
-    "Tasks run in this many worker processes at once (0: all in this process).")
+    "workers", None,
+    "Tasks run in this many worker processes at once (0: all in this process; default: 2, or 1 "
+    "on a one-CPU machine).")
 _OVERWRITE = flags.DEFINE_boolean(
     "overwrite", False, "Delete the results of another experiment found in --workdir and start afresh.")
 _REPORT = flags.DEFINE_boolean("report", True, "Write figures/ and REPORT.md at the end.")
@@ -57,12 +64,13 @@ def _shard():
 def _main() -> None:
     shard = _shard()
     config = common.config_or_fail(PROGRAM, _CONFIG)
-    if _WORKERS.value < 0:
-        common.fail(PROGRAM, f"--workers={_WORKERS.value}: must be >= 0 (0 runs every task in "
+    workers = min(2, os.cpu_count() or 1) if _WORKERS.value is None else _WORKERS.value
+    if workers < 0:
+        common.fail(PROGRAM, f"--workers={workers}: must be >= 0 (0 runs every task in "
                              "this process)")
 
     def body() -> None:
-        done = run_experiment(config, _WORKDIR.value, workers=_WORKERS.value,
+        done = run_experiment(config, _WORKDIR.value, workers=workers,
                               overwrite=_OVERWRITE.value, compilation_cache=_CACHE.value,
                               shard=shard)
         prefix = "" if shard is None else f"shard {shard}: "
@@ -79,7 +87,7 @@ def _main() -> None:
     common.run_guarded(PROGRAM, body)
 
 
-run = common.entry(PROGRAM, _main)
+run = common.entry(PROGRAM, _main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`scu-forget`: applies forget requests to a deployed system, one version each, in a ledger.
 
-  scu-forget --deployment=DIR --init_workdir=TRAINED [--config=configs/mnist.py[:variant] ...] \
-      (--ids=FILE[,FILE...] | --class_id=N | --random_fraction=F [--random_seed=S]) \
+Usage:
+  scu-forget --deployment=DIR --init_workdir=TRAINED [--config=FILE[:VARIANTS] ...]
+      (--ids=FILE[,FILE...] | --class_id=N | --random_fraction=F [--random_seed=S])
       [--request_id=NAME] [--method=scu] [--coalesce]
   scu-forget --deployment=DIR --verify [--output=FILE]
 
@@ -10,6 +11,9 @@ The first call copies the finished clean-set system in --init_workdir (scu-train
 --config may change the unlearning and evaluation fields only. A rerun after a kill completes the
 request. --verify re-evaluates the current version on every erased sample and checks the versions
 against the ledger (a mismatch: exit 1).
+
+Example (alice.txt: training-set indices, one per line):
+  scu-forget --deployment=runs/deployed --init_workdir=runs/clean --ids=alice.txt
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from scu_jax.runs import ledger
 
 PROGRAM = "scu-forget"
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional config file (configs/*.py[:variant]): only its unlearning and "
-    "evaluation fields may differ from the deployment's.", lock_config=True)
+    "config", None, "Optional config file (configs/NAME.py[:reference,smoke]), and "
+    "--config.FIELD=VALUE overrides: only the unlearning and evaluation fields may differ from the "
+    "deployment's (the fields: docs/config.md).", lock_config=True)
 _DEPLOYMENT = flags.DEFINE_string("deployment", None, "The deployment directory: versions and "
                                   "ledger.jsonl.")
 _INIT_WORKDIR = flags.DEFINE_string("init_workdir", None, "A finished scu-train workdir trained "
@@ -104,7 +109,7 @@ def _main() -> None:
     common.run_guarded(PROGRAM, body)
 
 
-run = common.entry(PROGRAM, _main)
+run = common.entry(PROGRAM, _main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """`scu-report`: the figures and REPORT.md of an experiment directory, from its results.
 
-  scu-report --workdir=runs/edr
+Usage:
+  scu-report --workdir=DIR
 
-Reads WORKDIR/results.jsonl and the saved samples; writes WORKDIR/figures/*.{png,pdf} and
-WORKDIR/REPORT.md (each through a temporary file and a rename). Needs no JAX computation.
+Reads DIR/results.jsonl (and every shard's rows file) and the saved samples; writes
+DIR/results.csv, DIR/figures/*.{png,pdf} and DIR/REPORT.md (each through a temporary file and a
+rename). Needs no JAX computation.
+
+Example (after the scu-experiment example):
+  scu-report --workdir=runs/smoke/sweep
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ def _main() -> None:
     common.run_guarded(PROGRAM, body)
 
 
-run = common.entry(PROGRAM, _main)
+run = common.entry(PROGRAM, _main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
-"""`scu-train`: trains the original semantic communication system.
+"""`scu-train`: trains the original semantic communication system and evaluates it.
 
-  scu-train --config=configs/mnist.py --workdir=runs/mnist [--config.channel.snr_db=10]
+Usage:
+  scu-train --config=FILE[:VARIANTS] --workdir=DIR [--config.FIELD=VALUE ...] [--overwrite]
 
-Rerunning the same command resumes from the workdir's latest checkpoint.
+Trains the receiver, then the codec (encoder, channel, decoder) on the poisoned training set of
+the config's protocol, saves Orbax checkpoints in DIR/checkpoints/, the curves in DIR/summaries/
+(TensorBoard) and every metric in DIR/results.json. Rerunning the same command resumes from the
+workdir's latest checkpoint; a workdir of another configuration is refused unless --overwrite.
+
+Example (a tiny run, under a minute on a CPU):
+  scu-train --config=configs/mnist.py:smoke --workdir=runs/smoke/train
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ from scu_jax.binaries import common
 from scu_jax.runs.train import train_and_evaluate
 
 PROGRAM = "scu-train"
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file: configs/NAME.py[:reference,smoke]; any field overridden with "
+    "--config.FIELD=VALUE (the fields: docs/config.md).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints and results.json.")
 _OVERWRITE = common.define_overwrite_flag()
 _DISTRIBUTED = common.define_distributed_flags()
@@ -32,7 +40,7 @@ def _main() -> None:
     common.run_guarded(PROGRAM, body)
 
 
-run = common.entry(PROGRAM, _main)
+run = common.entry(PROGRAM, _main, __doc__)
 
 
 if __name__ == "__main__":
