@@ -45,17 +45,24 @@ from scu_jax.losses import reconstruction_mse
 from scu_jax.losses import scu_loss
 from scu_jax.methods import Batch
 from scu_jax.methods import CodecObjective
+from scu_jax.methods import Examples
 from scu_jax.methods import Method
 from scu_jax.methods import Recipe
 from scu_jax.methods import TrainState
 from scu_jax.methods import UnlearnState
 from scu_jax.methods import finetune
 from scu_jax.methods import hbu
+from scu_jax.methods import l1_sparse
+from scu_jax.methods import saliency
+from scu_jax.methods import saliency_mask
+from scu_jax.methods import salun
 from scu_jax.methods import scu
 from scu_jax.methods import scu_no_cc
+from scu_jax.methods import ssd
 from scu_jax.methods import unlearning_phase
 from scu_jax.methods import vbu
 from scu_jax.methods.training import codec_step
+from scu_jax.methods.training import initial_state
 from scu_jax.methods.training import receiver_step
 from scu_jax.mi import estimate_infonce
 from scu_jax.mi import estimate_mine
@@ -70,8 +77,8 @@ from scu_jax.parallel import mesh_for
 __version__ = "0.1.0"
 
 __all__ = (
-    "CHANNELS",
     "Batch",
+    "CHANNELS",
     "Channel",
     "CheckpointMismatchError",
     "CheckpointReadError",
@@ -81,6 +88,7 @@ __all__ = (
     "DatasetUnavailableError",
     "Draws",
     "ErasureSplit",
+    "Examples",
     "LedgerMismatchError",
     "Method",
     "NonFiniteError",
@@ -99,16 +107,18 @@ __all__ = (
     "cosine_similarity",
     "crop_keeping_trigger",
     "cross_entropy",
+    "draws_of",
     "estimate_infonce",
     "estimate_mine",
-    "draws_of",
     "fading_coefficients",
     "finetune",
     "gaussian_kl",
     "get_channel",
     "hbu",
     "init_system",
+    "initial_state",
     "kl_to_prior",
+    "l1_sparse",
     "load_dataset",
     "make_erasure_split",
     "measured_snr_db",
@@ -120,9 +130,13 @@ __all__ = (
     "rician",
     "run",
     "run_many",
+    "saliency",
+    "saliency_mask",
+    "salun",
     "scu",
     "scu_loss",
     "scu_no_cc",
+    "ssd",
     "target_rate",
     "unlearning_phase",
     "variational_upper_bound",

@@ -123,6 +123,11 @@ def fading_coefficients(key: Array, shape: tuple[int, ...], *, kind: str,
 
     Returns:
       complex64 array of ``shape`` with ``E|h|^2 = 1``.
+
+    Example:
+      >>> h = scu_jax.fading_coefficients(key, (100_000,), kind="rician", k_factor=2.0)
+      >>> h.dtype, round(float(jnp.mean(jnp.abs(h) ** 2)), 1)
+      (dtype('complex64'), 1.0)
     """
     _check_choice("fading kind", kind, _FADING_KINDS)
     if kind == "awgn":
@@ -229,6 +234,11 @@ def awgn(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
 
     Returns:
       Received latents, same shape and dtype as ``z``.
+
+    Example:
+      >>> y = scu_jax.awgn(key, z, 5.0, family="paper")
+      >>> y.shape, round(float(scu_jax.measured_snr_db(z, y)))
+      ((128, 20), 5)
     """
     return _channel(key, z, snr_db, kind="awgn", family=family, k_factor=0.0,
                     fading="block", equalizer=equalizer, draw=draw)
@@ -254,6 +264,11 @@ def rayleigh(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
 
     Returns:
       Received latents, same shape and dtype as ``z``.
+
+    Example:
+      >>> y = scu_jax.rayleigh(key, z, jnp.full((128,), 10.0), fading="symbol", equalizer="zf")
+      >>> y.shape, y.dtype
+      ((128, 20), dtype('float32'))
     """
     return _channel(key, z, snr_db, kind="rayleigh", family=family, k_factor=0.0,
                     fading=fading, equalizer=equalizer, draw=draw)
@@ -283,6 +298,12 @@ def rician(key: Array, z: Array, snr_db: SnrDb, *, family: str = "physical",
 
     Returns:
       Received latents, same shape and dtype as ``z``.
+
+    Example:
+      >>> # The reference's draw: one Rice-distributed shift for the whole batch.
+      >>> y = scu_jax.rician(key, z, 6.0, family="paper", draw="scalar")
+      >>> bool(jnp.allclose(y - z, (y - z)[0, 0])), bool((y - z)[0, 0] > 0)
+      (True, True)
     """
     return _channel(key, z, snr_db, kind="rician", family=family, k_factor=k_factor,
                     fading=fading, equalizer=equalizer, draw=draw)
@@ -294,19 +315,37 @@ def identity(key: Array, z: Array, snr_db: SnrDb, **unused: Any) -> Array:
     return z
 
 
+#: The channel functions by name: ``awgn``, ``rayleigh``, ``rician`` and ``none`` (``y = z``),
+#: each called as ``f(key, z, snr_db, **options)``; the config's ``channel.name`` is one of them.
+#:
+#: Example:
+#:   >>> sorted(scu_jax.CHANNELS)
+#:   ['awgn', 'none', 'rayleigh', 'rician']
 CHANNELS: dict[str, Callable[..., Array]] = {
     "awgn": awgn, "rayleigh": rayleigh, "rician": rician, "none": identity}
 
 
 def get_channel(name: str) -> Callable[..., Array]:
-    """Looks up a channel function by name (a key of ``CHANNELS``)."""
+    """Looks up a channel function, ``f(key, z, snr_db, **options)``, by name (a key of
+    ``CHANNELS``); an unknown name raises ``ValueError``.
+
+    Example:
+      >>> scu_jax.get_channel("rician") is scu_jax.rician
+      True
+    """
     if name not in CHANNELS:
         raise ValueError(f"unknown channel {name!r}; choose one of: {', '.join(sorted(CHANNELS))}")
     return CHANNELS[name]
 
 
 def measured_snr_db(clean: Array, noisy: Array) -> Array:
-    """Empirical SNR ``10 log10(mean(clean^2) / mean((noisy - clean)^2))`` in dB."""
+    """Empirical SNR ``10 log10(mean(clean^2) / mean((noisy - clean)^2))`` in dB: a scalar over
+    every element of ``clean`` (what was sent) and ``noisy`` (what was received, same shape).
+
+    Example:
+      >>> round(float(scu_jax.measured_snr_db(z, 1.1 * z)), 3)   # noise = z / 10
+      20.0
+    """
     clean = jnp.asarray(clean, jnp.float32)
     noise = jnp.asarray(noisy, jnp.float32) - clean
     return 10.0 * jnp.log10(jnp.mean(clean ** 2) / jnp.mean(noise ** 2))
@@ -323,6 +362,14 @@ class Channel(nn.Module):
       fading: ``"block"`` or ``"symbol"``.
       equalizer: ``"mmse"`` or ``"zf"``.
       draw: ``"element"`` or ``"scalar"`` (paper family).
+
+    Called as ``layer(z, snr_db=None, *, deterministic=False)``: ``snr_db`` (scalar or ``(B,)``)
+    overrides the attribute; ``deterministic=True`` passes ``z`` through.
+
+    Example:
+      >>> layer = scu_jax.Channel("rayleigh", "physical", snr_db=10.0)
+      >>> layer.apply({}, z, rngs={"channel": key}).shape
+      (128, 20)
     """
     channel: str = "awgn"
     family: str = "physical"

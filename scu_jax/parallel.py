@@ -33,7 +33,16 @@ DATA_AXIS = "data"
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
-    """Where a run's arrays live: one device (`mesh is None`) or a 1-D `data` mesh."""
+    """Where a run's arrays live: one device (`mesh is None`) or a 1-D `data` mesh.
+
+    Attributes:
+      mesh: the 1-D mesh over the `data` axis, or None for one device. `size`, `replicate`,
+        `jit` and the batch shardings follow from it.
+
+    Example:
+      >>> scu_jax.DataParallel().size, scu_jax.mesh_for(1).mesh is None
+      (1, True)
+    """
 
     mesh: jax.sharding.Mesh | None = None
 
@@ -96,6 +105,14 @@ def mesh_for(devices: int, batch_sizes: Mapping[str, int] = {}) -> DataParallel:
     Raises:
       ConfigError: more devices than there are, a multi-process run not on every device, or a
         batch that does not split evenly over the devices.
+
+    Returns:
+      A `DataParallel`.
+
+    Example:
+      >>> parallel = scu_jax.mesh_for(0, {"train.batch_size": 16})   # every device here
+      >>> parallel.size == jax.device_count()
+      True
     """
     available = jax.device_count()
     processes = jax.process_count()

@@ -27,7 +27,14 @@ from scu_jax.models import System, to_unit_interval
 class Draws(NamedTuple):
     """An image set sent `Protocol.draws` times in padded batches of fixed size: `images` (n, ...)
     held once, `rows` (num_batches, B) the rows of `images` each batch sends (the set repeated
-    `draws` times, in order, then padded) and `mask` (num_batches, B), 1 for real rows."""
+    `draws` times, in order, then padded) and `mask` (num_batches, B), 1 for real rows.
+
+    Example:
+      >>> from scu_jax.passes import Protocol
+      >>> draws = scu_jax.draws_of(np.asarray(images), Protocol(draws=3, batch_size=32))
+      >>> draws.rows.shape, int(draws.mask.sum())   # 48 sends in 2 batches of 32
+      ((2, 32), 48)
+    """
 
     images: Any
     rows: Any
@@ -36,7 +43,21 @@ class Draws(NamedTuple):
 
 def draws_of(images: np.ndarray, protocol: Protocol) -> Draws:
     """`images` sent `protocol.draws` times in batches of `protocol.batch_size` (at most the
-    number of sends), for `target_rate` and `masked_mean_sse`."""
+    number of sends), for `target_rate` and `masked_mean_sse`.
+
+    Args:
+      images: the set, uint8 (n, H, W, C).
+      protocol: its `draws` and `batch_size`.
+
+    Returns:
+      `Draws`.
+
+    Example:
+      >>> from scu_jax.passes import Protocol
+      >>> draws = scu_jax.draws_of(np.asarray(images), Protocol(draws=8, batch_size=500))
+      >>> draws.rows.shape, draws.rows[0, :3].tolist(), draws.rows[0, 16:19].tolist()
+      ((1, 128), [0, 1, 2], [0, 1, 2])
+    """
     sends = len(images) * protocol.draws
     indices, mask = padded_batches(sends, min(protocol.batch_size, sends))
     return Draws(images, (indices % len(images)).astype(np.int32), mask)
@@ -93,6 +114,24 @@ def target_rate(system: System, params: Mapping[str, Any], batch_stats: Mapping[
     whatever the other batches hold, so the rule's answer is already known, and the rate of the
     batches read (itself at least `threshold`) is returned. Below the threshold every batch is
     read and the rate is exact; either way `rate < threshold` is what a full read decides.
+
+    Args:
+      system: the two modules.
+      params, batch_stats: the system's variables.
+      draws: the set and its sends (`draws_of`).
+      target: the label counted.
+      key: PRNG key of the sends.
+      threshold: the stopping rule's threshold, or None for the exact rate.
+
+    Returns:
+      A scalar in [0, 1].
+
+    Example:
+      >>> from scu_jax.passes import Protocol
+      >>> draws = scu_jax.draws_of(np.asarray(images), Protocol(draws=2, batch_size=32))
+      >>> rate = scu_jax.target_rate(system, state.params, state.batch_stats, draws, 2, key)
+      >>> 0.0 <= float(rate) <= 1.0
+      True
     """
     def hits(out, logits, x):
         return jnp.argmax(logits, axis=-1) == target

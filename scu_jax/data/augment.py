@@ -37,6 +37,16 @@ def crop_keeping_trigger(key: jax.Array, images: jax.Array, padding: int = 4) ->
       key: PRNG key of the crop offsets.
       images: (B, H, W, C) floats in [0, 1].
       padding: zero padding on each side before the crop.
+
+    Returns:
+      The cropped images, (B, H, W, C), the trigger where it was.
+
+    Example:
+      >>> from scu_jax.data import add_trigger, trigger_mask
+      >>> stamped = jnp.asarray(add_trigger(np.asarray(images) / 255.0))
+      >>> cropped = scu_jax.crop_keeping_trigger(key, stamped)
+      >>> bool(jnp.all(cropped[:, trigger_mask((28, 28, 1))] == 1.0))
+      True
     """
     mask = jnp.asarray(trigger_mask(images.shape[1:]))
     triggered = jnp.all(jnp.where(mask, images >= 1.0, True), axis=(1, 2, 3))

@@ -136,6 +136,12 @@ class ErasureSplit:
         whole clean training split in dataset order, and ``base_class``/``target_class`` are None.
       source: what identifies the training split and its order (`data.data_identity`), where the
         caller recorded it.
+
+    Example:
+      >>> split = scu_jax.make_erasure_split(scu_jax.load_dataset("mnist5k"), edr=0.06,
+      ...                                    base_class=1, target_class=2, seed=0)
+      >>> set(split.erased_labels.tolist()), set(split.clean_labels.tolist()), int(split.train_is_erased.sum())
+      ({2}, {1}, 240)
     """
 
     erased_images: np.ndarray
@@ -199,6 +205,12 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
 
     Raises:
       ValueError: on an invalid ``edr`` or class, or an empty ``D_e``.
+
+    Example:
+      >>> split = scu_jax.make_erasure_split(scu_jax.load_dataset("mnist5k"), edr=0.06,
+      ...                                    base_class=1, target_class=2, seed=0)
+      >>> len(split.erased_images), len(split.remain_images), len(split.train_images)
+      (240, 3760, 4000)
     """
     try:
         edr = float(edr)

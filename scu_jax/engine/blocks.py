@@ -34,6 +34,13 @@ class Phase(NamedTuple):
       stop: optional `summary → bool` read after each epoch: true ends the phase. Run with
         `epochs_per_dispatch`, it reads `epoch_summary` on device (no step count; its values are
         arrays), so it must be written with comparisons that trace (`summary["x"] < 0.1`).
+
+    Example:
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> phase = scu_jax.unlearning_phase(method, seed=0, num_erased=32, num_remain=64,
+      ...                                  batch_size=16, max_epochs=3)
+      >>> isinstance(phase, scu_jax.Phase), phase.epochs
+      (True, range(0, 3))
     """
 
     name: str

@@ -46,6 +46,19 @@ class Report:
     `history` holds one summary per epoch of this call: its number, the steps done by its end
     (counting a resumed run's earlier ones), the mean of every metric over its steps and the
     evaluation, if any.
+
+    Attributes:
+      steps: steps done by the end (a resumed run's earlier ones included).
+      epochs: epochs run by this call.
+      seconds: the steps' wall time, compilation apart.
+      compile_seconds: XLA's compilation time.
+      history: one summary per epoch.
+      stopped: why each phase ended early, if it did (its stop rule's name).
+
+    Example:
+      >>> report = scu_jax.Report(steps=12, epochs=3)   # what `run` returns, filled in
+      >>> report.seconds, report.history, report.stopped
+      (0.0, [], [])
     """
 
     steps: int = 0
@@ -117,6 +130,19 @@ def run(phases: Sequence[Phase], state: Any, data: Any, key: jax.Array, *, name:
 
     Raises:
       NonFiniteError: a loss, parameter or statistic became NaN or infinite.
+
+    Returns:
+      The final state and the `Report`.
+
+    Example:
+      >>> # The training recipe: 1 receiver epoch, then 2 codec epochs, of 4 steps each.
+      >>> from scu_jax.methods import training
+      >>> data = scu_jax.Examples(jnp.tile(images, (4, 1, 1, 1)), jnp.tile(labels, 4))
+      >>> phases = training.phases(system, recipe, seed=0, num_examples=64)
+      >>> fresh = scu_jax.initial_state(system, recipe, seed=0, image_shape=(28, 28, 1))
+      >>> trained, report = scu_jax.run(phases, fresh, data, key, name="train")
+      >>> int(trained.step), [epoch["epoch"] for epoch in report.history]
+      (12, [1, 2, 3])
     """
     if parallel.mesh is None:
         data, eval_data = jax.device_put((data, eval_data))

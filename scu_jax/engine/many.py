@@ -53,6 +53,21 @@ def run_many(phases: Phase | Sequence[Phase], batches: Sequence[Any], states: An
 
     Raises:
       NonFiniteError: a run's loss or parameters became non-finite (naming the run).
+
+    Example:
+      >>> # Two VBU runs (two seeds) as one program; each stops where it would alone.
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> def phase_of(seed):
+      ...     return scu_jax.unlearning_phase(method, seed=seed, num_erased=16, num_remain=16,
+      ...                                     batch_size=16, max_epochs=2)
+      >>> one = method.init(state.params, state.batch_stats)
+      >>> states = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), one)
+      >>> keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> finals, reports = scu_jax.run_many(phase_of(0), [phase_of(s).batches for s in (0, 1)],
+      ...                                    states, batch, keys, name="vbu", shared_data=True)
+      >>> [r.steps for r in reports], finals.step.tolist()
+      ([2, 2], [2, 2])
     """
     phases = [phases] if isinstance(phases, Phase) else list(phases)
     batches = [[of_run] if callable(of_run) else list(of_run) for of_run in batches]

@@ -23,7 +23,19 @@ from scu_jax.models import CodecOutput, System, apply_receiver, to_unit_interval
 
 
 class Method(NamedTuple):
-    """A method as pure functions (optax style)."""
+    """A method as pure functions (optax style).
+
+    Attributes:
+      init: `init(params, batch_stats)` → the method's state (`UnlearnState`), from a trained
+        system's variables (kept as θ_o where the method needs them).
+      step: `step(state, batch, key)` → `(state, StepMetrics)`, pure: jit it with the state
+        donated, or hand the method to `unlearning_phase` and the engine.
+
+    Example:
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> isinstance(method, scu_jax.Method)
+      True
+    """
 
     init: Callable[[dict[str, Any], dict[str, Any]], Any]
     step: Callable[[Any, Any, jax.Array], tuple[Any, Any]]
@@ -32,7 +44,18 @@ class Method(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class CodecObjective:
     """The codec's training loss `β·KL(q(z|x) ‖ N(0, I)) + mse_weight·MSE + ce_weight·CE`
-    (the paper's VAE objective; the CE term trains the receiver jointly on CIFAR)."""
+    (the paper's VAE objective; the CE term trains the receiver jointly on CIFAR).
+
+    Attributes:
+      beta: β, the KL weight (the paper's 1e-4 on MNIST).
+      mse_weight: the MSE weight (30 in the CIFAR scripts).
+      ce_weight: the weight of the receiver's CE on x̂ (1/30 on CIFAR; 0: the receiver trains
+        apart, on raw images).
+
+    Example:
+      >>> scu_jax.CodecObjective(beta=1e-4, mse_weight=30.0, ce_weight=1 / 30).joint_receiver
+      True
+    """
 
     beta: float = 1.0
     mse_weight: float = 1.0
@@ -46,7 +69,21 @@ class CodecObjective:
 
 @flax.struct.dataclass
 class UnlearnState:
-    """The state an unlearning method carries between steps (a pytree)."""
+    """The state an unlearning method carries between steps (a pytree).
+
+    Attributes:
+      step: the steps taken.
+      params: `{"codec": ..., "receiver": ...}`.
+      batch_stats: BatchNorm running averages (`{}` for the MLP codec).
+      opt_state: the method's optimiser state (`()` for methods without one).
+      original: the frozen original codec `{"params", "batch_stats"}` (θ_o).
+
+    Example:
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> unlearn_state = method.init(state.params, state.batch_stats)
+      >>> int(unlearn_state.step), sorted(unlearn_state.original)
+      (0, ['batch_stats', 'params'])
+    """
 
     step: jax.Array
     params: dict[str, Any]  # {"codec": ..., "receiver": ...}
@@ -70,7 +107,20 @@ class StepMetrics(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """One unlearning step's data: an erased batch (target labels) and a remaining batch."""
+    """One unlearning step's data: an erased batch (target labels) and a remaining batch.
+
+    Attributes:
+      erased_images: uint8 (B, H, W, C), from D_e.
+      erased_targets: int (B,), the labels the erased images were trained with (the backdoor's
+        target, or a forget set's true labels).
+      remain_images: uint8 (B, H, W, C), from D_r.
+      remain_labels: int (B,), their labels.
+
+    Example:
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> batch.erased_images.shape, batch.remain_labels.shape
+      ((16, 28, 28, 1), (16,))
+    """
 
     erased_images: jax.Array
     erased_targets: jax.Array

@@ -14,7 +14,7 @@ A forget set without a backdoor has no target label to watch: its rule (`rule="g
 which D_e's reconstruction error has risen, read after each epoch) reaches `1 − gap_tolerance`:
 the system then reconstructs the erased images as it would images it never saw, which is what
 the retrained system does. Comparing D_e's error with held-out images' directly does not work:
-on the embedded MNIST (README "Forget requests against retraining", seed 0) a random 80-image D_e
+on the embedded MNIST (docs/results.md "Forget requests against retraining", seed 0) a random 80-image D_e
 is 5 % harder than the test images for the original system and 12 % for the retrained one, so the
 images' difficulty swamps the 6 % that training on them gained; relative to the original's error
 on the same images it cancels, and retrained systems then read 0.72–1.24 of the gap on six random
@@ -23,7 +23,7 @@ system never learnt from (its test images are of a class it knows), so its rule 
 stops once the receiver recognises the class on x̂(D_e) (`evaluate`: the fraction labelled with
 the class, read after each epoch) below `class_stop`, chance for 10 classes by default: the class
 is no longer transmitted. That asks more than retraining gives on MNIST, whose codec still
-transmits a never-seen "1" recognisably (README).
+transmits a never-seen "1" recognisably (docs/results.md).
 """
 
 from __future__ import annotations
@@ -72,6 +72,16 @@ def unlearning_phase(method: Method, *, seed: int, num_erased: int, num_remain: 
         `batch_stop`, `epoch_stop` and `stop_on` unused).
       gap_tolerance: the gap rule stops once `1 − gap_tolerance` of the gap is closed.
       class_stop: the class rule stops below this recognition rate.
+
+    Returns:
+      A `Phase` for `run` (one run) or `run_many` (many as one program).
+
+    Example:
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> phase = scu_jax.unlearning_phase(method, seed=0, num_erased=32, num_remain=64,
+      ...                                  batch_size=16, max_epochs=3)
+      >>> phase.name, list(phase.epochs), [indices.shape for indices in phase.batches(0)]
+      ('unlearning', [0, 1, 2], [(2, 16), (2, 16)])
     """
     def batches(epoch: int):
         return paired_epoch_indices(seed, epoch, num_erased, num_remain, batch_size,

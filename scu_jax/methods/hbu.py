@@ -63,6 +63,22 @@ def hbu(system: System, objective: CodecObjective, *, learning_rate: float,
 
     `fixed_probe`: one Rademacher probe for the whole run (the reference's fixed seed);
     `augment_remain`: D_r batches freshly cropped at every step.
+
+    Args:
+      system: the two modules.
+      objective: the codec's training loss.
+      learning_rate: the step size.
+      fixed_probe, augment_remain: as above.
+
+    Returns:
+      A `Method`.
+
+    Example:
+      >>> method = scu_jax.hbu(system, objective, learning_rate=1e-4)
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> new, metrics = jax.jit(method.step)(method.init(state.params, state.batch_stats), batch, key)
+      >>> bool(jnp.isfinite(metrics.loss)), int(new.step)
+      (True, 1)
     """
     lr, joint = learning_rate, objective.joint_receiver
 

@@ -22,7 +22,7 @@ Default fraction 0.5 (`unlearning.salun_fraction`, the paper's). Checked on the 
 main-job system (seed 0, EDR 6 %; `scu-unlearn --config=configs/mnist.py
 --config.unlearning.method=salun --config.unlearning.salun_fraction=F`): 0.5 gives backdoor
 10.1 % at 89.0 % D_clean accuracy, 0.1 gives 9.7 % at 90.2 %; without the weight w (w = ½) the
-decoder is wrecked (accuracy 0.9 %). README "Baselines from the field: their settings" has the
+decoder is wrecked (accuracy 0.9 %). docs/results.md "Baselines from the field: their settings" has the
 table and the other seeds.
 """
 
@@ -44,7 +44,25 @@ def saliency(system: System, objective: CodecObjective, params: dict[str, Any],
              batch_stats: dict[str, Any], images: jax.Array, labels: jax.Array,
              key: jax.Array) -> Any:
     """|mean over the batches of `images` (batches, B, ...) of ∇ F_e|, per trainable parameter;
-    F_e is the codec's training objective on each batch (`labels`: the labels it trained with)."""
+    F_e is the codec's training objective on each batch (`labels`: the labels it trained with).
+
+    Args:
+      system: the two modules.
+      objective: the codec's training objective.
+      params, batch_stats: the trained system's variables.
+      images: D_e as batches, (batches, B, H, W, C).
+      labels: their labels, (batches, B).
+      key: PRNG key of the passes.
+
+    Returns:
+      |∇ F_e| per trainable parameter, the pytree of the trainable parameters.
+
+    Example:
+      >>> scores = scu_jax.saliency(system, objective, state.params, state.batch_stats,
+      ...                           images.reshape(2, 8, 28, 28, 1), labels.reshape(2, 8), key)
+      >>> sorted(scores)
+      ['codec']
+    """
     joint = objective.joint_receiver
     forget_loss = objective_loss(system, objective)
 
@@ -64,7 +82,20 @@ def saliency(system: System, objective: CodecObjective, params: dict[str, Any],
 
 def saliency_mask(scores: Any, fraction: float) -> Any:
     """1 for the `fraction` of all parameters with the largest `scores`, one threshold across
-    every leaf; 0 elsewhere (float32, the scores' pytree)."""
+    every leaf; 0 elsewhere (float32, the scores' pytree).
+
+    Args:
+      scores: `saliency`'s pytree.
+      fraction: the share of parameters to update, in (0, 1].
+
+    Returns:
+      A 0/1 float32 pytree like `scores`.
+
+    Example:
+      >>> mask = scu_jax.saliency_mask({"w": jnp.arange(10.0)}, 0.3)
+      >>> mask["w"].tolist()
+      [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+    """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     flat = jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(scores)])
@@ -76,7 +107,30 @@ def saliency_mask(scores: Any, fraction: float) -> Any:
 def salun(system: System, objective: CodecObjective, *, learning_rate: float, grad_clip: float,
           mask: Any, forget_weight: float = 0.5) -> Method:
     """SalUn's masked forgetting step (see the module docstring); `mask` from `saliency_mask`,
-    `forget_weight` the weight w of the erased images' term."""
+    `forget_weight` the weight w of the erased images' term.
+
+    Args:
+      system: the two modules.
+      objective: the codec's training objective, which D_r keeps.
+      learning_rate, grad_clip: Adam's step size and the global grad-norm clip.
+      mask: which parameters the step updates (`saliency_mask`).
+      forget_weight: w, the erased term's weight (the default's ½ suits equal |D_e| and |D_r|).
+
+    Returns:
+      A `Method`.
+
+    Example:
+      >>> scores = scu_jax.saliency(system, objective, state.params, state.batch_stats,
+      ...                           images.reshape(2, 8, 28, 28, 1), labels.reshape(2, 8), key)
+      >>> method = scu_jax.salun(system, objective, learning_rate=3e-4, grad_clip=5.0,
+      ...                        mask=scu_jax.saliency_mask(scores, 0.5))
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> new, _ = jax.jit(method.step)(method.init(state.params, state.batch_stats), batch, key)
+      >>> moved = jax.tree.map(lambda a, b: a != b, new.params["codec"], state.params["codec"])
+      >>> kept = scu_jax.saliency_mask(scores, 0.5)["codec"]
+      >>> all(bool(jnp.all(m <= k)) for m, k in zip(jax.tree.leaves(moved), jax.tree.leaves(kept)))
+      True
+    """
     joint = objective.joint_receiver
 
     def loss_fn(params, batch_stats, original, batch: Batch, key):

@@ -41,6 +41,18 @@ def scu(system: System, objective: CodecObjective, *, learning_rate: float, grad
       unit_mse_in_weights: a and b see L_ss with 1·MSE (the reference's CIFAR scripts).
       augment_remain: D_r batches freshly cropped at every step (the reference's CIFAR loader).
       compensation: False is the ablation `loss = L_unl`.
+
+    Returns:
+      A `Method`; its `step` takes a `Batch` and reports `StepMetrics` with SCU's weights `a`, `b`.
+
+    Example:
+      >>> method = scu_jax.scu(system, objective, learning_rate=3e-4, grad_clip=5.0, lambda_kl=1.0,
+      ...                      beta_u=0.1, rho=1.0)
+      >>> unlearn_state = method.init(state.params, state.batch_stats)
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)   # erased, remaining
+      >>> unlearn_state, metrics = jax.jit(method.step)(unlearn_state, batch, key)
+      >>> int(unlearn_state.step), round(float(metrics.a + metrics.b), 5)
+      (1, 1.0)
     """
     joint = objective.joint_receiver
 
@@ -96,5 +108,21 @@ def scu(system: System, objective: CodecObjective, *, learning_rate: float, grad
 
 
 def scu_no_cc(system: System, objective: CodecObjective, **hyperparameters) -> Method:
-    """SCU without the contrastive compensation (the paper's ablation): `loss = L_unl`."""
+    """SCU without the contrastive compensation (the paper's ablation): `loss = L_unl`.
+
+    Args:
+      system, objective: as `scu`'s.
+      **hyperparameters: `scu`'s keyword arguments.
+
+    Returns:
+      A `Method`.
+
+    Example:
+      >>> method = scu_jax.scu_no_cc(system, objective, learning_rate=3e-4, grad_clip=5.0,
+      ...                            lambda_kl=1.0, beta_u=0.1, rho=1.0)
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> _, metrics = jax.jit(method.step)(method.init(state.params, state.batch_stats), batch, key)
+      >>> float(metrics.utility)   # no compensation: no remaining-data term
+      0.0
+    """
     return scu(system, objective, **hyperparameters, compensation=False)

@@ -15,8 +15,8 @@ codec's reconstruction gradients are small and under Adam a penalty that size de
 update. Swept on the embedded MNIST's main-job system (seed 0, EDR 6 %; `scu-unlearn
 --config=configs/mnist.py --config.unlearning.method=l1_sparse --config.unlearning.l1_strength=G`,
 G in 5e-4, 1e-4, 1e-5, 1e-6, 1e-7): 5e-4 collapses the decoder (D_clean accuracy 0 %, MSE 37);
-1e-6 is the largest γ within a point of no penalty (backdoor 1.3 %, accuracy 92.4 %). README
-"Baselines from the field: their settings" has the table and the other seeds.
+1e-6 is the largest γ within a point of no penalty (backdoor 1.3 %, accuracy 92.4 %).
+docs/results.md, "Baselines from the field: their settings", has the table and the other seeds.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ does not transfer. Swept on the embedded MNIST's main-job system (seed 0, EDR 6 
 --config=configs/mnist.py --config.unlearning.method=ssd --config.unlearning.ssd_alpha=A`, A in
 10, 12, 15, 20, 30): α = 10 dampens 1,176 parameters and costs 18 points of D_clean accuracy
 (79 → 62 %) for a backdoor of 36 %; α = 15 dampens 457, backdoor 92 → 17 %, accuracy unchanged;
-from α = 20 no parameter qualifies. README "Baselines from the field: their settings" has the
+from α = 20 no parameter qualifies. docs/results.md "Baselines from the field: their settings" has the
 table and the other seeds.
 """
 
@@ -49,7 +49,28 @@ class SSD(NamedTuple):
 def ssd(system: System, objective: CodecObjective, *, alpha: float = 10.0,
         dampening: float = 1.0, exponent: float = 1.0) -> SSD:
     """SSD with selection weighting `alpha` (α), dampening constant `dampening` (λ) and
-    `exponent` (p); see the module docstring."""
+    `exponent` (p); see the module docstring.
+
+    Args:
+      system: the two modules.
+      objective: the loss whose gradients measure importance.
+      alpha: α, a parameter is dampened where its D_e importance exceeds α times its importance to
+        the whole training set.
+      dampening: λ, the dampening's scale.
+      exponent: p.
+
+    Returns:
+      An `SSD(importance, dampen)`: no steps, one pass.
+
+    Example:
+      >>> method = scu_jax.ssd(system, objective, alpha=10.0)
+      >>> batches = images.reshape(2, 8, 28, 28, 1), labels.reshape(2, 8)
+      >>> all_importance = method.importance(state.params, state.batch_stats, *batches, key)
+      >>> erased_importance = jax.tree.map(lambda i: 100.0 * i, all_importance)
+      >>> dampened, count = method.dampen(state.params, all_importance, erased_importance)
+      >>> int(count) > 0   # parameters 100× more important to D_e were scaled down
+      True
+    """
     joint = objective.joint_receiver
     loss = objective_loss(system, objective)
 

@@ -33,7 +33,18 @@ RECEIVER, CODEC = "receiver", "codec"
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a training run carries between steps (a pytree)."""
+    """Everything a training run carries between steps (a pytree).
+
+    Attributes:
+      step: the global step over both phases.
+      params: `{"codec": ..., "receiver": ...}`.
+      batch_stats: BatchNorm running averages (`{}` for the MLP codec).
+      opt_state: `{"receiver": ..., "codec": ...}`, one Adam state per phase.
+
+    Example:
+      >>> int(state.step), sorted(state.opt_state)
+      (0, ['codec', 'receiver'])
+    """
 
     step: jax.Array  # global step over both phases
     params: dict[str, Any]  # {"codec": ..., "receiver": ...}
@@ -47,7 +58,18 @@ class TrainMetrics(NamedTuple):
 
 
 class Examples(NamedTuple):
-    """One training step's batch."""
+    """One training step's batch.
+
+    Attributes:
+      images: uint8 (B, H, W, C).
+      labels: int (B,).
+
+    Example:
+      >>> step = jax.jit(scu_jax.codec_step(system, recipe))
+      >>> new_state, metrics = step(state, scu_jax.Examples(images, labels), key)
+      >>> int(new_state.step)
+      1
+    """
 
     images: jax.Array
     labels: jax.Array
@@ -55,7 +77,26 @@ class Examples(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """The training recipe's hyper-parameters (the paper's training set-up)."""
+    """The training recipe's hyper-parameters (the paper's training set-up).
+
+    Attributes:
+      objective: the codec's loss (`CodecObjective`).
+      learning_rate: Adam's step size in the codec phase.
+      receiver_learning_rate: Adam's step size in the receiver phase.
+      grad_clip: the global grad-norm clip of both phases.
+      batch_size: images a step.
+      receiver_epochs: the receiver phase's epochs (first, on raw poisoned images).
+      epochs: the codec phase's epochs (then).
+      crop: random crops that keep the trigger, drawn at every step (CIFAR).
+      reset_optimizer_each_epoch: a fresh Adam every epoch (the reference builds one an epoch).
+      l1_strength, l1_steps_per_epoch: ℓ1-sparse unlearning (`l1_sparse`): the codec phase's
+        gradient gets γ_e·sign(θ), γ_e = l1_strength·(1 − e/epochs) in epoch e of
+        `l1_steps_per_epoch` steps (0: no penalty).
+
+    Example:
+      >>> recipe.total_epochs, recipe.phase_of(0), recipe.phase_of(1)
+      (3, 'receiver', 'codec')
+    """
 
     objective: CodecObjective
     learning_rate: float
@@ -105,13 +146,43 @@ def train_state_from(params: dict[str, Any], batch_stats: dict[str, Any],
 
 def initial_state(system: System, recipe: Recipe, seed: int,
                   image_shape: Sequence[int]) -> TrainState:
-    """The freshly initialised state of a run (parameters from `fold_in(PRNGKey(seed), 0)`)."""
+    """The freshly initialised state of a run (parameters from `fold_in(PRNGKey(seed), 0)`).
+
+    Args:
+      system: the two modules.
+      recipe: the training recipe (its optimisers).
+      seed: the run's seed.
+      image_shape: `(H, W, C)` of one image.
+
+    Returns:
+      A `TrainState` at step 0.
+
+    Example:
+      >>> fresh = scu_jax.initial_state(system, recipe, seed=1, image_shape=(28, 28, 1))
+      >>> int(fresh.step), sorted(fresh.params)
+      (0, ['codec', 'receiver'])
+    """
     variables = init_system(system, jax.random.fold_in(jax.random.PRNGKey(seed), 0), image_shape)
     return train_state_from(variables["params"], variables["batch_stats"], recipe)
 
 
 def receiver_step(system: System, recipe: Recipe):
-    """One cross-entropy step of the receiver on raw (poisoned) training images."""
+    """One cross-entropy step of the receiver on raw (poisoned) training images.
+
+    Args:
+      system: the two modules.
+      recipe: the training recipe (the receiver's learning rate, the clip).
+
+    Returns:
+      `step(state, batch, key)` → `(state, TrainMetrics(loss, accuracy))`, pure; `batch` is an
+      `Examples`.
+
+    Example:
+      >>> step = jax.jit(scu_jax.receiver_step(system, recipe))
+      >>> new_state, metrics = step(state, scu_jax.Examples(images, labels), key)
+      >>> bool(jnp.isfinite(metrics.loss)), 0.0 <= float(metrics.accuracy) <= 1.0
+      (True, True)
+    """
     tx = _optimizers(recipe)[RECEIVER]
 
     def step(state: TrainState, batch: Examples, key: jax.Array):
@@ -135,7 +206,26 @@ def receiver_step(system: System, recipe: Recipe):
 
 
 def codec_step(system: System, recipe: Recipe):
-    """One step of the codec loss (with the receiver jointly where `ce_weight > 0`)."""
+    """One step of the codec loss (with the receiver jointly where `ce_weight > 0`).
+
+    Args:
+      system: the two modules.
+      recipe: the training recipe (the codec's objective and learning rate, the clip, the crops).
+
+    Returns:
+      `step(state, batch, key)` → `(state, TrainMetrics(loss, accuracy))`, pure; it draws its
+      randomness from `fold_in(key, state.step)`.
+
+    Example:
+      >>> step = jax.jit(scu_jax.codec_step(system, recipe), donate_argnums=0)
+      >>> fresh = scu_jax.initial_state(system, recipe, seed=0, image_shape=(28, 28, 1))
+      >>> losses = []
+      >>> for _ in range(20):
+      ...     fresh, metrics = step(fresh, scu_jax.Examples(images, labels), key)
+      ...     losses.append(float(metrics.loss))
+      >>> losses[-1] < losses[0]
+      True
+    """
     objective, joint = recipe.objective, recipe.objective.joint_receiver
     tx = _optimizers(recipe)[CODEC]
 

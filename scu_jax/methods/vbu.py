@@ -17,7 +17,25 @@ from scu_jax.models import System, to_unit_interval
 
 def vbu(system: System, objective: CodecObjective, *, learning_rate: float, grad_clip: float,
         beta_u: float, erased_objective: str = "mse") -> Method:
-    """VBU: Adam on `−β_u · F_e` (`forget_term(erased_objective, ...)`)."""
+    """VBU: Adam on `−β_u · F_e` (`forget_term(erased_objective, ...)`).
+
+    Args:
+      system: the two modules.
+      objective: the codec's training loss (its CE weight says whether the receiver unlearns too).
+      learning_rate, grad_clip: Adam's step size and the global grad-norm clip.
+      beta_u: β_u, the ascent's weight.
+      erased_objective: F_e: "mse", "ce" or "mse+ce".
+
+    Returns:
+      A `Method`.
+
+    Example:
+      >>> method = scu_jax.vbu(system, objective, learning_rate=1e-4, grad_clip=5.0, beta_u=0.1)
+      >>> batch = scu_jax.Batch(images, jnp.full((16,), 2), images, labels)
+      >>> _, metrics = jax.jit(method.step)(method.init(state.params, state.batch_stats), batch, key)
+      >>> bool(metrics.loss < 0)   # −β_u·F_e: it ascends the erased error
+      True
+    """
     joint = objective.joint_receiver
 
     def loss_fn(params, batch_stats, original, batch: Batch, key):

@@ -80,6 +80,13 @@ def estimate_mine(key: Array, x: Array, z: Array, *, steps: int = 2000, batch_si
 
     Returns:
       The estimate in nats, a Python float.
+
+    Example:
+      >>> # Correlated Gaussians, ρ = 0.9: I = −½·log(1 − ρ²) = 0.83 nats.
+      >>> x = jax.random.normal(key, (2000, 1))
+      >>> noisy = 0.9 * x + jnp.sqrt(1 - 0.9 ** 2) * jax.random.normal(jax.random.PRNGKey(1), x.shape)
+      >>> 0.7 < scu_jax.estimate_mine(key, x, noisy, steps=200) < 0.95
+      True
     """
     split_key, init_key, fit_key, eval_key = jax.random.split(key, 4)
     train_x, train_z, eval_x, eval_z = _split(split_key, x, z, eval_fraction,
@@ -115,6 +122,13 @@ def estimate_infonce(key: Array, x: Array, z: Array, *, steps: int = 2000, batch
 
     Returns:
       The estimate in nats, a Python float.
+
+    Example:
+      >>> # Correlated Gaussians, ρ = 0.9: I = −½·log(1 − ρ²) = 0.83 nats.
+      >>> x = jax.random.normal(key, (2000, 1))
+      >>> noisy = 0.9 * x + jnp.sqrt(1 - 0.9 ** 2) * jax.random.normal(jax.random.PRNGKey(1), x.shape)
+      >>> 0.7 < scu_jax.estimate_infonce(key, x, noisy, steps=200) < 0.95
+      True
     """
     split_key, init_key, fit_key = jax.random.split(key, 3)
     train_x, train_z, eval_x, eval_z = _split(split_key, x, z, eval_fraction,

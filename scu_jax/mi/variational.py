@@ -30,6 +30,10 @@ def variational_upper_bound(mu: Array, logvar: Array) -> Array:
 
     References:
       Alemi et al., "Deep Variational Information Bottleneck", ICLR 2017.
+
+    Example:
+      >>> float(scu_jax.variational_upper_bound(jnp.ones((4, 20)), jnp.zeros((4, 20))))   # ½·20
+      10.0
     """
     mu = jnp.asarray(mu, jnp.float32)
     logvar = jnp.asarray(logvar, jnp.float32)

@@ -43,6 +43,22 @@ class SemanticCodec(nn.Module):
 
     Randomness comes from two Flax RNG streams: `latent` (the reparameterisation ε) and `channel`
     (the channel noise and fading), so either can be fixed independently.
+
+    Attributes:
+      encoder: a module mapping images to `2·latent_dim` values, the posterior's μ and pre-σ.
+      decoder: a module mapping latents back to images.
+      channel: a `Channel` layer, between encoder and decoder.
+      latent_dim: d, the latent's width.
+
+    Calling it (`apply`) on images in [0, 1] returns a `CodecOutput(z, x_hat, mu, logvar)`;
+    `encode`, `decode`, `forward_parts` and `sample_and_decode` are its other entry points.
+
+    Example:
+      >>> variables = scu_jax.init_system(system, key, (28, 28, 1))
+      >>> out = codec.apply({"params": variables["params"]["codec"]}, images / 255.0,
+      ...                   rngs={"latent": key, "channel": key})
+      >>> out.z.shape, out.x_hat.shape
+      ((16, 20), (16, 28, 28, 1))
     """
 
     encoder: nn.Module
@@ -97,7 +113,16 @@ class SemanticCodec(nn.Module):
 
 
 class System(NamedTuple):
-    """The two Linen modules of a semantic communication system."""
+    """The two Linen modules of a semantic communication system.
+
+    Attributes:
+      codec: the `SemanticCodec` (transmitter, channel, decoder).
+      receiver: the classifier that reads the reconstructions (`Receiver`, an MLP, or a ResNet).
+
+    Example:
+      >>> system.codec.latent_dim, type(system.receiver).__name__
+      (20, 'Receiver')
+    """
 
     codec: SemanticCodec
     receiver: nn.Module  # Receiver (MLP) or ResNetReceiver
@@ -109,12 +134,30 @@ def without_channel(system: System) -> System:
     How the authors' reference code evaluates on MNIST (its evaluation forward skips the noise,
     On_MNIST/Unlearning_Semantic_VAE_on_Backdoor.py). The channel holds no parameters, so the
     variables of `system` apply unchanged.
+
+    Example:
+      >>> scu_jax.without_channel(system).codec.channel.channel
+      'none'
     """
     return system._replace(codec=system.codec.clone(channel=Channel(channel="none")))
 
 
 def init_system(system: System, key: jax.Array, image_shape: Sequence[int]) -> dict[str, Any]:
-    """Initialises the variables: `{'params': {'codec', 'receiver'}, 'batch_stats': {...}}`."""
+    """Initialises the variables: `{'params': {'codec', 'receiver'}, 'batch_stats': {...}}`.
+
+    Args:
+      system: the two modules.
+      key: PRNG key of the initial parameters.
+      image_shape: `(H, W, C)` of one image.
+
+    Returns:
+      The variables; `batch_stats` is empty for codecs without BatchNorm.
+
+    Example:
+      >>> variables = scu_jax.init_system(system, key, (28, 28, 1))
+      >>> sorted(variables["params"]), variables["batch_stats"]
+      (['codec', 'receiver'], {})
+    """
     codec_key, receiver_key, latent_key, channel_key = jax.random.split(key, 4)
     dummy = jnp.zeros((2, *image_shape), jnp.float32)
     codec_variables = system.codec.init(
