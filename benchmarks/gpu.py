@@ -1,4 +1,4 @@
-"""`python -m benchmarks.gpu`: every number of the README's GPU section, in one command.
+"""`python -m benchmarks.gpu`: every number of docs/gpu.md, in one command.
 
   python -m benchmarks.gpu --gpu_out=runs/gpu                 # on a GPU, within --budget_s
   python -m benchmarks.gpu --gpu_out=/tmp/gpu --tiny          # the same sections at toy sizes

@@ -4,7 +4,7 @@ The paper's MNIST recipe: MLP codec (d = 20), AWGN channel of the paper family a
 (base 1 → target 2), β = 1e-4, Adam lr 1e-4 with grad-norm clip 5, batch 16; the receiver is
 trained first on the poisoned training set and frozen, then the codec. The paper's step budget
 (75,000 codec and 37,500 receiver steps) is 300 and 150 epochs on the 4,000 training images
-(README "Training the original system" says why); SCU unlearns at lr 3e-4 for at most 300 epochs
+(docs/results.md "Training the original system" says why); SCU unlearns at lr 3e-4 for at most 300 epochs
 over the 240 erased images.
 
 Variants (`--config=configs/mnist.py:VARIANT`, comma-separated):
@@ -13,7 +13,7 @@ Variants (`--config=configs/mnist.py:VARIANT`, comma-separated):
               initialisers, a fresh Adam every training epoch, evaluation without the channel,
               SCU/VBU at lr 1e-4 for 4,500 steps (300 epochs over D_e) with no early stop, HBU
               with one fixed probe and its 2 % / 10 % stops. Every other field as below.
-              Measured (seeds 0-2, README "Reproducing the authors' numbers"): original backdoor
+              Measured (seeds 0-2, docs/reproducing.md "Reproducing the authors' numbers"): original backdoor
               98.7 %, D_clean accuracy 96.6 %, test accuracy 89.5 %, MSE clean 3.01, erased 3.19;
               after SCU 0.4 %, 97.3 %, 90.1 %, 3.22, 7.41 (the authors' script on the same data:
               98.8 / 96.7 / 90.1 / 2.99 / 3.18 and 0.5 / 96.9 / 90.2 / 3.19 / 7.37).
@@ -27,7 +27,7 @@ Run:
   scu-train --config=configs/mnist.py:smoke --workdir=/tmp/smoke      # 1,024 images, ~15 s
   scu-pipeline --config=configs/mnist.py:reference --workdir=runs/reference --seeds=0,1,2
 
-Measured on a 2-core CPU (seeds 0, 1, 2; README "Results"): training 60-67 s of steps per seed
+Measured on a 2-core CPU (seeds 0, 1, 2; docs/results.md "Results"): training 60-67 s of steps per seed
 (~1,800 steps/s) plus 2.6 s compilation; the original system reaches backdoor 91.9 ± 0.3 %,
 D_clean accuracy 76.8 ± 1.7 %, test accuracy 81.0 ± 0.3 %, MSE clean 8.02 ± 0.07. SCU: backdoor
 9.5 ± 1.0 %, D_clean accuracy 95.6 ± 0.1 %, MSE clean 7.78 ± 0.08 in 0.59 ± 0.07 s; retraining

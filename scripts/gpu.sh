@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one command, for a lent GPU machine (README "GPU"):
+# The GPU checks in one command, for a lent GPU machine (docs/gpu.md "GPU"):
 #   bash scripts/gpu.sh [BENCH_BUDGET_S] [TESTS_S]       (defaults 300 and 100; files go to $OUT,
 #                                                        which the device tool sets, else runs/gpu)
 # (a trial on a CPU: JAX_PLATFORMS=cpu BENCH_ARGS="--tiny --sections=peaks" bash scripts/gpu.sh 60 30)

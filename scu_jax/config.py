@@ -89,7 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
     # The paper trains 20 codec epochs and 10 receiver epochs on MNIST's 60,000 images: 75,000
     # and 37,500 Adam steps at batch 16. The embedded subset has 4,000 training images, so the
     # same number of steps is 300 and 150 epochs. With only 20/10 epochs the codec is far from
-    # converged (README "Training the original system" has the measurement).
+    # converged (docs/results.md "Training the original system" has the measurement).
     config.train.epochs = 300
     config.train.learning_rate = 1e-4
     config.train.grad_clip = 5.0
@@ -117,8 +117,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.unlearning.rho = 1.0  # weight of the utility (compensation) loss L_ss
     # The paper uses the training learning rate, 1e-4. On the default system SCU then needs many
     # more steps to push the backdoor below 10 % and loses more test accuracy on the way; at 3e-4
-    # it stops far sooner with the same clean accuracy and MSE (README "Training the original
-    # system" has the measurement).
+    # it stops far sooner with the same clean accuracy and MSE (docs/results.md, "Training the
+    # original system", has the measurement).
     config.unlearning.learning_rate = 3e-4
     config.unlearning.grad_clip = 5.0
     config.unlearning.batch_size = 16
@@ -131,21 +131,21 @@ def default_config() -> ml_collections.ConfigDict:
     # "eval": all of D_e re-evaluated in evaluation mode after the epoch, `eval_draws` channel
     # draws an image (an independent key from the final evaluation's); "epoch_batches": the mean
     # over the epoch's erased batches as the steps saw them (the reference; one noisy draw, so it
-    # stops early on lucky draws, above the threshold: README "End-to-end unlearning against
-    # retraining").
+    # stops early on lucky draws, above the threshold: docs/performance.md, "End-to-end
+    # unlearning against retraining").
     config.unlearning.stop_on = "eval"
     # The stop of the "ids" and "random" forget sets, read after each epoch: stop once D_e's
     # reconstruction error, relative to the original system's on the same images and to the
     # drift of held-out images, has risen by (1 − tolerance) of the original's generalisation
     # gap (its error on unseen over seen images): D_e is then reconstructed as images the
     # system never saw are. Retrained systems close somewhat less than the whole gap on some
-    # sets, so the default asks for three quarters (README "Forget requests against retraining"
-    # has the measurement). `max_epochs` stays the ceiling.
+    # sets, so the default asks for three quarters (docs/results.md, "Forget requests against
+    # retraining", has the measurement). `max_epochs` stays the ceiling.
     config.unlearning.gap_tolerance = 0.25
     # The stop of `forget.kind="class"` (whose test images are of a class the system still knows,
     # so no held-out reference exists): stop once the receiver recognises the class on x̂(D_e)
-    # less often than this (chance for 10 classes; stricter than retraining on MNIST, README
-    # "Forget requests against retraining").
+    # less often than this (chance for 10 classes; stricter than retraining on MNIST,
+    # docs/results.md, "Forget requests against retraining").
     config.unlearning.class_stop = 0.1
     # The erased term F_e that L_unl = λ_kl·KL_eo − β_u·F_e ascends: "mse", the erased
     # reconstruction error (MNIST); "ce", the receiver's CE on the backdoor target times
@@ -166,7 +166,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.unlearning.finetune_epochs = 20  # epochs over D_r for `finetune` and `l1_sparse`
     # The field's baselines (methods/ssd.py, sparse.py, salun.py): SSD's α and λ, ℓ1-sparse's
     # penalty γ, the share of parameters SalUn's mask keeps. λ and the half are the papers'; their
-    # α = 10 and γ = 5e-4 wreck the decoder here: α and γ from README "Baselines from the field".
+    # α = 10 and γ = 5e-4 wreck the decoder here: α and γ from docs/results.md, "Baselines from
+    # the field".
     config.unlearning.ssd_alpha = 15.0
     config.unlearning.ssd_lambda = 1.0
     config.unlearning.l1_strength = 1e-6
@@ -195,7 +196,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 500
     # Training and retraining save a checkpoint every this many epochs and at the end of each
     # phase; a killed run resumes from the latest. Not every epoch: a save costs about as much as
-    # a whole epoch of MNIST steps (README "Checkpoints" has the measurement).
+    # a whole epoch of MNIST steps (docs/performance.md "Checkpoints" has the measurement).
     config.checkpoint_every_epochs = 10
     # Data parallelism (scu_jax.parallel): devices on the mesh's `data` axis. 1 = one device, no
     # mesh; n = the first n devices; 0 = every device of every process (multi-host runs).
@@ -208,7 +209,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
     # Channel realisations per evaluated image; metrics average over them. At low SNR one draw
     # leaves the backdoor accuracy of a small D_e visibly noisy from the channel noise alone
-    # (README "Results").
+    # (docs/results.md "Results").
     config.eval_draws = 8
 
     return config

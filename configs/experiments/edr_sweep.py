@@ -13,7 +13,7 @@ among them) in 30 min 40 s from scratch. SCU forgets at every EDR (backdoor 70.7
 retraining; SSD's α = 15 works at EDR 6 % only. `:reference` (105 cells: the paper's methods,
 not the field's): 34 min 10 s; original backdoor 98.3–98.9 %, D_clean accuracy 93.8–97.0 %; SCU
 backdoor 0.4–2.2 % with D_clean accuracy 96.5–98.0 % (the paper: 7.1–8.8 % and 97.4–98.3 %).
-README "Experiments" has the tables.
+docs/results.md "Experiments" has the tables.
 
 Run:
   scu-experiment --config=configs/experiments/edr_sweep.py --workdir=runs/edr_sweep

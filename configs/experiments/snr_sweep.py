@@ -8,8 +8,8 @@ budget (100 codec + 50 receiver epochs) so that the sweep fits in an hour on 2 c
 Measured on the 2-core CPU (no GPU), embedded MNIST, 3 seeds, `--workers=2`: 315 cells (45
 original systems, each with its retraining and 5 methods) in 45 min 42 s from scratch. SCU
 leaves 4.7–9.7 % backdoor at every channel and SNR with 92.7–95.4 % D_clean accuracy; the
-original system's accuracy climbs from 63.5 % (AWGN, 5 dB) to 94.2–94.7 % at 25 dB. README
-"Experiments" has the table.
+original system's accuracy climbs from 63.5 % (AWGN, 5 dB) to 94.2–94.7 % at 25 dB. docs/results.md
+("Sweeps") has the table.
 
 Run:
   scu-experiment --config=configs/experiments/snr_sweep.py --workdir=runs/snr_sweep

@@ -147,8 +147,8 @@ REFERENCE_REASONS = {
     "rest): the number says nothing about forgetting. The paper's VBU times (0.1–0.7 s against "
     "SCU's 1.5–2.5 s) suggest its published run stopped early, which the shipped script does not",
     ("scu", "backdoor_accuracy"): "20 epochs' worth of steps with no stop drive the backdoor to ~0 "
-    "on the embedded data; the authors' own script does the same on it (README, 'Reproducing the "
-    "authors' numbers': 0.5 ± 0.2 %)",
+    "on the embedded data; the authors' own script does the same on it (docs/reproducing.md: "
+    "0.5 ± 0.2 %)",
     ("original", "backdoor_accuracy"): "a small D_e (the embedded MNIST: 80 images at EDR 2 %) "
     "plants a weaker backdoor",
     ("*", "mse_erased"): "240 erased images in 4,000 (not 3,600 in 60,000): SCU's 4,500 ascent "

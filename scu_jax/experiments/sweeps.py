@@ -36,7 +36,7 @@ def _base(name: str, dataset: str, smoke: bool, reference: bool) -> ml_collectio
     if reference:
         base = presets.use_reference_protocol(base)
     # Sweeps evaluate hundreds of systems: MINE on D_e only (the paper's MI metric), with a
-    # third of the steps, most of each system's evaluation time otherwise (README, "Command-line reference").
+    # third of the steps, most of each system's evaluation time otherwise (docs/experiments.md, "Command-line reference").
     base.evaluation.mi_steps = 500
     base.evaluation.mi_sets = ("erased",)
     if name == "snr_sweep" and dataset == "mnist5k":

@@ -156,8 +156,7 @@ def convolutions_slow_in_loops(config: ml_collections.ConfigDict) -> bool:
     """Whether XLA's CPU backend runs this codec's step slower inside a `lax.scan` loop.
 
     Inside a while loop XLA's layout assignment gives the ResNet's weight-gradient convolutions
-    non-canonical layouts, which the CPU runtime runs on its slow generic path (README,
-    "Performance"); the engine then dispatches one step at a time. The MLP codec has no
+    non-canonical layouts, which the CPU runtime runs on its slow generic path (docs/performance.md); the engine then dispatches one step at a time. The MLP codec has no
     convolutions; GPUs are not affected.
     """
     return config.model.name == "resnet18" and jax.default_backend() == "cpu"

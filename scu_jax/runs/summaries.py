@@ -16,7 +16,7 @@ from typing import Mapping
 
 def _import_tensorboardx():
     """tensorboardX's writer imports PyTorch whenever it is installed (to accept its tensors, which
-    nothing here passes), which slows the start of every binary (README "Summaries"). PyTorch is
+    nothing here passes), which slows the start of every binary (docs/performance.md "Summaries"). PyTorch is
     kept out while tensorboardX is imported (an `import torch` then fails, which it handles) and
     is importable again after."""
     blocked = "torch" not in sys.modules
@@ -42,7 +42,7 @@ class TensorBoardWriter:
     """A `MetricWriter` that appends scalars to an event file under `logdir`.
 
     One call is one event holding every scalar of that step: the cost is per event, not per
-    scalar (README, "Performance").
+    scalar (docs/performance.md, "Performance").
     """
 
     def __init__(self, logdir: str | os.PathLike, *, purge_step: int | None = None):
