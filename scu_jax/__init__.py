@@ -26,8 +26,10 @@ from scu_jax.engine import run
 from scu_jax.engine import run_many
 from scu_jax.errors import CheckpointMismatchError
 from scu_jax.errors import CheckpointReadError
+from scu_jax.errors import CheckpointWriteError
 from scu_jax.errors import ConfigError
 from scu_jax.errors import DatasetUnavailableError
+from scu_jax.errors import Interrupted
 from scu_jax.errors import LedgerMismatchError
 from scu_jax.errors import NonFiniteError
 from scu_jax.stopping import Draws
@@ -82,6 +84,7 @@ __all__ = (
     "Channel",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "CheckpointWriteError",
     "CodecObjective",
     "ConfigError",
     "DataParallel",
@@ -89,6 +92,7 @@ __all__ = (
     "Draws",
     "ErasureSplit",
     "Examples",
+    "Interrupted",
     "LedgerMismatchError",
     "Method",
     "NonFiniteError",

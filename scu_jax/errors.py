@@ -66,6 +66,28 @@ class CheckpointReadError(ValueError):
     """
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be saved (a full disk, a lost permission): the message is one line
+    naming the directory, the reason and the latest checkpoint that is still complete. Not a
+    usage error: the command is right, the machine failed it.
+
+    Example:
+      >>> import tempfile
+      >>> from unittest import mock
+      >>> from scu_jax.config import default_config
+      >>> from scu_jax.runs.checkpointing import Checkpoints
+      >>> checkpoints = Checkpoints(tempfile.mkdtemp())
+      >>> full = mock.patch.object(checkpoints._manager, "save",
+      ...                          side_effect=OSError(28, "No space left on device"))
+      >>> try:
+      ...     with full:
+      ...         checkpoints.save(1, {"w": jnp.zeros(2)}, default_config())
+      ... except scu_jax.CheckpointWriteError as error:
+      ...     print(str(error).split(": ", 1)[1])
+      [Errno 28] No space left on device; no checkpoint is complete yet
+    """
+
+
 class NonFiniteError(RuntimeError):
     """A loss or a parameter became NaN or infinite; the message names the run, phase and step.
 
@@ -97,3 +119,22 @@ class LedgerMismatchError(RuntimeError):
       ...     print(str(error).split(", ", 1)[1])
       line 1 is not a JSON record
     """
+
+
+class Interrupted(Exception):
+    """A run stopped on SIGTERM or SIGINT (`scu_jax.runs.signals`): `signal` is its number and
+    the message one line saying where it stopped and what was saved.
+
+    Example:
+      >>> import pickle
+      >>> error = scu_jax.Interrupted(15, "interrupted by SIGTERM at epoch 3 of 7 (train): saved")
+      >>> str(error), pickle.loads(pickle.dumps(error)).signal
+      ('interrupted by SIGTERM at epoch 3 of 7 (train): saved', 15)
+    """
+
+    def __init__(self, signal: int, message: str):
+        super().__init__(signal, message)  # both in `args`, so that it pickles (sweep workers)
+        self.signal, self.message = signal, message
+
+    def __str__(self) -> str:
+        return self.message

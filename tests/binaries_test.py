@@ -4,10 +4,14 @@ import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
 import pytest
+
+from scu_jax.runs.checkpointing import Checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 MNIST = str(REPO / "configs" / "mnist.py")
@@ -128,8 +132,49 @@ def test_unlearn_leaves_trained_checkpoint_byte_identical_and_evaluate_reads_it(
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     printed = dict(line.split() for line in evaluated.stdout.splitlines() if len(line.split()) == 2)
     assert float(printed["backdoor_accuracy"]) == pytest.approx(results["backdoor_accuracy"], abs=1e-4)
-    assert json.loads(metrics_file.read_text())["method"] == "scu"
+    evaluated_metrics = json.loads(metrics_file.read_text())
+    assert evaluated_metrics["method"] == "scu"
     assert _tree_digest(workdir) == before
+    # One model digest ties the result, its checkpoint and what scu-evaluate read back.
+    assert evaluated_metrics["model_sha256"] == results["model_sha256"] == Checkpoints(
+        out, read_only=True).model_digest()
+    trained_results = json.loads((workdir / "results.json").read_text())
+    assert trained_results["model_sha256"] == Checkpoints(workdir, read_only=True).model_digest()
+    assert trained_results["model_sha256"] != results["model_sha256"]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """What a run printed besides absl's log lines (which start with a level and a date)."""
+    return [line for line in stderr.splitlines() if line and not re.match(r"[IWE]\d{4} ", line)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flip", "manifest"])
+def test_a_damaged_checkpoint_is_one_line_through_the_binary(trained, tmp_path, damage):
+    """64 bytes flipped in the array data (which the checkpoint library reads without complaint)
+    and a garbage manifest: exit 2, the one line, nothing after it, nothing changed."""
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    step = copy / "checkpoints" / str(Checkpoints(copy, read_only=True).latest_step())
+    if damage == "flip":
+        data = max((p for p in (step / "state").rglob("d/*")), key=lambda p: p.stat().st_size)
+        raw = bytearray(data.read_bytes())
+        raw[len(raw) // 2:len(raw) // 2 + 64] = bytes(b ^ 0xFF for b in raw[len(raw) // 2:
+                                                                         len(raw) // 2 + 64])
+        data.write_bytes(bytes(raw))
+    else:
+        for manifest in (step / "state").rglob("manifest.ocdbt"):
+            manifest.write_bytes(os.urandom(manifest.stat().st_size))
+    before = _tree_digest(copy)
+    result = _run(f"--workdir={copy}", binary="evaluate")
+    assert result.returncode == 2
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"scu-evaluate: error: checkpoint {step} "), \
+        result.stderr[-3000:]
+    if damage == "flip":
+        assert "does not hold what was saved" in lines[0]
+    assert _tree_digest(copy) == before
 
 
 UNLEARN_BAD_INPUTS = [

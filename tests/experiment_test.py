@@ -172,6 +172,37 @@ def test_sigkill_mid_sweep_then_rerun_completes_without_duplicates(smoke_sweep, 
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_workers_at_a_boundary_and_says_so_in_one_line(cache_dir, tmp_path):
+    """SIGTERM to the sweep's parent alone: it forwards it to its worker, which stops its task at
+    the next epoch boundary (saving a training there); one line, exit 143, no worker left."""
+    workdir = tmp_path / "stopped"
+    marker = f"SCU_TEST_MARKER={uuid.uuid4().hex}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", marker.split("=")[0]: marker.split("=")[1]}
+    command = [sys.executable, "-m", "scu_jax.binaries.experiment", EDR_SMOKE,
+               "--config.grid.edr=(0.04,)", f"--workdir={workdir}", "--workers=1",
+               f"--compilation_cache={cache_dir}", "--report=false"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    # The group's training has saved an epoch: the worker is mid-task.
+    while not list(workdir.glob("runs/**/train/checkpoints/[0-9]*")):
+        assert process.poll() is None and time.monotonic() < deadline, "ended before the signal"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=180)
+    said = [line.rsplit("\r", 1)[-1] for line in stderr.splitlines()
+            if "error" in line or "Traceback" in line]
+    assert process.returncode == 143 and len(said) == 1, stderr[-3000:]
+    assert said[0].startswith("scu-experiment: error: interrupted by SIGTERM: ")
+    assert said[0].endswith("stopped at an epoch boundary and saved what they checkpoint; the "
+                            "same command resumes"), said[0]
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_with(marker)
+
+
+@pytest.mark.slow
 def test_cifar10_sweep_through_mock_tfds_draws_colour_samples(mock_tfds, tmp_path, cache_dir):
     """The tfds path end to end: a CIFAR-10 cell on mock data, its row, figures and report."""
     config = experiment_config("edr_sweep", "cifar10,smoke")

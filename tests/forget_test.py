@@ -16,15 +16,18 @@ import numpy as np
 import pytest
 from conftest import made_once
 
+from scu_jax import errors
 from scu_jax.runs import deployment as deployments
 from scu_jax.runs import ledger, versions
+from scu_jax.runs.checkpointing import Checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'mnist.py'}:smoke"
 NUM_TRAIN = 1024  # the smoke config's training split
 FIELDS = {"record", "request_id", "sha256", "count", "remain_count", "kind", "method", "stop_rule",
           "stopped_by", "steps", "epochs", "before", "after", "unlearn_seconds",
-          "compile_seconds", "wall_seconds", "version", "parent_version", "coalesced_with", "time"}
+          "compile_seconds", "wall_seconds", "version", "parent_version", "coalesced_with", "time",
+          "model_sha256", "previous_sha256"}
 METRICS = {"mse_erased", "accuracy_erased", "mse_remain", "accuracy_remain", "mse_test",
            "accuracy_test", "mse_heldout", "accuracy_heldout", "erased_to_heldout"}
 
@@ -304,6 +307,16 @@ def test_verify_reports_the_numbers_and_catches_a_tampered_ledger(two_requests, 
     assert all(np.isfinite(v) and v >= 0 for v in summary["metrics"].values())
     records = _ledger(source)
     assert [r["after"] for r in summary["per_request"]] == [r["after"] for r in records[1:]]
+    # What an auditor ties a deletion to a model with: per version, its requests, the digest of
+    # the samples it erased and of its model (recomputed from the arrays), and the chain's head.
+    lines = (source / "ledger.jsonl").read_text().splitlines()
+    assert summary["ledger_head_sha256"] == hashlib.sha256(lines[-1].encode()).hexdigest()
+    assert summary["chained"] is True
+    assert [v["version"] for v in summary["versions"]] == [0, 1, 2]
+    assert [v["requests"] for v in summary["versions"]] == [[], ["r1"], ["r2"]]
+    assert [v["model_sha256"] for v in summary["versions"]] == [r["model_sha256"] for r in records]
+    assert [v["sha256_erased"] for v in summary["versions"]] == [None] + [
+        r["sha256"] for r in records[1:]]
 
     tampered = tmp_path / "tampered"
     shutil.copytree(source, tampered)
@@ -314,3 +327,92 @@ def test_verify_reports_the_numbers_and_catches_a_tampered_ledger(two_requests, 
     bad = _run(f"--deployment={tampered}", "--verify")
     assert bad.returncode == 1
     assert "version 1 on disk applied" in _error_line(bad)
+
+
+@pytest.mark.slow
+def test_the_ledger_chains_its_records_and_binds_each_version_to_its_model(two_requests, trained):
+    deployment, _, _ = two_requests
+    lines = (deployment / "ledger.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert records[0]["previous_sha256"] is None
+    for previous, record in zip(lines, records[1:]):
+        assert record["previous_sha256"] == hashlib.sha256(previous.encode()).hexdigest()
+    # Version 0 is the trained system itself, and says so.
+    assert records[0]["model_sha256"] == records[0]["source_model_sha256"] == Checkpoints(
+        trained, read_only=True).model_digest()
+    for record in records:
+        meta = versions.metadata(deployment, record["version"])
+        assert meta["digests"]["model"] == record["model_sha256"]
+        assert meta["records"] == [record]
+        assert versions.recorded(deployment, record["version"])
+    assert len({r["model_sha256"] for r in records}) == 3  # three different models
+
+
+def _edit_line(number, change):
+    def edit(deployment):
+        lines = (deployment / "ledger.jsonl").read_text().splitlines()
+        record = json.loads(lines[number - 1])
+        change(record)
+        lines[number - 1] = json.dumps(record, sort_keys=True)
+        (deployment / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+    return edit
+
+
+def _lines(order):
+    def reorder(deployment):
+        lines = (deployment / "ledger.jsonl").read_text().splitlines()
+        (deployment / "ledger.jsonl").write_text("\n".join(lines[i] for i in order) + "\n")
+    return reorder
+
+
+def _replace_version(part):
+    def replace(deployment):
+        source, target = (deployment / "versions" / "1" / part, deployment / "versions" / "2" / part)
+        shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return replace
+
+
+TAMPERING = {
+    "a middle record edited": (_edit_line(2, lambda r: r["after"].update(mse_erased=1.0)),
+                               "line 3: its previous_sha256 is not the sha256 of line 2"),
+    "records reordered": (_lines([0, 2, 1]), "line 2: its previous_sha256 is not the sha256"),
+    "a middle record removed": (_lines([0, 2]), "line 2: its previous_sha256 is not the sha256"),
+    "the chain removed from a record": (_edit_line(3, lambda r: r.pop("previous_sha256")),
+                                        "line 3 has no previous_sha256 after chained records"),
+    "the last record edited": (_edit_line(3, lambda r: r.update(count=4)),
+                               "the ledger's record of version 2 is not the one saved with"),
+    "the last record removed": (_lines([0, 1]), "the ledger ends at version 1, but version 2 was "
+                                                "recorded in it: the ledger was cut short"),
+    "a version replaced by another": (_replace_version(""), "version 2 on disk applied"),
+    "a version's arrays replaced by another's": (_replace_version("0/state"),
+                                                 "does not hold what was saved"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_each_tampering_is_refused_and_reported_by_verify(two_requests, tmp_path, tampering):
+    source, _, _ = two_requests
+    deployment = tmp_path / "deployment"
+    shutil.copytree(source, deployment)
+    damage, expected = TAMPERING[tampering]
+    damage(deployment)
+    before = {str(p): p.read_bytes() for p in deployment.rglob("*") if p.is_file()}
+    with pytest.raises(errors.LedgerMismatchError) as error:
+        ledger.verify(deployment)
+    assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert {str(p): p.read_bytes() for p in deployment.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_cut_ledger_is_refused_by_a_request_too(two_requests, tmp_path):
+    source, _, _ = two_requests
+    deployment = tmp_path / "deployment"
+    shutil.copytree(source, deployment)
+    _lines([0, 1])(deployment)
+    before = {str(p): p.read_bytes() for p in deployment.rglob("*") if p.is_file()}
+    result = _run(f"--deployment={deployment}", f"--ids={_write(tmp_path / 'r9.txt', [90, 91])}")
+    assert result.returncode == 1
+    assert "the ledger was cut short" in _error_line(result)
+    assert {str(p): p.read_bytes() for p in deployment.rglob("*") if p.is_file()} == before

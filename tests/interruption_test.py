@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -126,3 +127,110 @@ def test_sigkill_during_unlearning_by_retraining_then_rerun_matches(reference_wo
     for name in METRICS:
         assert results[name] == pytest.approx(expected[name], abs=1e-6), name
     assert results["steps"] == expected["steps"]
+
+
+def _signal_when(workdir: pathlib.Path, condition, sig, *, times=1, command=None, timeout=240,
+                 env=None):
+    """Starts `command` (scu-train on `workdir`), sends `sig` `times` once `condition(workdir)`;
+    returns the finished process's return code and stderr."""
+    process = subprocess.Popen(command or _command(workdir), cwd=REPO, env=env or _env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not condition(workdir):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the run ended before the signal point was reached")
+        time.sleep(0.02)
+    for _ in range(times):
+        process.send_signal(sig)
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr
+
+
+def _said(stderr: str) -> list[str]:
+    """What a run printed besides absl's log lines (a level letter and a date)."""
+    return [line for line in stderr.splitlines() if line and not re.match(r"[IWE]\d{4} ", line)]
+
+
+def _in_full_disk(command):
+    """`command` with every file it writes capped at 200 kB (RLIMIT_FSIZE; SIGXFSZ ignored, so a
+    write past it fails with EFBIG): a disk that fills during the next checkpoint save."""
+    cap = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+           "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+    return [sys.executable, "-c", cap, *command[1:]]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_says_so_and_a_full_disk_then_the_rerun_resume_identically(uninterrupted,
+                                                                                   tmp_path):
+    """SIGTERM mid-training: the next epoch boundary is saved, one line says so, exit 143. The
+    resumed run then meets a full disk at its next save: one line naming the latest complete
+    checkpoint, exit 1, nothing lost. The run after that finishes with results bit-identical to
+    an uninterrupted run's. Throughout: no traceback."""
+    workdir = tmp_path / "run"
+    code, stderr = _signal_when(workdir, lambda w: max(_finished_steps(w), default=0) >= 2,
+                                signal.SIGTERM)
+    said = _said(stderr)
+    assert code == 143 and len(said) == 1, stderr[-3000:]
+    match = re.fullmatch(r"scu-train: error: interrupted by SIGTERM at epoch (\d+) of 7 \(train\): "
+                         r"saved; the same command resumes", said[0])
+    assert match, said
+    saved_at = int(match.group(1))
+    assert _finished_steps(workdir)[-1] == saved_at >= 2
+
+    full = subprocess.run(_in_full_disk(_command(workdir)), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    said = _said(full.stderr)
+    assert full.returncode == 1 and len(said) == 1, full.stderr[-3000:]
+    assert said[0] == (f"scu-train: error: cannot save a checkpoint in {workdir / 'checkpoints'}: "
+                       f"File too large; the latest complete checkpoint is step {saved_at}, which "
+                       "the same command resumes from")
+    assert _finished_steps(workdir)[-1] == saved_at
+
+    rerun = subprocess.run(_command(workdir), cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    results = json.loads((workdir / "results.json").read_text())
+    for name in (*METRICS, "steps", "model_sha256"):
+        assert results[name] == uninterrupted[name], name  # bit for bit
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_keeping_the_last_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    code, stderr = _signal_when(workdir, lambda w: len(_finished_steps(w)) >= 1, signal.SIGINT,
+                                times=2)
+    said = _said(stderr)
+    assert code == 130 and said[-1] == ("scu-train: SIGINT again: exiting now; the last complete "
+                                        "checkpoint is kept"), stderr[-3000:]
+    assert "Traceback" not in stderr
+    from scu_jax.runs.checkpointing import Checkpoints
+    checkpoints = Checkpoints(workdir, read_only=True)
+    latest = checkpoints.latest_step()
+    assert latest >= 1 and checkpoints.model_digest(latest)  # complete, with its digest
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_unlearning_run_that_keeps_no_checkpoint_says_so(reference_workdir,
+                                                                            tmp_path):
+    """SCU keeps no checkpoint of its own (its runs take seconds): SIGTERM stops it at the next
+    epoch boundary, one line says the same command reruns it, and nothing is written."""
+    workdir = tmp_path / "scu"
+    command = [sys.executable, "-m", "scu_jax.binaries.unlearn", SMOKE,
+               "--config.unlearning.method=scu", "--config.unlearning.early_stop=False",
+               "--config.unlearning.max_epochs=10000", "--config.evaluation.mi_steps=0",
+               f"--init_workdir={reference_workdir}", f"--workdir={workdir}"]
+    started = []
+
+    def unlearning(w):  # the run's curves exist once it is set up; then a second of steps
+        if (w / "summaries" / "scu").exists() and not started:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 1.0
+
+    code, stderr = _signal_when(workdir, unlearning, signal.SIGTERM, command=command)
+    said = _said(stderr)
+    assert code == 143 and len(said) == 1, stderr[-3000:]
+    assert re.fullmatch(r"scu-unlearn: error: interrupted by SIGTERM at epoch \d+ of 10000 \(scu\): "
+                        r"scu keeps no checkpoint of its own; the same command reruns it", said[0])
+    assert not (workdir / "results.json").exists() and not (workdir / "checkpoints").exists()

@@ -4,6 +4,7 @@ exit 2."""
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import textwrap
 from typing import Callable, NoReturn, Sequence
@@ -12,9 +13,10 @@ import ml_collections
 from absl import app, flags, logging
 
 from scu_jax import parallel
-from scu_jax.errors import CheckpointMismatchError, CheckpointReadError
+from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, CheckpointWriteError
 from scu_jax.errors import ConfigError
-from scu_jax.errors import DatasetUnavailableError, NonFiniteError
+from scu_jax.errors import DatasetUnavailableError, Interrupted, NonFiniteError
+from scu_jax.runs import signals
 from scu_jax.runs.logs import quiet_library_logs
 
 # Bad input: the user can fix it by changing a flag, a config field or a path.
@@ -95,14 +97,20 @@ def config_or_fail(program: str, holder) -> "ml_collections.ConfigDict":
 
 
 def run_guarded(program: str, body: Callable[[], None]) -> None:
-    """Runs `body`; user errors become one line and exit 2, a diverged run exit 1."""
+    """Runs `body`; user errors become one line and exit 2; a diverged run, a failed save or
+    another fault of the machine exit 1; SIGTERM or SIGINT 128 + its number (`runs/signals.py`:
+    the run stopped at an epoch boundary and said what it saved)."""
 
     try:
         body()
     except USAGE_ERRORS as error:
         fail(program, error)
-    except NonFiniteError as error:
+    except Interrupted as error:
+        fail(program, error, code=128 + error.signal)
+    except (NonFiniteError, CheckpointWriteError) as error:
         fail(program, error, code=1)
+    except OSError as error:  # a fault of the machine (a full disk, a lost mount), not of the input
+        fail(program, f"{type(error).__name__}: {error}", code=1)
     except KeyboardInterrupt:
         logging.warning("interrupted; the latest complete checkpoint is kept")
         fail(program, "interrupted", code=130)
@@ -200,6 +208,18 @@ def entry(program: str, main: Callable[[], None], doc: str) -> Callable[[], None
                 print("\nAll flags, by the module that defines them:\n")
                 print(flags.FLAGS.get_help())
             sys.exit(0)
-        app.run(checked, flags_parser=flags_parser(program))
+        signals.handle_signals(program)
+        try:
+            app.run(checked, flags_parser=flags_parser(program))
+        except SystemExit as exit_:
+            if exit_.code in (0, None):
+                raise
+            # A failure's one line is out. The checkpoint library's reads still in flight would
+            # call back into its closed event loop at interpreter exit and print tracebacks after
+            # that line: leave without the teardown (every file is closed or atomically written).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            logging.flush()
+            os._exit(exit_.code if isinstance(exit_.code, int) else 1)
 
     return run

@@ -9,8 +9,11 @@ Usage:
 The first call copies the finished clean-set system in --init_workdir (scu-train
 --config.forget.kind=ids) to version 0 of DIR; later calls apply requests to the latest version.
 --config may change the unlearning and evaluation fields only. A rerun after a kill completes the
-request. --verify re-evaluates the current version on every erased sample and checks the versions
-against the ledger (a mismatch: exit 1).
+request. The ledger is a hash chain and binds each version to the digest of its model: every
+call refuses an edited, reordered or cut ledger, or a version replaced (exit 1). --verify checks
+every version's arrays too, prints per version its requests, the digest of the samples it erased
+and of its model, and the chain's head, and re-evaluates the current version on every erased
+sample.
 
 Example (alice.txt: training-set indices, one per line):
   scu-forget --deployment=runs/deployed --init_workdir=runs/clean --ids=alice.txt
@@ -49,8 +52,9 @@ _REQUEST_ID = flags.DEFINE_string("request_id", None, "The request's name (defau
 _METHOD = flags.DEFINE_enum("method", "scu", METHODS, "The unlearning method.")
 _COALESCE = flags.DEFINE_boolean("coalesce", False, "Apply several --ids files as one unlearning "
                                  "run on their union (one version).")
-_VERIFY = flags.DEFINE_boolean("verify", False, "Re-evaluate the current version on every erased "
-                               "sample and check the versions against the ledger.")
+_VERIFY = flags.DEFINE_boolean("verify", False, "Check the ledger's chain and every version "
+                               "(records, arrays, model digests), list them, and re-evaluate the "
+                               "current version on every erased sample.")
 _OUTPUT = flags.DEFINE_string("output", None, "With --verify: also write the JSON to this file.")
 flags.mark_flags_as_required(["deployment"])
 

@@ -14,6 +14,7 @@ are left to `scu-report`, which merges every shard's rows once they have finishe
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import ml_collections
 
+from scu_jax.errors import Interrupted
 from scu_jax.experiments.grid import Cell, validate_experiment
 from scu_jax.experiments.progress import Progress
 from scu_jax.experiments.rows import append_row, make_row, read_rows, write_csv
@@ -31,6 +33,9 @@ from scu_jax.experiments.tasks import TaskGraph
 from scu_jax.experiments.workdir import (check_experiment_dir, exclusive, exclusive_shard,
                                          remove_results, start_run_record)
 from scu_jax.experiments.worker import quiet_and_cached, run_task, worker_init
+
+# How long an interrupted sweep waits for its workers to reach an epoch boundary and save.
+WORKER_GRACE_SECONDS = 120
 
 
 @dataclasses.dataclass
@@ -155,9 +160,28 @@ def _run_in_workers(graph: TaskGraph, results: _Results, progress: Progress, wor
         initializer=worker_init, initargs=(cache,))
     try:
         _dispatch(pool, graph, results, progress, workers)
+    except Interrupted as error:
+        # SIGTERM or SIGINT: the workers' running tasks stop at their next epoch boundary,
+        # saving what they checkpoint (`runs/signals.py`); the rest is not started.
+        processes = list(getattr(pool, "_processes", {}).values())
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, error.signal)
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + WORKER_GRACE_SECONDS
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        stragglers = [process for process in processes if process.is_alive()]
+        for process in stragglers:
+            process.kill()
+        raise Interrupted(error.signal, (
+            f"{error}: {results.ran} cells finished in this run; the running tasks stopped at an "
+            "epoch boundary and saved what they checkpoint"
+            + (f" ({len(stragglers)} still running after {WORKER_GRACE_SECONDS} s were killed)"
+               if stragglers else "") + "; the same command resumes")) from None
     except BaseException:
-        # A failed task or Ctrl-C: stop the other workers now rather than wait for their tasks
-        # (what they had saved is resumed by the next run).
+        # A failed task: stop the other workers now rather than wait for their tasks (what they
+        # had saved is resumed by the next run).
         for process in list(getattr(pool, "_processes", {}).values()):
             process.kill()
         pool.shutdown(wait=False, cancel_futures=True)

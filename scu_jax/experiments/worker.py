@@ -18,7 +18,7 @@ from scu_jax.config import config_from_json
 from scu_jax.errors import NonFiniteError
 from scu_jax.experiments.grid import ORIGINAL
 from scu_jax.experiments.workdir import SAMPLES_FILE
-from scu_jax.runs import evaluate, train, unlearn
+from scu_jax.runs import evaluate, signals, train, unlearn
 from scu_jax.runs.files import RESULTS_FILE
 from scu_jax.runs.logs import quiet_library_logs
 
@@ -38,6 +38,7 @@ def _evaluate_original(task: dict[str, Any], out_dir: pathlib.Path) -> dict[str,
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Runs one task: `train` (a group's original system), `cell`, or `together` (tasks that
     differ by their seed alone, as one program); returns what it produced."""
+    signals.check()  # a signal before the task began: the sweep is stopping
     started = time.perf_counter()
     if task["kind"] == "together":
         return _run_together(task, started)
@@ -91,6 +92,7 @@ def worker_init(cache_dir: str) -> None:
         ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
         if os.getppid() == 1:  # the parent died before prctl took effect
             os._exit(1)
+    signals.handle_signals("scu-experiment worker", immediate_second=False)
     quiet_and_cached(cache_dir)
 
 

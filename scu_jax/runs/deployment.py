@@ -22,7 +22,7 @@ from absl import logging
 from scu_jax.config import config_from_json, first_difference, training_fingerprint, validate_config
 from scu_jax.data import check_ids, class_ids, data_identity, ids_digest, random_ids, read_ids
 from scu_jax.errors import CheckpointMismatchError, ConfigError, LedgerMismatchError
-from scu_jax.runs import versions
+from scu_jax.runs import chain, versions
 from scu_jax.runs.build import load_data
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import atomic_path, check_workdir
@@ -56,6 +56,7 @@ class Deployment:
     num_classes: int
     data: dict[str, Any]
     init_workdir: pathlib.Path | None  # set while version 0 is still to be made
+    head: str | None = None  # the sha256 of the ledger's last line (`runs/chain.py`)
 
     @property
     def num_train(self) -> int:
@@ -78,13 +79,14 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def read_ledger(deployment: pathlib.Path) -> list[dict[str, Any]]:
-    """The ledger's records ([] if there is none yet)."""
+def read_lines(deployment: pathlib.Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The ledger's lines and records ([], [] if there is none yet), its chain checked
+    (`runs/chain.py`); raises `LedgerMismatchError` on a line that is no record or breaks it."""
     path = deployment / LEDGER_FILE
     if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+        return [], []
+    lines, records = path.read_text().splitlines(), []
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except ValueError:
@@ -96,7 +98,13 @@ def read_ledger(deployment: pathlib.Path) -> list[dict[str, Any]]:
             raise LedgerMismatchError(f"{path}, line {number} is not a ledger record (an init "
                                       "record first, then request records, each with a version)")
         records.append(record)
-    return records
+    chain.check(path, lines, records)
+    return lines, records
+
+
+def read_ledger(deployment: pathlib.Path) -> list[dict[str, Any]]:
+    """The ledger's records ([] if there is none yet), checked as `read_lines` checks them."""
+    return read_lines(deployment)[1]
 
 
 def append(deployment: pathlib.Path, records: Sequence[dict[str, Any]]) -> None:
@@ -104,7 +112,7 @@ def append(deployment: pathlib.Path, records: Sequence[dict[str, Any]]) -> None:
     path = deployment / LEDGER_FILE
     text = path.read_text() if path.exists() else ""
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        tmp.write_text(text + "".join(chain.line_of(r) + "\n" for r in records))
         fault_point("ledger")
     versions.fsync_directory(deployment)
 
@@ -166,7 +174,9 @@ def _effective_config(stored: ml_collections.ConfigDict, overrides) -> ml_collec
 
 def _erased(deployment: pathlib.Path, records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Each applied request's indices, read from the versions the ledger names; raises
-    `LedgerMismatchError` where a version on disk is not the one the ledger names."""
+    `LedgerMismatchError` where a version on disk is not the one the ledger names: other
+    requests, other records, another model, or a version the ledger once recorded and no longer
+    names (a ledger cut short)."""
     erased: dict[str, np.ndarray] = {}
     previous = None
     for version in sorted({r["version"] for r in records}):
@@ -184,8 +194,21 @@ def _erased(deployment: pathlib.Path, records: list[dict[str, Any]]) -> dict[str
             raise LedgerMismatchError(
                 f"version {version} on disk applied {sorted(saved) or 'no request'} but the ledger "
                 f"says {sorted(wanted) or 'no request'}")
+        if "records" in meta and meta["records"] != named:
+            raise LedgerMismatchError(f"the ledger's record of version {version} is not the one "
+                                      "saved with the version: the ledger was edited")
+        model = meta.get("digests", {}).get("model")
+        if any(r.get("model_sha256") not in (None, model) for r in named):
+            raise LedgerMismatchError(f"version {version} on disk holds model {str(model)[:16]}…, "
+                                      "not the one its ledger record names: the version was "
+                                      "replaced")
         for request in meta["requests"]:
             erased[request["request_id"]] = np.asarray(request["ids"], np.int64)
+    last = previous if previous is not None else -1
+    cut = [v for v in versions.on_disk(deployment) if v > last and versions.recorded(deployment, v)]
+    if cut:
+        raise LedgerMismatchError(f"the ledger ends at version {last}, but version {cut[0]} was "
+                                  "recorded in it: the ledger was cut short")
     return erased
 
 
@@ -195,7 +218,7 @@ def open_deployment(deployment: str | os.PathLike, *, init_workdir: str | None =
     checks it; writes nothing. `config_overrides`: a whole config or dotted-field overrides."""
     path = pathlib.Path(deployment).absolute()
     check_workdir(path, "--deployment")
-    records = read_ledger(path)
+    lines, records = read_lines(path)
     init_path = None if init_workdir is None else pathlib.Path(init_workdir).absolute()
     if records:
         source = pathlib.Path(records[0]["source"])
@@ -221,7 +244,7 @@ def open_deployment(deployment: str | os.PathLike, *, init_workdir: str | None =
             f"{meta['data'].get('num_train')} samples (sha256 {meta['data']['sha256'][:12]}), but "
             f"the data now reads {identity['num_train']} (sha256 {identity['sha256'][:12]})")
     return Deployment(path, config, records, _erased(path, records), dataset.train_labels,
-                      dataset.num_classes, identity, init_path)
+                      dataset.num_classes, identity, init_path, chain.head_of(lines))
 
 
 def ids_request(deployment: Deployment, file: str, request_id: str | None = None) -> Request:

@@ -25,6 +25,7 @@ from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.parallel import DataParallel
 from scu_jax.runs.build import (convolutions_slow_in_loops, method_of, objective_of, protocol_of,
                                 salun_mask)
+from scu_jax.runs import signals
 from scu_jax.runs.train import progress_and_summaries
 from scu_jax.stopping import draws_of, gap_closed, gap_stop_data, stopping_key, target_rate
 
@@ -139,11 +140,14 @@ def erased_loop(config: ml_collections.ConfigDict, system: System, split: Erasur
     steps_per_epoch = run.phase.batches(0)[0].shape[0]
     hooks, writer = progress_and_summaries(config, workdir, u.max_epochs * steps_per_epoch,
                                            (u.max_epochs - 1,), name)
+    stop = signals.StopOnSignal(u.max_epochs, saved=False, what=name)
     try:
-        state, report = engine.run(
-            [run.phase], run.state, run.data, run.key, name=name, parallel=parallel,
-            per_step=convolutions_slow_in_loops(config), eval_data=run.eval_data, hooks=hooks,
-            when_non_finite="; no state was saved", epochs_per_dispatch=EPOCHS_PER_DISPATCH)
+        with signals.stops_at_boundaries():
+            state, report = engine.run(
+                [run.phase], run.state, run.data, run.key, name=name, parallel=parallel,
+                per_step=convolutions_slow_in_loops(config), eval_data=run.eval_data,
+                hooks=[*hooks, stop], when_non_finite="; no state was saved",
+                epochs_per_dispatch=EPOCHS_PER_DISPATCH)
     finally:
         if writer is not None:
             writer.close()
@@ -185,12 +189,16 @@ def erased_loops_together(configs: Sequence[ml_collections.ConfigDict], system: 
     if len(alike) > 1:
         return None
     stack = lambda *trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # noqa: E731
-    states, reports = engine.run_many(
-        runs[0].phase, [r.phase.batches for r in runs],
-        stack(*[jax.device_get(r.state) for r in runs]), stack(*[r.data for r in runs]),
-        jnp.stack([r.key for r in runs]), name=first.unlearning.method,
-        eval_data=None if runs[0].eval_data is None else stack(*[r.eval_data for r in runs]),
-        epochs_per_dispatch=EPOCHS_PER_DISPATCH)
+    stop = signals.StopOnSignal(first.unlearning.max_epochs, saved=False,
+                                what=f"{len(runs)} {first.unlearning.method} runs as one program")
+    with signals.stops_at_boundaries():
+        states, reports = engine.run_many(
+            runs[0].phase, [r.phase.batches for r in runs],
+            stack(*[jax.device_get(r.state) for r in runs]), stack(*[r.data for r in runs]),
+            jnp.stack([r.key for r in runs]), name=first.unlearning.method,
+            eval_data=None if runs[0].eval_data is None else stack(*[r.eval_data for r in runs]),
+            epochs_per_dispatch=EPOCHS_PER_DISPATCH,
+            hooks=[[]] * (len(runs) - 1) + [[stop]])
     states = jax.device_get(states)
     # Each run's `unlearn_seconds` is the whole program's: its result was ready no sooner.
     return [(jax.tree.map(lambda a, i=i: a[i], states.params),

@@ -14,7 +14,7 @@ from scu_jax.errors import CheckpointMismatchError
 from scu_jax.evaluation import Protocol, full_evaluation, sample_outputs
 from scu_jax.models import System
 from scu_jax.runs.build import build_for, protocol_of
-from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.runs.checkpointing import Checkpoints, model_digest
 from scu_jax.runs.files import atomic_path, write_json_atomic
 from scu_jax.runs.saved import load_variables, original_receiver, restore_saved
 
@@ -94,7 +94,8 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
                        image_shape, reference_workdir=reference_workdir,
                        original_receiver=original_receiver(restored), samples_file=samples_file)
     results.update({"kind": meta.get("kind"), "method": meta.get("method", "original"),
-                    "checkpoint_step": checkpoints.latest_step()})
+                    "checkpoint_step": checkpoints.latest_step(),
+                    "model_sha256": model_digest(restored["params"], restored["batch_stats"])})
     if output is not None:
         write_json_atomic(output, results)
     return results

@@ -46,13 +46,14 @@ from absl import logging
 
 from scu_jax.config import METHODS, method_config, validate_config
 from scu_jax.data import ids_digest
-from scu_jax.errors import ConfigError
+from scu_jax.errors import CheckpointReadError, ConfigError, LedgerMismatchError
 from scu_jax.evaluation import evaluate_system
 from scu_jax.models import receiver_of, with_receiver
-from scu_jax.runs import versions
+from scu_jax.runs import chain, versions
 from scu_jax.runs.build import build_for, data_parallel, protocol_of
+from scu_jax.runs.checkpointing import Checkpoints, model_digest
 from scu_jax.runs.deployment import (LEDGER_FILE, Deployment, Request, append, fault_point, now,
-                                     open_deployment, pending, read_ledger)
+                                     open_deployment, pending, read_lines)
 from scu_jax.runs.files import write_json_atomic
 from scu_jax.runs.saved import load_variables
 from scu_jax.runs.unlearn import RETRAIN_PROGRESS_DIR, RUNNERS
@@ -82,9 +83,11 @@ def _locked(deployment: pathlib.Path) -> Iterator[None]:
         yield
 
 
-def _reusable(deployment: pathlib.Path, current: int, identity: dict) -> dict | None:
+def _reusable(deployment: pathlib.Path, current: int, identity: dict, head: str | None
+              ) -> dict | None:
     """Removes staging directories and versions past `current` no record names; returns the
-    metadata of version `current + 1` if it was saved for `identity` (kept for reuse)."""
+    metadata of version `current + 1` if it was saved for `identity` after the ledger's present
+    last line (`head`), kept for reuse."""
     found = {}
 
     def keep(version: int) -> bool:
@@ -95,7 +98,8 @@ def _reusable(deployment: pathlib.Path, current: int, identity: dict) -> dict | 
                 meta = versions.metadata(deployment, version)
             except ValueError:
                 return False
-            if meta.get("identity") == identity:
+            if meta.get("identity") == identity and (
+                    meta.get("records") or [{}])[0].get(chain.FIELD, head) == head:
                 found["meta"] = meta
                 return True
         return False
@@ -117,13 +121,17 @@ def _initialize(deployment: Deployment, config: ml_collections.ConfigDict) -> No
     """Version 0: the trained system copied with the deployment's config; the "init" record."""
     source = str(deployment.init_workdir.resolve())
     identity = {"init": source, "data": deployment.data}
-    meta = _reusable(deployment.path, -1, identity)
+    meta = _reusable(deployment.path, -1, identity, deployment.head)
     if meta is None:
         _, system, image_shape = build_for(config, training=True)
         params, batch_stats, _ = load_variables(deployment.init_workdir, system, config,
                                                 image_shape)
-        record = {"record": "init", "version": 0, "source": source, "data": deployment.data,
-                  "time": now()}
+        record, = chain.link([{
+            "record": "init", "version": 0, "source": source, "data": deployment.data,
+            "model_sha256": model_digest(params, batch_stats),
+            "source_model_sha256": Checkpoints(deployment.init_workdir,
+                                               read_only=True).model_digest(),
+            "time": now()}], deployment.head)
         versions.save(deployment.path, 0, params, batch_stats, receiver_of(params, batch_stats),
                       config, {"identity": identity, "records": [record], "requests": [],
                                "data": deployment.data},
@@ -131,9 +139,16 @@ def _initialize(deployment: Deployment, config: ml_collections.ConfigDict) -> No
     else:
         logging.info("reusing version 0, saved by an interrupted run")
         record = meta["records"][0]
-    append(deployment.path, [record])
-    deployment.records.append(record)
+    _record(deployment, 0, [record])
     deployment.init_workdir = None
+
+
+def _record(deployment: Deployment, version: int, records: list[dict[str, Any]]) -> None:
+    """Appends `version`'s records to the ledger, then marks the version recorded."""
+    append(deployment.path, records)
+    versions.mark_recorded(deployment.path, version)
+    deployment.records.extend(records)
+    deployment.head = chain.line_digest(chain.line_of(records[-1]))
 
 
 def _run_dir(deployment: pathlib.Path, version: int, identity: dict) -> pathlib.Path:
@@ -164,7 +179,7 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
     unit_config.forget.kind = kind
     ids, excluded = np.sort(np.concatenate([r.ids for r in unit])), deployment.erased_union()
     split, system, image_shape = build_for(unit_config, ids=ids, excluded=excluded)
-    meta = _reusable(deployment.path, parent, identity)
+    meta = _reusable(deployment.path, parent, identity, deployment.head)
     if meta is not None:
         logging.info("reusing version %d, saved for this request by an interrupted run (not "
                      "recomputed)", version)
@@ -194,8 +209,10 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
             "before": before, "after": after, "unlearn_seconds": info["unlearn_seconds"],
             "compile_seconds": info["compile_seconds"], "wall_seconds": wall,
             "version": version, "parent_version": parent,
+            "model_sha256": model_digest(params, batch_stats),
             "coalesced_with": [n for n in names if n != r.request_id], "time": stamp}
             for r in unit]
+        records = chain.link(records, deployment.head)
         versions.save(deployment.path, version, params, batch_stats, state["receiver"],
                       unit_config, {"identity": identity, "records": records,
                                     "requests": [{"request_id": r.request_id,
@@ -203,11 +220,10 @@ def _apply_unit(deployment: Deployment, config: ml_collections.ConfigDict,
                                                   "ids": r.ids.tolist()} for r in unit],
                                     "data": deployment.data},
                       before_rename=lambda: fault_point("save"))
-    append(deployment.path, records)
+    _record(deployment, version, records)
     # A finished retraining's progress is a whole training state, of no use once it is a version.
     shutil.rmtree(deployment.path / RUNS_DIR / str(version) / RETRAIN_PROGRESS_DIR,
                   ignore_errors=True)
-    deployment.records.extend(records)
     deployment.erased.update({r.request_id: r.ids for r in unit})
     if state.get("receiver") is None:
         *_, state["receiver"] = versions.load(deployment.path, version, system, image_shape)
@@ -237,10 +253,12 @@ def apply_to(deployment: Deployment, requests: Sequence[Request], *, method: str
     validate_config(config)
     parallel = data_parallel(config)  # the mesh's errors before any work
     with _locked(deployment.path):
-        if read_ledger(deployment.path) != deployment.records:
+        if read_lines(deployment.path)[1] != deployment.records:
             raise ValueError(f"the ledger of --deployment={deployment.path} changed since it was "
                              "read; rerun the command")
         todo = pending(deployment, requests, method)
+        for record in deployment.records:  # a run killed between its record and its mark
+            versions.mark_recorded(deployment.path, record["version"])
         for stale in deployment.path.glob(f".{pathlib.Path(LEDGER_FILE).stem}.*.tmp*"):
             logging.warning("removing %s: a ledger an interrupted run did not finish writing",
                             stale)
@@ -281,21 +299,47 @@ def apply_requests(deployment: str | os.PathLike, requests: Sequence[tuple[str, 
 
 def verify(deployment: str | os.PathLike, *, output: str | None = None,
            config_overrides=None) -> dict[str, Any]:
-    """Re-evaluates the current version on the union of every erased sample (D_r: the rest) and
-    checks the versions against the ledger (`LedgerMismatchError`); the summary as a dict,
-    written atomically to `output` if given."""
+    """Checks a deployment and re-evaluates its current version; the summary as a dict, written
+    atomically to `output` if given.
+
+    Checked (`LedgerMismatchError` on the first failure): the ledger's hash chain; each version
+    on disk against its records (requests, sample digests, model digest) and no recorded version
+    missing from the ledger; every version's arrays against the digest saved with them, and
+    their model digest against the ledger's. The summary lists, per version, its request ids,
+    the digest of the samples it erased and the digest of its model, and the chain's head: what
+    an auditor needs to tie a deletion to a model. The current version is re-evaluated on the
+    union of every erased sample (D_r: the rest).
+    """
     opened = open_deployment(deployment, config_overrides=config_overrides)
     if not opened.records:
         raise FileNotFoundError(f"--deployment={opened.path} has no ledger")
     current = opened.records[-1]["version"]
     union = opened.erased_union()
     split, system, image_shape = build_for(opened.config, ids=union)
-    params, batch_stats, receiver = versions.load(opened.path, current, system, image_shape)
     requests = [r for r in opened.records if r.get("record") == "request"]
+    listed = []
+    for version in range(current + 1):
+        try:
+            params, batch_stats, receiver = versions.load(opened.path, version, system,
+                                                          image_shape)
+        except CheckpointReadError as error:  # the deployment is inconsistent, not the input
+            raise LedgerMismatchError(f"version {version}: {error}") from None
+        model = model_digest(params, batch_stats)
+        named = [r for r in opened.records if r["version"] == version]
+        if any(r.get("model_sha256") not in (None, model) for r in named):
+            raise LedgerMismatchError(f"version {version}'s arrays are model {model[:16]}…, not "
+                                      "the one its ledger record names")
+        ids = [opened.erased[r["request_id"]] for r in named if r["record"] == "request"]
+        listed.append({"version": version, "requests": [r["request_id"] for r in named
+                                                        if r["record"] == "request"],
+                       "sha256_erased": ids_digest(np.concatenate(ids)) if ids else None,
+                       "model_sha256": model, "time": named[0]["time"]})
     summary = {
         "deployment": str(opened.path), "current_version": current,
+        "ledger_head_sha256": opened.head,
+        "chained": all(chain.FIELD in r for r in opened.records),
         "requests": [r["request_id"] for r in requests], "count_erased": int(len(union)),
-        "sha256_erased": ids_digest(union),
+        "sha256_erased": ids_digest(union), "versions": listed,
         "metrics": _metrics(system, params, batch_stats, receiver, split,
                             protocol_of(opened.config)),
         "per_request": [{k: r[k] for k in ("request_id", "version", "count", "sha256", "after")}

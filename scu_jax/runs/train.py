@@ -25,10 +25,10 @@ from scu_jax.methods import training
 from scu_jax.methods.training import Examples, Recipe, TrainState
 from scu_jax.models import System
 from scu_jax.parallel import DataParallel, barrier, is_primary
-from scu_jax.runs import summaries
+from scu_jax.runs import signals, summaries
 from scu_jax.runs.build import (build_for, convolutions_slow_in_loops, data_parallel,
                                 protocol_of, recipe_of)
-from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints, model_digest
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 
 
@@ -43,7 +43,9 @@ class SaveCheckpoints(engine.Hook):
         self.data, self.runs_together = data, runs_together
 
     def needs_state(self, epochs_done: int) -> bool:
-        return epochs_done % self.every == 0 or epochs_done in self.phase_ends
+        # A signal: this epoch is saved, then the run stops (`signals.StopOnSignal`).
+        return (epochs_done % self.every == 0 or epochs_done in self.phase_ends
+                or signals.received() is not None)
 
     def on_epoch(self, result: engine.EpochResult, state: Any | None) -> None:
         epochs_done = result.epoch + 1
@@ -107,12 +109,15 @@ def fit(system: System, recipe: Recipe, config: ml_collections.ConfigDict, state
                                             last_epochs, summaries_subdir,
                                             start_epoch * steps_per_epoch)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+    stop = signals.StopOnSignal(recipe.total_epochs, what=name,
+                                saved=any(isinstance(hook, SaveCheckpoints) for hook in hooks))
     try:
-        return engine.run(
-            phases, state, Examples(images, labels), key, name=name, parallel=parallel,
-            block_steps=config.train.steps_per_dispatch,
-            per_step=convolutions_slow_in_loops(config), hooks=(*common, *hooks),
-            step_offset=start_epoch * steps_per_epoch, when_non_finite=when_non_finite)
+        with signals.stops_at_boundaries():
+            return engine.run(
+                phases, state, Examples(images, labels), key, name=name, parallel=parallel,
+                block_steps=config.train.steps_per_dispatch,
+                per_step=convolutions_slow_in_loops(config), hooks=(*common, *hooks, stop),
+                step_offset=start_epoch * steps_per_epoch, when_non_finite=when_non_finite)
     finally:
         if writer is not None:
             writer.close()
@@ -200,7 +205,8 @@ def _finish(job: _Training, state: TrainState, report: engine.Report,
                     "train_seconds": report.seconds, "compile_seconds": report.compile_seconds,
                     "epochs": config.train.receiver_epochs + config.train.epochs,
                     "steps": int(state.step), "dataset": config.dataset,
-                    "devices": job.parallel.size, "processes": jax.process_count()})
+                    "devices": job.parallel.size, "processes": jax.process_count(),
+                    "model_sha256": model_digest(params, batch_stats)})
     if runs_together > 1:
         results["runs_together"] = runs_together
     if is_primary():
@@ -322,11 +328,15 @@ def fit_many(jobs: Sequence[_Training]) -> list[tuple[TrainState, engine.Report]
                                 (recipe.receiver_epochs, recipe.total_epochs), engine.Report(),
                                 config.checkpoint_every_epochs, job.split.source, len(jobs))
         hooks.append([*(common if index == 0 else common[1:]), saver])  # one progress line
+    # After every run's checkpoint: the last run's hooks are called last.
+    hooks[-1].append(signals.StopOnSignal(recipe.total_epochs, saved=True,
+                                          what=f"{len(jobs)} trainings as one program"))
     try:
-        states, reports = engine.run_many(
-            phases[0], [[phase.batches for phase in of_run] for of_run in phases], states, data,
-            keys, name="train", shared_data=shared, hooks=hooks,
-            epochs_per_dispatch=config.checkpoint_every_epochs)
+        with signals.stops_at_boundaries():
+            states, reports = engine.run_many(
+                phases[0], [[phase.batches for phase in of_run] for of_run in phases], states,
+                data, keys, name="train", shared_data=shared, hooks=hooks,
+                epochs_per_dispatch=config.checkpoint_every_epochs)
     finally:
         for writer in writers:
             if writer is not None:

@@ -24,7 +24,7 @@ from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
 from scu_jax.runs import summaries
 from scu_jax.runs.build import build_for, data_parallel, finetune_recipe, recipe_of
-from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints, model_digest
 from scu_jax.runs.erasing import erased_loop, erased_loops_together, run_info, ssd_pass
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 from scu_jax.runs.evaluate import evaluate
@@ -252,7 +252,8 @@ def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
         results["forget_sha256"] = ids_digest(split.erased_indices)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
                     "history": run_info.get("history", []), "dataset": config.dataset,
-                    "devices": job.parallel.size, "processes": jax.process_count()})
+                    "devices": job.parallel.size, "processes": jax.process_count(),
+                    "model_sha256": model_digest(params, batch_stats)})
     if is_primary():
         write_json_atomic(job.out_path / RESULTS_FILE, results)
     if split.backdoor:

@@ -27,6 +27,9 @@ from scu_jax.runs.saved import original_receiver, receiver_entries
 
 VERSIONS_DIR = "versions"
 _STAGING_PREFIX = ".staging-"
+# Written into versions/<n> once the ledger records version n: a recorded version the ledger no
+# longer names was cut from it (one never recorded is an interrupted run's, to reuse or remove).
+RECORDED_MARK = "RECORDED"
 _STEP = 0  # each version directory is a one-step checkpoint directory
 
 
@@ -93,6 +96,19 @@ def save(deployment: pathlib.Path, version: int, params, batch_stats, receiver: 
     return final
 
 
+def recorded(deployment: pathlib.Path, version: int) -> bool:
+    """Whether the ledger has recorded `version` (`mark_recorded`)."""
+    return (versions_dir(deployment) / str(version) / RECORDED_MARK).exists()
+
+
+def mark_recorded(deployment: pathlib.Path, version: int) -> None:
+    """Marks `version` as recorded by the ledger (after the ledger's rename), durably."""
+    directory = versions_dir(deployment) / str(version)
+    if not (directory / RECORDED_MARK).exists():
+        (directory / RECORDED_MARK).touch()
+        fsync_directory(directory)
+
+
 def remove_leftovers(deployment: pathlib.Path, keep: Callable[[int], bool]) -> None:
     """Deletes, with a warning each, staging directories and the versions for which `keep` is
     false (a version no ledger record names: an interrupted request's, or another's)."""
@@ -103,7 +119,8 @@ def remove_leftovers(deployment: pathlib.Path, keep: Callable[[int], bool]) -> N
         if path.name.startswith(_STAGING_PREFIX):
             logging.warning("removing %s: a version an interrupted run did not finish saving", path)
             shutil.rmtree(path)
-        elif path.name.isdigit() and not keep(int(path.name)):
+        elif path.name.isdigit() and not keep(int(path.name)) and not recorded(
+                deployment, int(path.name)):
             logging.warning("removing %s: a version no ledger record names (left by an "
                             "interrupted run of another request)", path)
             shutil.rmtree(path)
