@@ -19,8 +19,7 @@ from scu_jax.data import DATASETS, FORGET_KINDS
 from scu_jax.models import INITS, MODELS, RECEIVER_MODELS
 
 # The unlearning methods, by name (`scu_jax.methods` holds one factory for each; named here so
-# that validation needs no import of the methods).
-# The methods run by the erased-data loop.
+# that validation needs no import of the methods); first, those the erased-data loop runs.
 ERASED_LOOP_METHODS = ("scu", "scu_no_cc", "vbu", "hbu", "salun")
 METHODS = (*ERASED_LOOP_METHODS, "ssd", "l1_sparse", "finetune", "retrain")
 ERASED_OBJECTIVES = ("mse", "ce", "mse+ce")
@@ -30,7 +29,6 @@ RECEIVERS = ("original", "own")
 # The config fields that define a trained system: a checkpoint made under different values of
 # these cannot be resumed or reused.
 TRAINING_FIELDS = ("dataset", "seed", "max_train_examples", "erasure", "model", "channel", "train")
-
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -164,14 +162,14 @@ def default_config() -> ml_collections.ConfigDict:
     # run takes config.unlearning with its entry applied (`method_config`).
     config.unlearning.per_method = ml_collections.ConfigDict()
     config.unlearning.finetune_epochs = 20  # epochs over D_r for `finetune` and `l1_sparse`
-    # The field's baselines (methods/ssd.py, sparse.py, salun.py): SSD's α and λ, ℓ1-sparse's
-    # penalty γ, the share of parameters SalUn's mask keeps. λ and the half are the papers'; their
-    # α = 10 and γ = 5e-4 wreck the decoder here: α and γ from docs/results.md, "Baselines from
-    # the field".
+    # The field's baselines (methods/ssd.py, sparse.py, salun.py): SSD's α and λ, ℓ1-sparse's γ,
+    # the share of parameters SalUn's mask keeps (λ and the half the papers'; their α = 10 and
+    # γ = 5e-4 wreck the decoder here: docs/results.md, "Baselines from the field").
     config.unlearning.ssd_alpha = 15.0
     config.unlearning.ssd_lambda = 1.0
     config.unlearning.l1_strength = 1e-6
     config.unlearning.salun_fraction = 0.5
+    config.unlearning.sam_radius = 0.0  # ρ_sam of SCU's, SalUn's sharpness-aware step (0: off)
 
     # What the evaluation adds beyond the protocol metrics.
     config.evaluation = ml_collections.ConfigDict()
@@ -218,9 +216,10 @@ def default_config() -> ml_collections.ConfigDict:
 # The unlearning fields a `per_method` entry may set.
 _PER_METHOD_FIELDS = ("beta_u", "lambda_kl", "rho", "learning_rate", "grad_clip", "batch_size",
                       "max_epochs", "early_stop", "batch_stop", "epoch_stop", "stop_on",
-                      "erased_objective", "gap_tolerance", "class_stop", "stop_weight_gradient", "unit_mse_in_weights",
-                      "partial_batch", "augment_remain", "hbu_fixed_probe", "finetune_epochs",
-                      "ssd_alpha", "ssd_lambda", "l1_strength", "salun_fraction")
+                      "erased_objective", "gap_tolerance", "class_stop", "stop_weight_gradient",
+                      "unit_mse_in_weights", "partial_batch", "augment_remain", "hbu_fixed_probe",
+                      "finetune_epochs", "ssd_alpha", "ssd_lambda", "l1_strength", "salun_fraction",
+                      "sam_radius")
 
 
 def method_config(config: ml_collections.ConfigDict, method: str | None = None
@@ -394,6 +393,7 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     _number(config, "unlearning.ssd_lambda", 0.0, 1e9)
     _number(config, "unlearning.l1_strength", 0.0, 10.0)
     _number(config, "unlearning.salun_fraction", 0.0, 1.0, low_open=True)
+    _number(config, "unlearning.sam_radius", 0.0, 1e3)
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):
         value = config.unlearning[field]

@@ -297,3 +297,26 @@ def test_forget_relearning_table_gives_each_systems_error_and_its_gap_to_retrain
     # SCU's seeds: 22 → 20 and 24 → 22; against retraining's 21.5 and 23 at 50 steps: −1.5, −1.
     assert lines[4] == "| scu | 23.00 ± 1.00 | 21.00 ± 1.00 | -1.25 |"
     assert lines[5].startswith("| retrain | 22.00 ± 1.00 |") and len(lines) == 6  # no ssd row
+
+
+def test_robust_benchmark_names_its_variants_and_tabulates_seeds():
+    from benchmarks import robust
+
+    runs = robust.variants([40], [0.01])
+    assert runs["scu_e40"] == {"method": "scu", "early_stop": False, "max_epochs": 40}
+    assert runs["scu_sam0.01"] == {"method": "scu", "sam_radius": 0.01}
+    assert list(runs)[:3] == ["retrain", "finetune", "scu"]
+    steps, fractions = [0, 50, 500], [0.1]
+
+    def row(backdoor, seconds, curve):
+        return {"backdoor_accuracy": backdoor, "accuracy_clean": 0.9, "accuracy_test": 0.8,
+                "mse_clean": 8.0, "steps": 10, "seconds": seconds, "attack": {"0.1": curve}}
+
+    results = {seed: {"retrain": row(0.02, 40.0, [0.0, 0.0, 0.1]),
+                      "scu": row(0.09, 0.5 * (seed + 1), [0.1, 0.6, 0.9])} for seed in (0, 1)}
+    lines = robust.table(results, steps, fractions).splitlines()
+    assert lines[0].endswith("| back > 50 % after (10 % of D_e) |")
+    assert lines[2].endswith("| – | –, – |")  # retraining: its own reference, never back
+    # Speed-ups 80× and 40× (each seed's own retraining), the first step above 50 %: 50.
+    assert lines[3] == ("| scu | 9.0 ± 0.0 | 90.0 ± 0.0 | 80.0 ± 0.0 | 0.75 ± 0.25 | 60 ± 20 "
+                        "| 50, 50 |")

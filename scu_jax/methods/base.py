@@ -275,14 +275,27 @@ def unlearn_state(params: dict[str, Any], batch_stats: dict[str, Any],
                         opt_state=opt_state, original=frozen_original(params, batch_stats))
 
 
+def sam_neighbour(params: Any, grads: Any, radius: float) -> Any:
+    """`params + radius · grads / ‖grads‖` (global norm): SAM's worst-case neighbour, to first
+    order, of the parameters within `radius`."""
+    scale = radius / (optax.global_norm(grads) + 1e-12)
+    return jax.tree.map(lambda p, g: p + scale * g.astype(p.dtype), params, grads)
+
+
 def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
-                    joint_receiver: bool, mask: Any = None) -> Method:
+                    joint_receiver: bool, mask: Any = None, sam_radius: float = 0.0) -> Method:
     """An Adam (grad-norm clipped) unlearning method minimising
     `loss_fn(params, batch_stats, θ_o, batch, key) → (loss, (new_batch_stats, StepMetrics))`.
 
     `mask` (optional, a 0/1 pytree of the trainable parameters' shapes) multiplies the gradient
     before the clip and Adam (`gradient_mask`): a masked-out parameter's moments stay 0, so its
     update is exactly 0.
+
+    `sam_radius` ρ > 0 makes the step sharpness-aware (SAM, Foret et al. 2021): the gradient is
+    taken at the worst-case neighbour `θ + ρ·g/‖g‖` of the trainable parameters (g: the loss's
+    gradient at θ, the same batch and noise draws), so the step minimises the loss over a ball
+    around θ rather than at θ alone; a flat minimum of the unlearning loss is one that a few steps
+    of relearning do not leave (Fan et al. 2025). ρ = 0 is the plain step, bit for bit.
     """
     tx = make_optimizer(learning_rate, grad_clip)
     if mask is not None:
@@ -300,6 +313,8 @@ def gradient_method(loss_fn, *, learning_rate: float, grad_clip: float,
 
         trainable = trainable_params(state.params, joint_receiver)
         (_, (batch_stats, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+        if sam_radius:
+            grads = jax.grad(lambda t: objective(t)[0])(sam_neighbour(trainable, grads, sam_radius))
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         params = {**state.params, **optax.apply_updates(trainable, updates)}
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,

@@ -105,7 +105,7 @@ def saliency_mask(scores: Any, fraction: float) -> Any:
 
 
 def salun(system: System, objective: CodecObjective, *, learning_rate: float, grad_clip: float,
-          mask: Any, forget_weight: float = 0.5) -> Method:
+          mask: Any, forget_weight: float = 0.5, sam_radius: float = 0.0) -> Method:
     """SalUn's masked forgetting step (see the module docstring); `mask` from `saliency_mask`,
     `forget_weight` the weight w of the erased images' term.
 
@@ -115,6 +115,7 @@ def salun(system: System, objective: CodecObjective, *, learning_rate: float, gr
       learning_rate, grad_clip: Adam's step size and the global grad-norm clip.
       mask: which parameters the step updates (`saliency_mask`).
       forget_weight: w, the erased term's weight (the default's ½ suits equal |D_e| and |D_r|).
+      sam_radius: ρ_sam > 0: the sharpness-aware step (`base.gradient_method`).
 
     Returns:
       A `Method`.
@@ -157,4 +158,4 @@ def salun(system: System, objective: CodecObjective, *, learning_rate: float, gr
         return loss, (batch_stats, metrics)
 
     return gradient_method(loss_fn, learning_rate=learning_rate, grad_clip=grad_clip,
-                           joint_receiver=joint, mask=mask)
+                           joint_receiver=joint, mask=mask, sam_radius=sam_radius)

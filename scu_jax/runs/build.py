@@ -212,7 +212,7 @@ def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = Non
         if mask is None:
             raise ValueError("salun needs its saliency mask (runs.build.salun_mask)")
         return salun(system, objective, learning_rate=u.learning_rate, grad_clip=u.grad_clip,
-                     mask=mask, forget_weight=forget_weight)
+                     mask=mask, forget_weight=forget_weight, sam_radius=u.sam_radius)
     if name == "hbu":
         return hbu(system, objective, learning_rate=u.learning_rate,
                    fixed_probe=u.hbu_fixed_probe, augment_remain=u.augment_remain)
@@ -224,7 +224,8 @@ def method_of(config: ml_collections.ConfigDict, system: System, mask: Any = Non
                    lambda_kl=u.lambda_kl, beta_u=u.beta_u, rho=u.rho,
                    erased_objective=u.erased_objective,
                    stop_weight_gradient=u.stop_weight_gradient,
-                   unit_mse_in_weights=u.unit_mse_in_weights, augment_remain=u.augment_remain)
+                   unit_mse_in_weights=u.unit_mse_in_weights, augment_remain=u.augment_remain,
+                   sam_radius=u.sam_radius)
 
 
 def describe_protocol(config: ml_collections.ConfigDict) -> str:
