@@ -1,9 +1,9 @@
 """How deep does each method forget? The relearning attack, run long, on the main job's systems.
 
 ```
-python -m benchmarks.robust --workdir=runs/robust --seeds=0,1,2 \
-    [--deep_epochs=40,60,80] [--sam_radii=0.01,0.02] [--attack_fractions=0.1,0.25] \
-    [--attack_steps=0,25,50,100,200,500,1000]
+python -m benchmarks.robust --robust_workdir=runs/robust --robust_seeds=0,1,2 \
+    [--deep_epochs=40,60,80] [--sam_radii=0.01,0.02] [--robust_fractions=0.1,0.25] \
+    [--robust_steps=0,25,50,100,200,500,1000]
 ```
 Per seed, in `WORKDIR/seed_S/`: the main job's system (`configs/mnist.py`, trained once and
 reused), retraining, fine-tuning, SCU as shipped (it stops once D_e's backdoor is below 10 %),
@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/robust", "Where the systems and tables go.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each its own trained system).")
+# Names of their own: the benchmarks' modules share absl's flags when imported together.
+_WORKDIR = flags.DEFINE_string("robust_workdir", "runs/robust", "Where the systems and tables go.")
+_SEEDS = flags.DEFINE_list("robust_seeds", ["0"], "Seeds (each its own trained system).")
 _DEEP = flags.DEFINE_list("deep_epochs", ["40", "60", "80"], "SCU's fixed epochs past the stop.")
 _RADII = flags.DEFINE_list("sam_radii", ["0.01", "0.02"], "Sharpness-aware SCU's radii.")
-_FRACTIONS = flags.DEFINE_list("attack_fractions", ["0.1", "0.25"], "Parts of D_e attacked with.")
-_STEPS = flags.DEFINE_list("attack_steps", ["0", "25", "50", "100", "200", "500", "1000"],
+_FRACTIONS = flags.DEFINE_list("robust_fractions", ["0.1", "0.25"], "Parts of D_e attacked with.")
+_STEPS = flags.DEFINE_list("robust_steps", ["0", "25", "50", "100", "200", "500", "1000"],
                            "Attack steps to read after.")
 READS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test", "mse_clean")
 

@@ -4,6 +4,7 @@ a refused workdir, and a SIGKILL mid-sweep that a rerun completes without duplic
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -128,6 +129,17 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
+def _one_edr_sweep(workdir, cache_dir):
+    """The smoke sweep at its first EDR in one worker: (command, env, marker), the marker an
+    environment variable that tells its processes apart (`_processes_with`)."""
+    marker = f"SCU_TEST_MARKER={uuid.uuid4().hex}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", marker.split("=")[0]: marker.split("=")[1]}
+    command = [sys.executable, "-m", "scu_jax.binaries.experiment", EDR_SMOKE,
+               "--config.grid.edr=(0.04,)", f"--workdir={workdir}", "--workers=1",
+               f"--compilation_cache={cache_dir}", "--report=false"]
+    return command, env, marker
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigkill_mid_sweep_then_rerun_completes_without_duplicates(smoke_sweep, cache_dir, tmp_path):
@@ -136,11 +148,7 @@ def test_sigkill_mid_sweep_then_rerun_completes_without_duplicates(smoke_sweep, 
     reference = {row["cell"]: row for row in read_rows(smoke_sweep[0]) if row["edr"] == 0.04}
     assert len(reference) == 4
     workdir = tmp_path / "killed"
-    marker = f"SCU_TEST_MARKER={uuid.uuid4().hex}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", marker.split("=")[0]: marker.split("=")[1]}
-    command = [sys.executable, "-m", "scu_jax.binaries.experiment", EDR_SMOKE,
-               "--config.grid.edr=(0.04,)", f"--workdir={workdir}", "--workers=1",
-               f"--compilation_cache={cache_dir}", "--report=false"]
+    command, env, marker = _one_edr_sweep(workdir, cache_dir)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     rows_file = workdir / ROWS_FILE
@@ -176,11 +184,7 @@ def test_sigterm_stops_the_workers_at_a_boundary_and_says_so_in_one_line(cache_d
     """SIGTERM to the sweep's parent alone: it forwards it to its worker, which stops its task at
     the next epoch boundary (saving a training there); one line, exit 143, no worker left."""
     workdir = tmp_path / "stopped"
-    marker = f"SCU_TEST_MARKER={uuid.uuid4().hex}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", marker.split("=")[0]: marker.split("=")[1]}
-    command = [sys.executable, "-m", "scu_jax.binaries.experiment", EDR_SMOKE,
-               "--config.grid.edr=(0.04,)", f"--workdir={workdir}", "--workers=1",
-               f"--compilation_cache={cache_dir}", "--report=false"]
+    command, env, marker = _one_edr_sweep(workdir, cache_dir)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -194,8 +198,9 @@ def test_sigterm_stops_the_workers_at_a_boundary_and_says_so_in_one_line(cache_d
             if "error" in line or "Traceback" in line]
     assert process.returncode == 143 and len(said) == 1, stderr[-3000:]
     assert said[0].startswith("scu-experiment: error: interrupted by SIGTERM: ")
-    assert said[0].endswith("stopped at an epoch boundary and saved what they checkpoint; the "
-                            "same command resumes"), said[0]
+    # (On a machine loaded past the grace period, a straggler is killed and the line says so.)
+    assert re.search(r"stopped at an epoch boundary and saved what they checkpoint( \(1 still "
+                     r"running after \d+ s were killed\))?; the same command resumes$", said[0]), said[0]
     deadline = time.monotonic() + 10
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -34,16 +34,7 @@ def _finished_steps(workdir: pathlib.Path, subdir: str = "checkpoints") -> list[
 
 def _kill_when(workdir: pathlib.Path, condition, timeout=240, command=None):
     """Starts `command` (scu-train on `workdir` by default); SIGKILLs it once `condition(workdir)`."""
-    process = subprocess.Popen(command or _command(workdir), cwd=REPO, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while not condition(workdir):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the run ended before the kill point was reached")
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    _signal_when(workdir, condition, signal.SIGKILL, command=command, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
