@@ -15,7 +15,6 @@ python -m benchmarks.digests [--repeats=3]
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from unittest import mock
@@ -33,8 +32,8 @@ def _state(dataset: str):
     from scu_jax.runs.build import build_system, recipe_of
 
     config = presets.preset(dataset)
-    shape, classes = ((28, 28, 1), 10) if dataset == "mnist5k" else ((32, 32, 3), 10)
-    system = build_system(config, shape, classes)
+    shape = (28, 28, 1) if dataset == "mnist5k" else (32, 32, 3)
+    system = build_system(config, shape, 10)
     state = training.initial_state(system, recipe_of(config), 0, shape)
     return jax.device_get(state)
 
@@ -97,4 +96,4 @@ def _timed(work) -> float:
 
 
 if __name__ == "__main__":
-    app.run(main, argv=sys.argv[:1] + [a for a in sys.argv[1:]])
+    app.run(main)

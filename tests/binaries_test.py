@@ -4,12 +4,12 @@ import hashlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import said
 
 from scu_jax.runs.checkpointing import Checkpoints
 
@@ -143,11 +143,6 @@ def test_unlearn_leaves_trained_checkpoint_byte_identical_and_evaluate_reads_it(
     assert trained_results["model_sha256"] != results["model_sha256"]
 
 
-def _error_lines(stderr: str) -> list[str]:
-    """What a run printed besides absl's log lines (which start with a level and a date)."""
-    return [line for line in stderr.splitlines() if line and not re.match(r"[IWE]\d{4} ", line)]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "manifest"])
 def test_a_damaged_checkpoint_is_one_line_through_the_binary(trained, tmp_path, damage):
@@ -169,7 +164,7 @@ def test_a_damaged_checkpoint_is_one_line_through_the_binary(trained, tmp_path, 
     before = _tree_digest(copy)
     result = _run(f"--workdir={copy}", binary="evaluate")
     assert result.returncode == 2
-    lines = _error_lines(result.stderr)
+    lines = said(result.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"scu-evaluate: error: checkpoint {step} "), \
         result.stderr[-3000:]
     if damage == "flip":

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -69,3 +70,8 @@ def mock_tfds(monkeypatch):
                         lambda self, keys: [self[k] for k in keys])
     with tfds.testing.mock_data(num_examples=64):
         yield
+
+
+def said(stderr: str) -> list[str]:
+    """What a binary printed on stderr besides absl's log lines (a level letter and a date)."""
+    return [line for line in stderr.splitlines() if line and not re.match(r"[IWE]\d{4} ", line)]

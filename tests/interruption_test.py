@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from conftest import said
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = f"--config={REPO / 'configs' / 'mnist.py'}:smoke"
@@ -139,11 +140,6 @@ def _signal_when(workdir: pathlib.Path, condition, sig, *, times=1, command=None
     return process.returncode, stderr
 
 
-def _said(stderr: str) -> list[str]:
-    """What a run printed besides absl's log lines (a level letter and a date)."""
-    return [line for line in stderr.splitlines() if line and not re.match(r"[IWE]\d{4} ", line)]
-
-
 def _in_full_disk(command):
     """`command` with every file it writes capped at 200 kB (RLIMIT_FSIZE; SIGXFSZ ignored, so a
     write past it fails with EFBIG): a disk that fills during the next checkpoint save."""
@@ -163,19 +159,19 @@ def test_sigterm_saves_says_so_and_a_full_disk_then_the_rerun_resume_identically
     workdir = tmp_path / "run"
     code, stderr = _signal_when(workdir, lambda w: max(_finished_steps(w), default=0) >= 2,
                                 signal.SIGTERM)
-    said = _said(stderr)
-    assert code == 143 and len(said) == 1, stderr[-3000:]
+    lines = said(stderr)
+    assert code == 143 and len(lines) == 1, stderr[-3000:]
     match = re.fullmatch(r"scu-train: error: interrupted by SIGTERM at epoch (\d+) of 7 \(train\): "
-                         r"saved; the same command resumes", said[0])
-    assert match, said
+                         r"saved; the same command resumes", lines[0])
+    assert match, lines
     saved_at = int(match.group(1))
     assert _finished_steps(workdir)[-1] == saved_at >= 2
 
     full = subprocess.run(_in_full_disk(_command(workdir)), cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=300)
-    said = _said(full.stderr)
-    assert full.returncode == 1 and len(said) == 1, full.stderr[-3000:]
-    assert said[0] == (f"scu-train: error: cannot save a checkpoint in {workdir / 'checkpoints'}: "
+    lines = said(full.stderr)
+    assert full.returncode == 1 and len(lines) == 1, full.stderr[-3000:]
+    assert lines[0] == (f"scu-train: error: cannot save a checkpoint in {workdir / 'checkpoints'}: "
                        f"File too large; the latest complete checkpoint is step {saved_at}, which "
                        "the same command resumes from")
     assert _finished_steps(workdir)[-1] == saved_at
@@ -192,8 +188,8 @@ def test_a_second_signal_exits_at_once_keeping_the_last_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     code, stderr = _signal_when(workdir, lambda w: len(_finished_steps(w)) >= 1, signal.SIGINT,
                                 times=2)
-    said = _said(stderr)
-    assert code == 130 and said[-1] == ("scu-train: SIGINT again: exiting now; the last complete "
+    lines = said(stderr)
+    assert code == 130 and lines[-1] == ("scu-train: SIGINT again: exiting now; the last complete "
                                         "checkpoint is kept"), stderr[-3000:]
     assert "Traceback" not in stderr
     from scu_jax.runs.checkpointing import Checkpoints
@@ -220,8 +216,8 @@ def test_sigterm_during_an_unlearning_run_that_keeps_no_checkpoint_says_so(refer
         return bool(started) and time.monotonic() - started[0] > 1.0
 
     code, stderr = _signal_when(workdir, unlearning, signal.SIGTERM, command=command)
-    said = _said(stderr)
-    assert code == 143 and len(said) == 1, stderr[-3000:]
+    lines = said(stderr)
+    assert code == 143 and len(lines) == 1, stderr[-3000:]
     assert re.fullmatch(r"scu-unlearn: error: interrupted by SIGTERM at epoch \d+ of 10000 \(scu\): "
-                        r"scu keeps no checkpoint of its own; the same command reruns it", said[0])
+                        r"scu keeps no checkpoint of its own; the same command reruns it", lines[0])
     assert not (workdir / "results.json").exists() and not (workdir / "checkpoints").exists()
