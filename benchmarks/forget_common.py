@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.variants import apply_variant
 from scu_jax.config import default_config, validate_config
 
 
@@ -55,9 +56,8 @@ def relearning_rows(base, seed: int, root: pathlib.Path, settings, methods,
                                                else f"{setting}/{method}")
             if (seed, setting, method) in done or not (workdir / "results.json").exists():
                 continue
-            method_config = config.copy_and_resolve_references()
-            if method != "original":
-                method_config.unlearning.method = method
+            method_config = (config.copy_and_resolve_references() if method == "original"
+                             else apply_variant(config, method))
             rows.append({"seed": seed, "setting": setting, "method": method, "steps": steps,
                          "curve": relearning_curve(method_config, workdir, steps=steps)})
     return rows

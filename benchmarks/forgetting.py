@@ -31,6 +31,7 @@ from absl import app, flags
 
 import jax
 
+from benchmarks.variants import apply_variant, variant_fields
 from scu_jax.errors import NonFiniteError
 from scu_jax.evaluation import system_for_evaluation
 from scu_jax.runs.build import protocol_of
@@ -52,7 +53,8 @@ _SETTINGS = flags.DEFINE_list("settings", ["class1", "random0.02", "random0.10"]
                               "classN (every image of class N) or randomF (a random fraction F).")
 _METHODS = flags.DEFINE_list("methods", ["scu", "scu_no_cc", "vbu", "hbu", "finetune", "ssd",
                                          "l1_sparse", "salun"],
-                             "Methods run against retraining.")
+                             "Methods, or variants of one (benchmarks.variants: scu_e40, "
+                             "salun_sam0.01), run against retraining.")
 _OUTPUT = flags.DEFINE_string("output", "runs/forgetting.md", "The markdown tables.")
 # Names of their own: the benchmarks' modules share absl's flags when imported together.
 _RELEARN = flags.DEFINE_boolean("forget_relearning", False, "Also run the relearning attack on "
@@ -107,11 +109,11 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
         results = [unlearn_and_evaluate(config, str(train_dir), str(retrain_dir),
                                         reference_workdir=str(retrain_dir))]
         results.append(original_row(config, train_dir, retrain_dir))
-        for method in methods:
-            config.unlearning.method = method
+        for method in methods:  # a method, or a variant of one (`benchmarks.variants`)
             try:
-                results.append(unlearn_and_evaluate(config, str(train_dir), str(where / method),
-                                                    reference_workdir=str(retrain_dir)))
+                results.append({**unlearn_and_evaluate(
+                    apply_variant(config, method), str(train_dir), str(where / method),
+                    reference_workdir=str(retrain_dir)), "method": method})
             except NonFiniteError as error:
                 # A diverging baseline is a result of the comparison (a row), not its end.
                 results.append({"method": method, "status": "non-finite", "error": str(error),
@@ -185,6 +187,11 @@ def main(argv) -> None:
         sys.exit("benchmarks.forgetting: error: --forget_attack_steps must be integers")
     if not steps or steps[0] < 0 or any(b <= a for a, b in zip(steps, steps[1:])):
         sys.exit("benchmarks.forgetting: error: --forget_attack_steps must increase from >= 0")
+    try:
+        for method in _METHODS.value:
+            variant_fields(method)
+    except ValueError as error:
+        sys.exit(f"benchmarks.forgetting: error: --methods: {error}")
     quiet_library_logs()
     base = base_config(_CONFIG_ARGS.value)
     root = pathlib.Path(_WORKDIR.value)

@@ -3,14 +3,16 @@
 ```
 python -m benchmarks.robust --robust_workdir=runs/robust --robust_seeds=0,1,2 \
     [--deep_epochs=40,60,80] [--sam_radii=0.01,0.02] [--robust_fractions=0.1,0.25] \
-    [--robust_steps=0,25,50,100,200,500,1000]
+    [--robust_steps=0,25,50,100,200,500,1000] [--robust_extra=salun,salun_sam0.01]
 ```
 Per seed, in `WORKDIR/seed_S/`: the main job's system (`configs/mnist.py`, trained once and
 reused), retraining, fine-tuning, SCU as shipped (it stops once D_e's backdoor is below 10 %),
 SCU run on past that stop for a fixed number of epochs (`scu_eE`: `early_stop=False`,
-`max_epochs=E`), and sharpness-aware SCU (`scu_samR`: `sam_radius=R`, the shipped stop); then
+`max_epochs=E`), and sharpness-aware SCU (`scu_samR`: `sam_radius=R`, the shipped stop), and any `--robust_extra` variant
+(`benchmarks.variants`, e.g. SalUn and its sharpness-aware step); then
 `runs/relearn.relearning_curve` on each (the codec's training step on a seeded fraction of D_e,
-the backdoor read on the rest). Every finished run is reused. Writes `WORKDIR/robust.json` and
+the backdoor read on the rest). Every finished run, and every curve already in
+`WORKDIR/robust.json` for the same steps and fractions, is reused. Writes `WORKDIR/robust.json` and
 `WORKDIR/robust.md`: per variant, mean ± std over the seeds of the backdoor, D_clean and test
 accuracy, the unlearning time and its speed-up over the same seed's retraining, and per attack
 fraction each seed's first attack step count with the backdoor back above 50 %; and the curves'
@@ -27,6 +29,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
+from benchmarks.variants import variant_fields
+
 # Names of their own: the benchmarks' modules share absl's flags when imported together.
 _WORKDIR = flags.DEFINE_string("robust_workdir", "runs/robust", "Where the systems and tables go.")
 _SEEDS = flags.DEFINE_list("robust_seeds", ["0"], "Seeds (each its own trained system).")
@@ -35,21 +39,21 @@ _RADII = flags.DEFINE_list("sam_radii", ["0.01", "0.02"], "Sharpness-aware SCU's
 _FRACTIONS = flags.DEFINE_list("robust_fractions", ["0.1", "0.25"], "Parts of D_e attacked with.")
 _STEPS = flags.DEFINE_list("robust_steps", ["0", "25", "50", "100", "200", "500", "1000"],
                            "Attack steps to read after.")
+_EXTRA = flags.DEFINE_list("robust_extra", [], "More variants (benchmarks.variants).")
 READS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test", "mse_clean")
 
 
-def variants(deep: list[int], radii: list[float]) -> dict[str, dict[str, Any]]:
-    """name → the unlearning fields of its run (`method` included)."""
-    runs = {"retrain": {"method": "retrain"}, "finetune": {"method": "finetune"},
-            "scu": {"method": "scu"}}
-    runs.update({f"scu_e{e}": {"method": "scu", "early_stop": False, "max_epochs": e}
-                 for e in deep})
-    runs.update({f"scu_sam{r:g}": {"method": "scu", "sam_radius": r} for r in radii})
-    return runs
+def variants(deep: list[int], radii: list[float], extra=()) -> dict[str, dict[str, Any]]:
+    """name → the unlearning fields of its run (`method` included; `benchmarks.variants`)."""
+    names = ["retrain", "finetune", "scu", *(f"scu_e{e}" for e in deep),
+             *(f"scu_sam{r:g}" for r in radii), *extra]
+    return {name: variant_fields(name) for name in names}
 
 
 def run_seed(root: pathlib.Path, seed: int, runs: dict[str, dict[str, Any]],
-             fractions: list[float], steps: list[int]) -> dict[str, Any]:
+             fractions: list[float], steps: list[int], done=None) -> dict[str, Any]:
+    """Every run of one seed and its attack curves; `done`: this seed's entries from an earlier
+    robust.json of the same steps and fractions, reused."""
     from scu_jax.config import default_config
     from scu_jax.runs import train, unlearn
     from scu_jax.runs.relearn import relearning_curve
@@ -60,6 +64,9 @@ def run_seed(root: pathlib.Path, seed: int, runs: dict[str, dict[str, Any]],
     train.train_and_evaluate(config, str(trained))
     out: dict[str, Any] = {}
     for name, fields in {"original": None, **runs}.items():
+        if name in (done or {}):
+            out[name] = done[name]
+            continue
         run_config = config.copy_and_resolve_references()
         workdir = trained
         if fields is not None:
@@ -136,10 +143,19 @@ def main(argv) -> None:
     root = pathlib.Path(_WORKDIR.value)
     steps = [int(s) for s in _STEPS.value]
     fractions = [float(f) for f in _FRACTIONS.value]
-    runs = variants([int(e) for e in _DEEP.value], [float(r) for r in _RADII.value])
+    try:
+        runs = variants([int(e) for e in _DEEP.value], [float(r) for r in _RADII.value],
+                        _EXTRA.value)
+    except ValueError as error:
+        sys.exit(f"benchmarks.robust: error: {error}")
+    earlier = {}
+    if (root / "robust.json").exists():
+        saved = json.loads((root / "robust.json").read_text())
+        if (saved["steps"], saved["fractions"]) == (steps, fractions):
+            earlier = saved["results"]
     results = {}
     for seed in (int(s) for s in _SEEDS.value):
-        results[seed] = run_seed(root, seed, runs, fractions, steps)
+        results[seed] = run_seed(root, seed, runs, fractions, steps, earlier.get(str(seed)))
         write_json_atomic(root / "robust.json", {"steps": steps, "fractions": fractions,
                                                  "results": {str(k): v for k, v in results.items()}})
     text = table(results, steps, fractions)

@@ -57,6 +57,7 @@ SECTIONS = (
     ("Stopping rules", ("scu_jax.stopping",)),
     ("Mutual information", ("scu_jax.mi",)),
     ("Data", ("scu_jax.data",)),
+    ("Corrective unlearning", ("scu_jax.expansion",)),
     ("Devices", ("scu_jax.parallel",)),
     ("Errors", ("scu_jax.errors",)),
 )

@@ -17,10 +17,14 @@ from scu_jax.channels import measured_snr_db
 from scu_jax.channels import rayleigh
 from scu_jax.channels import rician
 from scu_jax.data import ErasureSplit
+from scu_jax.data import known_positions
 from scu_jax.data import load_dataset
 from scu_jax.data import make_erasure_split
+from scu_jax.data import move_to_erased
 from scu_jax.data.augment import crop_keeping_trigger
 from scu_jax.engine import Phase
+from scu_jax.expansion import flag_like_erased
+from scu_jax.expansion import like_known
 from scu_jax.engine import Report
 from scu_jax.engine import run
 from scu_jax.engine import run_many
@@ -116,15 +120,19 @@ __all__ = (
     "estimate_mine",
     "fading_coefficients",
     "finetune",
+    "flag_like_erased",
     "gaussian_kl",
     "get_channel",
     "hbu",
     "init_system",
     "initial_state",
     "kl_to_prior",
+    "like_known",
+    "known_positions",
     "l1_sparse",
     "load_dataset",
     "make_erasure_split",
+    "move_to_erased",
     "measured_snr_db",
     "mesh_for",
     "per_image_sse",

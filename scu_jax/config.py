@@ -54,12 +54,17 @@ def default_config() -> ml_collections.ConfigDict:
     # set of the clean training split, on which the system trains whole: sample indices in
     # `ids_file` (one per line, or a .npy), every image of class `class_id`, or a random
     # `fraction` drawn with `seed` (-1: config.seed). One trained system serves all three.
+    # `known_fraction` < 1 ("backdoor" only; corrective unlearning): the methods, retraining
+    # included, are given a `seed`-ed share of D_e; the rest stays in D_r, trigger and all.
+    # `expand`: D_r samples that look like the known ones are erased too (`scu_jax.expansion`).
     config.forget = ml_collections.ConfigDict()
     config.forget.kind = "backdoor"
     config.forget.ids_file = ""
     config.forget.class_id = 1
     config.forget.fraction = 0.02
     config.forget.seed = -1
+    config.forget.known_fraction = 1.0
+    config.forget.expand = False
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
@@ -213,13 +218,9 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-# The unlearning fields a `per_method` entry may set.
-_PER_METHOD_FIELDS = ("beta_u", "lambda_kl", "rho", "learning_rate", "grad_clip", "batch_size",
-                      "max_epochs", "early_stop", "batch_stop", "epoch_stop", "stop_on",
-                      "erased_objective", "gap_tolerance", "class_stop", "stop_weight_gradient",
-                      "unit_mse_in_weights", "partial_batch", "augment_remain", "hbu_fixed_probe",
-                      "finetune_epochs", "ssd_alpha", "ssd_lambda", "l1_strength", "salun_fraction",
-                      "sam_radius")
+# The unlearning fields a `per_method` entry may set: all but the method and the entries.
+_PER_METHOD_FIELDS = tuple(field for field in default_config().unlearning
+                           if field not in ("method", "per_method"))
 
 
 def method_config(config: ml_collections.ConfigDict, method: str | None = None
@@ -286,16 +287,12 @@ def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field before any work starts; raises `ConfigError` naming field and value."""
-    _choice(config, "dataset", DATASETS)
-    _choice(config, "model.name", MODELS)
-    _choice(config, "model.dtype", ("float32", "bfloat16"))
-    _choice(config, "model.init", INITS)
-    _choice(config, "model.receiver", RECEIVER_MODELS)
-    _choice(config, "channel.name", CHANNELS)
-    _choice(config, "channel.family", FAMILIES)
-    _choice(config, "channel.fading", FADINGS)
-    _choice(config, "channel.equalizer", EQUALIZERS)
-    _choice(config, "channel.draw", DRAWS)
+    for field, choices in (("dataset", DATASETS), ("model.name", MODELS),
+                           ("model.dtype", ("float32", "bfloat16")), ("model.init", INITS),
+                           ("model.receiver", RECEIVER_MODELS), ("channel.name", CHANNELS),
+                           ("channel.family", FAMILIES), ("channel.fading", FADINGS),
+                           ("channel.equalizer", EQUALIZERS), ("channel.draw", DRAWS)):
+        _choice(config, field, choices)
     check_field(config.channel.draw == "element" or config.channel.family == "paper",
                 "channel.draw", config.channel.draw, "'scalar' is the reference's draw of the paper "
                 "family; the physical family draws per symbol")
@@ -315,6 +312,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_field(config.forget.fraction < 1.0, "forget.fraction", config.forget.fraction,
                 "must be below 1 (something must remain)")
     _number(config, "forget.seed", -1, 2**31 - 1, integer=True)
+    _number(config, "forget.known_fraction", 0.0, 1.0, low_open=True)
+    for field, off in (("known_fraction", 1.0), ("expand", False)):
+        check_field(config.forget[field] == off or config.forget.kind == "backdoor",
+                    f"forget.{field}", config.forget[field], "applies to forget.kind='backdoor' only")
+    check_field(isinstance(config.forget.expand, bool), "forget.expand", config.forget.expand,
+                "must be true or false")
     check_field(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
                 config.erasure.target_class, "must differ from erasure.base_class")
     _number(config, "model.latent_dim", 1, integer=True)
@@ -377,23 +380,18 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
                 "use 'mse'")
     _choice(config, "unlearning.stop_on", ("epoch_batches", "eval"))
     _choice(config, "unlearning.partial_batch", ("wrap", "drop"))
-    _number(config, "unlearning.beta_u", 0.0, 1e6)
-    _number(config, "unlearning.lambda_kl", 0.0, 1e6)
-    _number(config, "unlearning.rho", 0.0, 1e6)
+    for field in ("beta_u", "lambda_kl", "rho"):
+        _number(config, f"unlearning.{field}", 0.0, 1e6)
+    for field in ("batch_stop", "epoch_stop", "gap_tolerance", "class_stop"):
+        _number(config, f"unlearning.{field}", 0.0, 1.0)
+    for field, high in (("ssd_alpha", 1e9), ("ssd_lambda", 1e9), ("l1_strength", 10.0),
+                        ("sam_radius", 1e3)):
+        _number(config, f"unlearning.{field}", 0.0, high)
+    for field, high in (("batch_size", 65536), ("max_epochs", 10000), ("finetune_epochs", 10000)):
+        _number(config, f"unlearning.{field}", 1, high, integer=True)
     _number(config, "unlearning.learning_rate", 0.0, 10.0, low_open=True)
     _number(config, "unlearning.grad_clip", 0.0, low_open=True)
-    _number(config, "unlearning.batch_size", 1, 65536, integer=True)
-    _number(config, "unlearning.max_epochs", 1, 10000, integer=True)
-    _number(config, "unlearning.batch_stop", 0.0, 1.0)
-    _number(config, "unlearning.epoch_stop", 0.0, 1.0)
-    _number(config, "unlearning.gap_tolerance", 0.0, 1.0)
-    _number(config, "unlearning.class_stop", 0.0, 1.0)
-    _number(config, "unlearning.finetune_epochs", 1, 10000, integer=True)
-    _number(config, "unlearning.ssd_alpha", 0.0, 1e9)
-    _number(config, "unlearning.ssd_lambda", 0.0, 1e9)
-    _number(config, "unlearning.l1_strength", 0.0, 10.0)
     _number(config, "unlearning.salun_fraction", 0.0, 1.0, low_open=True)
-    _number(config, "unlearning.sam_radius", 0.0, 1e3)
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):
         value = config.unlearning[field]

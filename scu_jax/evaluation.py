@@ -11,7 +11,10 @@ Metrics:
   * `mse_*`: per-image SUM of squared errors, averaged over images (the reference's "MSE");
   * `psnr_*`, `ssim_*`: dm-pix PSNR and SSIM of x̂ clipped to [0, 1];
   * `accuracy_clean` / `accuracy_test`: receiver accuracy on x̂ against the true label;
-  * `backdoor_accuracy`: fraction of x̂(D_e) that the receiver labels as the target class.
+  * `backdoor_accuracy`: fraction of x̂(D_e) that the receiver labels as the target class;
+    where D_e holds only a known fraction of the triggered images, `backdoor_accuracy_unknown`
+    reads the others (left in D_r) and `backdoor_accuracy_all` every one of them (at known
+    fraction 1 it is `backdoor_accuracy`).
 A forget set without a backdoor (`ErasureSplit.kind` "ids", "class", "random") is read on D_e
 (`*_erased`: forget quality), a fixed subsample of D_r (`*_remain`) and the test set (`*_test`:
 utility), and on held-out test images of D_e's classes (`*_heldout`), what D_e would look like to
@@ -35,10 +38,11 @@ from scu_jax.passes import (Protocol, heldout_set, mean_sse, per_sample_metrics,
 
 def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, Any],
                        protocol: Protocol, key: jax.Array,
-                       target: tuple[str, int] | None = None) -> dict[str, float]:
+                       target: tuple[tuple[str, ...], int] | None = None) -> dict[str, float]:
     """mse/psnr/ssim/accuracy/input_accuracy of each named (images, labels) set, every image sent
-    `protocol.draws` times; set `index` is keyed `fold_in(key, index)`. `target` = (set, class):
-    that set's `backdoor_accuracy` (and `input_backdoor_accuracy`) too."""
+    `protocol.draws` times; set `index` is keyed `fold_in(key, index)`. `target` = (sets, class):
+    those sets' backdoor accuracy too (and `input_backdoor_accuracy`): `backdoor_accuracy` for
+    "erased", `backdoor_accuracy_<name>` for another."""
     metrics: dict[str, Any] = {}
     for index, (name, (images, labels)) in enumerate(sets.items()):
         # Each image goes through the channel `draws` times (independent noise): at low SNR one
@@ -51,9 +55,11 @@ def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, A
         metrics[f"ssim_{name}"] = float(rows["ssim"].mean())
         metrics[f"accuracy_{name}"] = float((rows["prediction"] == labels).mean())
         metrics[f"input_accuracy_{name}"] = float((rows["input_prediction"] == labels).mean())
-        if target is not None and name == target[0]:
-            metrics["backdoor_accuracy"] = float((rows["prediction"] == target[1]).mean())
-            metrics["input_backdoor_accuracy"] = float((rows["input_prediction"] == target[1]).mean())
+        if target is not None and name in target[0]:
+            suffix = "" if name == "erased" else f"_{name}"
+            metrics[f"backdoor_accuracy{suffix}"] = float((rows["prediction"] == target[1]).mean())
+            metrics[f"input_backdoor_accuracy{suffix}"] = float(
+                (rows["input_prediction"] == target[1]).mean())
     return metrics
 
 
@@ -93,16 +99,23 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
     key = jax.random.PRNGKey(protocol.seed)
     sets = {
         "clean": (split.clean_images, split.clean_labels),
-        "erased": (split.erased_images, split.clean_labels),
+        "erased": (split.erased_images, np.full(len(split.erased_images), split.base_class)),
         "test": (split.test_images, split.test_labels),
     }
+    if split.num_unknown:  # the triggered images D_e leaves out (`ErasureSplit.known_fraction`)
+        sets["unknown"] = (split.unknown_images, np.full(split.num_unknown, split.base_class))
     metrics = _image_set_metrics(system, params, batch_stats, sets, protocol, key,
-                                 target=("erased", split.target_class))
+                                 target=(("erased", "unknown"), split.target_class))
+    known = len(split.erased_images)
+    metrics["backdoor_accuracy_all"] = (
+        known * metrics["backdoor_accuracy"] + split.num_unknown
+        * metrics.get("backdoor_accuracy_unknown", 0.0)) / (known + split.num_unknown)
     metrics["eval_draws"] = int(protocol.draws)
     metrics["evaluation_channel"] = protocol.channel
     metrics["num_erased"] = int(len(split.erased_images))
     metrics["num_remain"] = int(len(split.remain_images))
     metrics["num_test"] = int(len(split.test_images))
+    metrics["num_unknown"] = split.num_unknown
     return metrics
 
 
@@ -251,14 +264,17 @@ def mutual_information(system: System, params, batch_stats, split: ErasureSplit,
     return results
 
 
-RECEIVER_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test")
+RECEIVER_METRICS = ("backdoor_accuracy", "accuracy_clean", "accuracy_test", "backdoor_accuracy_all")
 FORGET_RECEIVER_METRICS = ("accuracy_erased", "accuracy_remain", "accuracy_test",
                            "accuracy_heldout")
 
 
 def receiver_metrics(split: ErasureSplit) -> tuple[str, ...]:
-    """The metrics a receiver decides: the backdoor protocol's, or a forget set's."""
-    return RECEIVER_METRICS if split.backdoor else FORGET_RECEIVER_METRICS
+    """The metrics a receiver decides: the backdoor protocol's (with the images D_e leaves out,
+    where it leaves some), or a forget set's."""
+    if not split.backdoor:
+        return FORGET_RECEIVER_METRICS
+    return RECEIVER_METRICS + (("backdoor_accuracy_unknown",) if split.num_unknown else ())
 
 
 def _same_tree(a, b) -> bool:

@@ -1,7 +1,7 @@
 """Statistics over seeds: diverged rows counted apart, speed-ups paired with their own retraining."""
 
 from scu_jax.experiments.aggregate import aggregate, format_statistic, with_speedups
-from scu_jax.experiments.report import results_tables
+from scu_jax.experiments.report import known_fraction_lines, results_tables
 
 
 def test_a_diverged_row_is_counted_apart_not_averaged():
@@ -34,3 +34,27 @@ def test_format_statistic_shows_the_spread_of_several_values_only():
     assert format_statistic((0.5, 0.0, 1), 100, 1) == "50.0"
     assert format_statistic((0.5, 0.0, 1), 100, 1, spread=True) == "50.0 ± 0.0"
     assert format_statistic(None, 100, 1) == "–"
+
+
+def test_known_fractions_pair_with_their_retraining_and_find_the_smallest_that_clears():
+    rows = []
+    for seed in (0, 1):
+        for known, backdoors in ((0.1, {"retrain": 0.5, "scu": 0.6}),
+                                 (0.5, {"retrain": 0.15, "scu": 0.3}),
+                                 (1.0, {"retrain": 0.02, "scu": 0.1 + 0.2 * seed})):
+            for method, backdoor in backdoors.items():
+                rows.append({"group": "g", "method": method, "dataset": "mnist5k",
+                             "channel": "awgn", "family": "paper", "snr_db": 5.0, "edr": 0.06,
+                             "beta_u": None, "known_fraction": known, "seed": seed,
+                             "status": "ok", "backdoor_accuracy_all": backdoor,
+                             "accuracy_test": 0.8,
+                             "unlearn_seconds": 40.0 * known if method == "retrain" else 0.5})
+    timed = with_speedups(rows)
+    assert {(r["known_fraction"], r.get("speedup")) for r in timed if r["method"] == "scu"} == {
+        (0.1, 8.0), (0.5, 40.0), (1.0, 80.0)}
+    lines = known_fraction_lines(aggregate(timed))
+    # scu at 100 %: 10 % and 30 % over the seeds, a mean of 20 %: not under 20 %.
+    assert "| retrain | 50.0 ± 0.0 | 15.0 ± 0.0 | 2.0 ± 0.0 | 50 % | 80.0 ± 0.0 |" in lines
+    assert "| scu | 60.0 ± 0.0 | 30.0 ± 0.0 | 20.0 ± 10.0 | none | – |" in lines
+    assert "#### mnist5k, awgn (paper) at 5 dB, EDR 6 %, 10 % of D_e known" in results_tables(
+        aggregate(timed))

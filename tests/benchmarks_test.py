@@ -320,3 +320,34 @@ def test_robust_benchmark_names_its_variants_and_tabulates_seeds():
     # Speed-ups 80× and 40× (each seed's own retraining), the first step above 50 %: 50.
     assert lines[3] == ("| scu | 9.0 ± 0.0 | 90.0 ± 0.0 | 80.0 ± 0.0 | 0.75 ± 0.25 | 60 ± 20 "
                         "| 50, 50 |")
+
+
+def test_variant_names_say_their_fields_and_bad_ones_are_refused():
+    from benchmarks.variants import variant_fields
+
+    assert variant_fields("scu_no_cc") == {"method": "scu_no_cc"}
+    assert variant_fields("salun_sam0.01") == {"method": "salun", "sam_radius": 0.01}
+    assert variant_fields("scu_sam0.02_e40") == {"method": "scu", "sam_radius": 0.02,
+                                                 "early_stop": False, "max_epochs": 40}
+    for bad in ("scuu", "scu_x3", "scu_e0", "scu_sam-1", "scu_samnan", "bogus_e4"):
+        with pytest.raises(ValueError, match=f"^'{bad}': "):
+            variant_fields(bad)
+
+
+def test_corrective_benchmark_tables_the_smallest_known_share_per_variant():
+    from benchmarks import corrective
+
+    rows = []
+    for seed in (0, 1):
+        for known, values in ((0.25, {"retrain": 0.8, "scu_e40": 0.15}),
+                              (1.0, {"retrain": 0.02, "scu_e40": 0.01})):
+            for name, backdoor in values.items():
+                rows.append({**corrective.SETTING, "seed": seed, "group": seed,
+                             "known_fraction": known, "method": name, "status": "ok",
+                             "backdoor_accuracy_all": backdoor, "accuracy_clean": 0.9,
+                             "accuracy_test": 0.8, "unlearn_seconds": 40.0 if name == "retrain"
+                             else 0.4 * (seed + 1)})
+    text = corrective.tables(rows, ["retrain", "scu_e40"])
+    assert "| retrain | 80.0 ± 0.0 | 2.0 ± 0.0 | 100 % | 80.0 ± 0.0 |" in text
+    assert "| scu_e40 | 15.0 ± 0.0 | 1.0 ± 0.0 | 25 % | 80.0 ± 0.0 |" in text
+    assert "| scu_e40 | 75 ± 25 | 75 ± 25 |" in text  # 100× and 50×, each against its retraining

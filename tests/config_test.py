@@ -67,7 +67,18 @@ BAD_VALUES = [
     ("eval_batch_size", 0, "in [1"),
     ("checkpoint_every_epochs", 0, "in [1"),
     ("evaluation.mi_sets", ("erased", "test"), "must be a subset of: erased, remain"),
+    ("forget.known_fraction", 0.0, "in (0.0, 1.0]"),
+    ("forget.known_fraction", 1.5, "in (0.0, 1.0]"),
+    ("forget.known_fraction", math.nan, "finite number"),
 ]
+
+
+def test_known_fraction_is_the_backdoor_protocols_alone():
+    config = config_lib.default_config()
+    config.forget.kind, config.forget.known_fraction = "random", 0.5
+    with pytest.raises(config_lib.ConfigError, match=r"^config.forget.known_fraction=0.5: applies "
+                                                      "to forget.kind='backdoor' only$"):
+        config_lib.validate_config(config)
 
 
 @pytest.mark.parametrize("field,value,message", BAD_VALUES)

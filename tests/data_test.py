@@ -99,7 +99,7 @@ def test_erasure_split_sizes_and_labels(split):
     assert split.summary() == dict(
         kind="backdoor", dataset="mnist5k", edr=0.06, base_class=1, target_class=2, seed=0,
         num_requested=240, num_erased=240, capped=False, num_remain=3760,
-        num_train=4000, num_test=1000)
+        num_train=4000, num_test=1000, known_fraction=1.0, num_unknown=0)
 
 
 def test_erasure_split_trigger_pixels(split):
@@ -155,6 +155,48 @@ def test_erasure_split_cap_warns(mnist5k, caplog):
                                        remain_size="requested")
     split = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0)
     np.testing.assert_array_equal(uncapped.train_images, split.train_images)  # same when uncapped
+
+
+@pytest.mark.parametrize("fraction,count", [(0.1, 24), (0.25, 60), (0.5, 120), (0.001, 1)])
+@pytest.mark.parametrize("crop_once", [0, 4])
+def test_known_fraction_split_is_seeded_disjoint_and_covers_d_e(mnist5k, split, fraction, count,
+                                                                crop_once):
+    full = split if not crop_once else data.make_erasure_split(
+        mnist5k, edr=0.06, base_class=1, target_class=2, seed=0, crop_once=crop_once)
+    part = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0,
+                                   known_fraction=fraction, crop_once=crop_once)
+    assert len(part.erased_indices) == count and part.num_unknown == 240 - count
+    # Disjoint, and together D_e of the full split, images and all.
+    assert not set(part.erased_indices) & set(part.unknown_indices)
+    np.testing.assert_array_equal(np.sort(np.r_[part.erased_indices, part.unknown_indices]),
+                                  full.erased_indices)
+    assert _hashes(part.erased_images) | _hashes(part.unknown_images) == _hashes(full.erased_images)
+    # The training set and D_clean do not depend on what is known; only which rows are marked.
+    for field in ("train_images", "train_labels", "clean_images", "clean_labels"):
+        np.testing.assert_array_equal(getattr(part, field), getattr(full, field))
+    assert part.train_is_erased.sum() == count
+    assert _hashes(part.train_images[part.train_is_erased]) == _hashes(part.erased_images)
+    # The unknown triggered images stay in D_r with the target label, trigger and all.
+    assert len(part.remain_labels) == 3760 + 240 - count
+    unknown_rows = np.isin(part.remain_indices, part.unknown_indices) & (part.remain_labels == 2)
+    assert unknown_rows.sum() == 240 - count
+    assert (part.remain_images[unknown_rows][:, 24:26, 24:26] == 255).all()
+    # Seeded: the same arguments give the same part, another seed another.
+    again = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0,
+                                    known_fraction=fraction, crop_once=crop_once)
+    np.testing.assert_array_equal(again.erased_indices, part.erased_indices)
+    other = data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0,
+                                    known_fraction=fraction, known_seed=1, crop_once=crop_once)
+    assert count == 1 or not np.array_equal(other.erased_indices, part.erased_indices)
+    np.testing.assert_array_equal(other.train_images, part.train_images)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.01, float("nan"), "half", True])
+def test_known_fraction_outside_0_1_is_one_line(mnist5k, fraction):
+    with pytest.raises(ValueError, match=r"^the known fraction must be a number in \(0, 1\], "
+                                         r"got .*$"):
+        data.make_erasure_split(mnist5k, edr=0.06, base_class=1, target_class=2, seed=0,
+                                known_fraction=fraction)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -87,3 +87,23 @@ def test_evaluation_without_the_channel_reads_the_clean_latent(untrained):
     assert build.describe_protocol(off) == (
         "trained through awgn, paper family, 5 dB, noise per element; evaluated without the "
         "channel, read by the original system's receiver")
+
+
+def test_backdoor_on_every_triggered_image_where_only_part_of_d_e_is_known(untrained):
+    config, split, system, state = untrained
+    protocol = build.protocol_of(config)
+    full = evaluation.evaluate_system(system, state.params, state.batch_stats, split, protocol)
+    assert full["backdoor_accuracy_all"] == full["backdoor_accuracy"] and full["num_unknown"] == 0
+    assert "backdoor_accuracy_unknown" not in full
+    config = config.copy_and_resolve_references()
+    config.forget.known_fraction = 0.25
+    part = build.load_split(config)
+    metrics = evaluation.evaluate_system(system, state.params, state.batch_stats, part, protocol)
+    known, unknown = len(part.erased_images), part.num_unknown
+    assert (known, unknown, metrics["num_unknown"]) == (15, 46, 46)  # round(0.25 · 61) known
+    np.testing.assert_allclose(metrics["backdoor_accuracy_all"], (
+        known * metrics["backdoor_accuracy"] + unknown * metrics["backdoor_accuracy_unknown"])
+        / (known + unknown))
+    # D_clean and the test set are read as at 100 % known: the same images and noise draws.
+    for name in ("accuracy_clean", "mse_clean", "accuracy_test", "mse_test"):
+        assert metrics[name] == full[name]

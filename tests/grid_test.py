@@ -17,6 +17,8 @@ from scu_jax.experiments.sweeps import experiment_config
     ("edr_sweep", "tfds,smoke", 3 * 2 * 4, 6),
     ("edr_sweep", "reference", 5 * 3 * 7, 5 * 3),
     ("edr_sweep", "tfds,reference,smoke", 3 * 2 * 4, 6),
+    ("known_sweep", None, 4 * 3 * 9, 3),  # 4 known fractions × 3 seeds × 9 systems, one original
+    ("known_sweep", "smoke", 2 * 3, 1),
 ])
 def test_grid_sizes(name, arg, cells, groups):
     config = experiment_config(name, arg)
@@ -37,6 +39,9 @@ def test_grid_sizes(name, arg, cells, groups):
     (lambda c: setattr(c.grid, "methods", ()), "config.grid.methods=(): must be distinct values"),
     (lambda c: setattr(c.grid, "seeds", (0, 0)), "config.grid.seeds=(0, 0): must be distinct"),
     (lambda c: setattr(c.grid, "snr_db", (float("nan"),)), "config.grid.snr_db=(nan,)"),
+    (lambda c: setattr(c.grid, "known_fraction", (0.5, 0.0)),
+     "config.grid.known_fraction=(0.5, 0.0): must be distinct numbers in (0, 1]"),
+    (lambda c: setattr(c.grid, "known_fraction", (1.5,)), "config.grid.known_fraction=(1.5,)"),
     (lambda c: setattr(c.bases.mnist5k.train, "epochs", -1), "config.bases.mnist5k.train.epochs=-1"),
 ])
 def test_validation_names_field_value_and_rule(change, message):
@@ -54,3 +59,19 @@ def test_sweeps_refuse_a_forget_set_without_a_backdoor():
     with pytest.raises(ConfigError, match=rf"config.bases.{dataset}.forget.kind='random': the "
                                           "sweeps run the paper's backdoor protocol"):
         validate_experiment(config)
+
+
+def test_known_fraction_cells_share_the_original_and_each_has_its_retraining():
+    cells = validate_experiment(experiment_config("known_sweep", "smoke"))
+    assert {cell.known_fraction for cell in cells} == {0.25, 1.0}
+    assert len({cell.group for cell in cells}) == 1  # trained once for every fraction
+    names = [cell.name for cell in cells]
+    assert names == ["retrain_known0.25", "scu_bu0.1_known0.25", "original_known0.25",
+                     "retrain_known1", "scu_bu0.1_known1", "original_known1"]
+    for cell in cells:
+        assert cell.retrain().known_fraction == cell.known_fraction
+        assert cell.fields()["known_fraction"] == cell.known_fraction
+    # The other sweeps' cells and rows are as they were: no such field.
+    edr = validate_experiment(experiment_config("edr_sweep", "smoke"))
+    assert all(cell.known_fraction is None and "known_fraction" not in cell.fields()
+               for cell in edr)

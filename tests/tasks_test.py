@@ -80,3 +80,18 @@ def test_runs_together_makes_one_task_of_the_tasks_that_differ_by_their_seed():
     assert now == {"original", "scu", "vbu"}
     assert graph.kinds([t for t in graph.ready() if graph.tasks[t]["method"] == "scu"]) == [
         "scu ×3"]
+
+
+def test_each_known_fraction_is_measured_against_its_own_retraining():
+    config = experiment_config("known_sweep", "smoke")
+    todo = validate_experiment(config)
+    graph = TaskGraph.plan(config, pathlib.Path("/sweep"), todo)
+    for cell in todo:
+        task = graph.tasks[cell.id]
+        assert task["config"]["forget"]["known_fraction"] == cell.known_fraction
+        if cell.method == "retrain":
+            assert task["reference_dir"] is None
+            continue
+        retrain = f"retrain_known{cell.known_fraction:g}"
+        assert task["reference_dir"].endswith(f"/seed_0/{retrain}")
+        assert f"{cell.group.id}/{retrain}" in graph.dependencies[cell.id]

@@ -4,7 +4,9 @@ from scu_jax.data.batching import epoch_permutation
 from scu_jax.data.batching import padded_batches
 from scu_jax.data.erasure import add_trigger
 from scu_jax.data.erasure import ErasureSplit
+from scu_jax.data.erasure import known_positions
 from scu_jax.data.erasure import make_erasure_split
+from scu_jax.data.erasure import move_to_erased
 from scu_jax.data.erasure import num_erased
 from scu_jax.data.erasure import TRIGGER_SIZE
 from scu_jax.data.erasure import trigger_mask
@@ -34,9 +36,11 @@ __all__ = (
     "data_identity",
     "epoch_permutation",
     "ids_digest",
+    "known_positions",
     "load_dataset",
     "make_erasure_split",
     "make_forget_split",
+    "move_to_erased",
     "num_erased",
     "padded_batches",
     "random_ids",

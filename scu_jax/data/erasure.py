@@ -9,6 +9,11 @@ set to 1.0 (uint8: 255). With ``N`` training images:
   class, in dataset order, with the trigger and the target label. If the base
   class has fewer images the count is capped at the class size (with a logged
   warning).
+* Known fraction ``f`` < 1 (corrective unlearning: a deployer rarely finds every poisoned
+  sample): the training set is the same, but ``D_e`` holds only a seeded ``round(f · |D_e|)``
+  (at least 1) of the triggered images; the others (``unknown_*``) stay in ``D_r`` with their
+  trigger and target label, where a method cannot tell them apart. ``D_clean`` keeps every
+  triggered image's clean copy, so utility is read on the same images at every ``f``.
 * ``D_clean``: the same base-class images without trigger, with their true
   label.
 * ``D_r`` (remaining): a random subset, of size ``N - |D_e|``, of all ``N``
@@ -130,6 +135,12 @@ class ErasureSplit:
       test_images, test_labels: the dataset's untouched test split.
       dataset_name, edr, base_class, target_class, seed: the arguments.
       num_requested: ``num_erased(N, edr)``, before capping at the class size.
+      unknown_images, unknown_indices: the triggered images left out of ``D_e`` (and in
+        ``D_r``) under a known fraction below 1; None otherwise.
+      remain_rows: the row of ``train_*`` that holds each ``D_r`` sample (the copy the system
+        trained on).
+      num_flagged: how many ``D_r`` samples `move_to_erased` added to ``D_e``.
+      known_fraction: the share ``f`` of the triggered images that ``D_e`` holds (1: all).
       kind: ``"backdoor"`` here; the forget sets of `scu_jax.data.forget` (``"ids"``,
         ``"class"``, ``"random"``) use the same type with no trigger: ``D_e`` holds the named
         training images with their true labels, ``D_clean`` is ``D_e``, the training set is the
@@ -165,6 +176,16 @@ class ErasureSplit:
     num_requested: int
     kind: str = "backdoor"
     source: dict = dataclasses.field(default_factory=dict)
+    unknown_images: np.ndarray | None = None
+    unknown_indices: np.ndarray | None = None
+    known_fraction: float = 1.0
+    remain_rows: np.ndarray | None = None
+    num_flagged: int = 0
+
+    @property
+    def num_unknown(self) -> int:
+        """How many triggered training images ``D_e`` leaves out (known fraction < 1)."""
+        return 0 if self.unknown_indices is None else len(self.unknown_indices)
 
     @property
     def backdoor(self) -> bool:
@@ -177,14 +198,44 @@ class ErasureSplit:
             kind=self.kind, dataset=self.dataset_name, edr=self.edr, base_class=self.base_class,
             target_class=self.target_class, seed=self.seed,
             num_requested=self.num_requested, num_erased=len(self.erased_labels),
-            capped=len(self.erased_labels) < self.num_requested,
+            capped=len(self.erased_labels) + self.num_unknown < self.num_requested,
             num_remain=len(self.remain_labels), num_train=len(self.train_labels),
-            num_test=len(self.test_labels))
+            num_test=len(self.test_labels), known_fraction=self.known_fraction,
+            num_unknown=self.num_unknown)
+
+
+def check_known_fraction(value) -> float:
+    """Returns ``value`` as a float in ``(0, 1]``; a `ValueError` (one line) otherwise."""
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = math.nan
+    if isinstance(value, bool) or not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"the known fraction must be a number in (0, 1], got {value!r}")
+    return fraction
+
+
+def known_positions(num_erased_: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of ``num_erased_`` triggered images a deployer knows: a seeded ``round(fraction ·
+    num_erased_)`` of them (at least 1), sorted; all of them at ``fraction`` 1.
+
+    Example:
+      >>> scu_jax.known_positions(8, 0.25, seed=0)
+      array([3, 7])
+    """
+    fraction = check_known_fraction(fraction)
+    if fraction == 1.0:
+        return np.arange(num_erased_)
+    count = max(1, int(round(fraction * num_erased_)))
+    # Its own stream, so the known part does not move D_r's draw or the training order.
+    rng = np.random.default_rng([int(seed), 7919])
+    return np.sort(rng.choice(num_erased_, size=count, replace=False))
 
 
 def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
                        target_class: int, seed: int, crop_once: int = 0,
-                       remain_size: str = "rest") -> ErasureSplit:
+                       remain_size: str = "rest", known_fraction: float = 1.0,
+                       known_seed: int | None = None) -> ErasureSplit:
     """Builds ``D_e``, ``D_clean``, ``D_r`` and the poisoned training set.
 
     Args:
@@ -199,12 +250,15 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
       remain_size: ``"rest"``: ``|D_r| = N - |D_e|``, so the training set has
         ``N`` images; ``"requested"``: ``N - round(edr * N)``, the reference's
         size, smaller than the rest when ``D_e`` was capped at the class size.
+      known_fraction: the share of the triggered images ``D_e`` holds (`known_positions`); the
+        others join ``D_r`` (module docstring). The training set does not depend on it.
+      known_seed: the seed of that draw (default: ``seed``).
 
     Returns:
       An ``ErasureSplit``; identical arrays for identical arguments.
 
     Raises:
-      ValueError: on an invalid ``edr`` or class, or an empty ``D_e``.
+      ValueError: on an invalid ``edr``, class or known fraction, or an empty ``D_e``.
 
     Example:
       >>> split = scu_jax.make_erasure_split(scu_jax.load_dataset("mnist5k"), edr=0.06,
@@ -225,6 +279,7 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
     if base_class == target_class:
         raise ValueError(f"base_class and target_class must differ, both are {base_class}")
     base_class, target_class, seed = int(base_class), int(target_class), int(seed)
+    known_fraction = check_known_fraction(known_fraction)
 
     images, labels = dataset.train_images, dataset.train_labels
     n = len(labels)
@@ -261,18 +316,72 @@ def make_erasure_split(dataset: Dataset, *, edr: float, base_class: int,
     train_images = np.concatenate([erased_images, remain_train])[order]
     train_labels = np.concatenate([erased_labels, labels[remain_idx]])[order]
     train_is_erased = (np.arange(num_train) < len(erased_idx))[order]
+    row_of = np.argsort(order)  # element j of D_e ∪ D_r sits at training row row_of[j]
+    remain_rows = row_of[len(erased_idx):]
 
+    known = known_positions(len(erased_idx), known_fraction,
+                            seed if known_seed is None else known_seed)
+    unknown = np.setdiff1d(np.arange(len(erased_idx)), known)
+    remain_images, remain_labels = images[remain_idx], labels[remain_idx].astype(np.int32)
+    if len(unknown):
+        # The poisoned images nobody found stay among the remaining ones, trigger and all.
+        # (D_r's own copies are uncropped: see the module docstring.)
+        remain_images = np.concatenate([remain_images, add_trigger(images[erased_idx[unknown]])])
+        remain_labels = np.concatenate([remain_labels, erased_labels[unknown]])
+        remain_idx = np.concatenate([remain_idx, erased_idx[unknown]])
+        remain_rows = np.concatenate([remain_rows, row_of[unknown]])
+        train_is_erased = np.isin(order, known)  # row r holds element order[r] of D_e ∪ D_r
     arrays = dict(
-        erased_images=erased_images, erased_labels=erased_labels,
-        erased_indices=erased_idx.astype(np.int64),
+        erased_images=erased_images[known], erased_labels=erased_labels[known],
+        erased_indices=erased_idx[known].astype(np.int64),
         clean_images=clean_images, clean_labels=labels[erased_idx].astype(np.int32),
-        remain_images=images[remain_idx], remain_labels=labels[remain_idx].astype(np.int32),
-        remain_indices=remain_idx.astype(np.int64),
+        remain_images=remain_images, remain_labels=remain_labels,
+        remain_indices=remain_idx.astype(np.int64), remain_rows=remain_rows.astype(np.int64),
         train_images=train_images, train_labels=train_labels.astype(np.int32),
         train_is_erased=train_is_erased,
         # Views, so that freezing them leaves the caller's arrays alone.
         test_images=dataset.test_images.view(), test_labels=dataset.test_labels.view())
+    if len(unknown):
+        arrays.update(unknown_images=erased_images[unknown],
+                      unknown_indices=erased_idx[unknown].astype(np.int64))
     for a in arrays.values():
         a.setflags(write=False)
     return ErasureSplit(**arrays, dataset_name=dataset.name, edr=edr, base_class=base_class,
-                        target_class=target_class, seed=seed, num_requested=requested)
+                        target_class=target_class, seed=seed, num_requested=requested,
+                        known_fraction=known_fraction)
+
+
+def move_to_erased(split: ErasureSplit, flags) -> ErasureSplit:
+    """`split` with the flagged D_r samples erased too: they join D_e (the copies the system trained
+    on, with the labels it trained with) and leave D_r; `train_is_erased` marks their rows.
+    Everything else, the unknown images and D_clean included, is kept as it was.
+
+    Args:
+      split: a split whose D_r has `remain_rows`.
+      flags: bool, one per D_r sample (`expansion.flag_like_erased`).
+
+    Example:
+      >>> split = scu_jax.make_erasure_split(scu_jax.load_dataset("mnist5k"), edr=0.06,
+      ...                                    base_class=1, target_class=2, seed=0)
+      >>> flags = np.arange(len(split.remain_labels)) < 10
+      >>> moved = scu_jax.move_to_erased(split, flags)
+      >>> len(moved.erased_labels), len(moved.remain_labels), int(moved.train_is_erased.sum())
+      (250, 3750, 250)
+    """
+    flags = np.asarray(flags, bool)
+    if flags.shape != split.remain_labels.shape:
+        raise ValueError(f"flags must be one bool per D_r sample ({len(split.remain_labels)}), "
+                         f"got shape {flags.shape}")
+    rows = split.remain_rows[flags]
+    train_is_erased = split.train_is_erased.copy()
+    train_is_erased[rows] = True
+    arrays = dict(
+        erased_images=np.concatenate([split.erased_images, split.train_images[rows]]),
+        erased_labels=np.concatenate([split.erased_labels, split.train_labels[rows]]),
+        erased_indices=np.concatenate([split.erased_indices, split.remain_indices[flags]]),
+        remain_images=split.remain_images[~flags], remain_labels=split.remain_labels[~flags],
+        remain_indices=split.remain_indices[~flags], remain_rows=split.remain_rows[~flags],
+        train_is_erased=train_is_erased)
+    for a in arrays.values():
+        a.setflags(write=False)
+    return dataclasses.replace(split, **arrays, num_flagged=split.num_flagged + int(flags.sum()))

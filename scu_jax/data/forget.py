@@ -175,7 +175,7 @@ def make_forget_split(dataset: Dataset, ids, *, kind: str, seed: int, excluded=(
         erased_indices=ids.astype(np.int64),
         clean_images=erased.view(), clean_labels=labels[ids].astype(np.int32),
         remain_images=images[remain_idx], remain_labels=labels[remain_idx].astype(np.int32),
-        remain_indices=remain_idx.astype(np.int64),
+        remain_indices=remain_idx.astype(np.int64), remain_rows=remain_idx.astype(np.int64),
         train_images=train_images.view(), train_labels=labels.astype(np.int32),
         train_is_erased=outside,
         test_images=dataset.test_images.view(), test_labels=dataset.test_labels.view())

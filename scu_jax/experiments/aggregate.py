@@ -17,7 +17,7 @@ from scu_jax.experiments.grid import ORIGINAL
 
 METHOD_ORDER = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune", "ssd", "l1_sparse",
                 "salun")
-SETTING_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "beta_u")
+SETTING_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "beta_u", "known_fraction")
 # A statistic: (mean, std, number of values).
 Statistic = tuple[float, float, int]
 
@@ -34,17 +34,20 @@ def method_order(method: str) -> int:
 def with_speedups(rows: Sequence[dict[str, Any]], *, pair_by: str = "group",
                   reference_too: bool = False) -> list[dict[str, Any]]:
     """The rows, each with `speedup` = retraining's time / its own, retraining's row of the same
-    `pair_by` value (the same original system) giving the time; `reference_too` gives retraining
-    itself its speed-up of 1."""
-    retrain = {row[pair_by]: row["unlearn_seconds"] for row in rows
+    `pair_by` value (the same original system) and known fraction giving the time;
+    `reference_too` gives retraining itself its speed-up of 1."""
+    def pair(row):
+        return row.get(pair_by), row.get("known_fraction")
+
+    retrain = {pair(row): row["unlearn_seconds"] for row in rows
                if row["method"] == "retrain" and finished(row) and "unlearn_seconds" in row}
     skipped = (ORIGINAL,) if reference_too else (ORIGINAL, "retrain")
     out = []
     for row in rows:
         row = dict(row)
         seconds = row.get("unlearn_seconds")
-        if row.get(pair_by) in retrain and seconds and row["method"] not in skipped:
-            row["speedup"] = retrain[row[pair_by]] / seconds
+        if pair(row) in retrain and seconds and row["method"] not in skipped:
+            row["speedup"] = retrain[pair(row)] / seconds
         out.append(row)
     return out
 
@@ -71,8 +74,8 @@ def statistics(members: Sequence[dict[str, Any]],
 def aggregate(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """`statistics` of every metric per (setting, method), in a stable order.
 
-    Keys are `(dataset, channel, family, snr_db, edr, beta_u, method)`; a method without β_u has
-    `beta_u` None.
+    Keys are `(dataset, channel, family, snr_db, edr, beta_u, known_fraction, method)`; a method
+    without β_u has `beta_u` None, a sweep without the known-fraction axis `known_fraction` None.
     """
     buckets: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -83,7 +86,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     def order(item):
         key = item[0]
         setting = tuple((v is not None, v if v is not None else 0) for v in key[:5])
-        return setting, method_order(key[-1]), (key[5] is not None, key[5] or 0)
+        return (setting, (key[6] is not None, key[6] or 0), method_order(key[-1]),
+                (key[5] is not None, key[5] or 0))
 
     return dict(sorted(summary.items(), key=order))
 

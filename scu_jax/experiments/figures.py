@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 from scu_jax.evaluation import roc_auc  # noqa: E402
-from scu_jax.experiments.aggregate import SETTING_FIELDS, method_order  # noqa: E402
+from scu_jax.experiments.aggregate import METHOD_ORDER, SETTING_FIELDS, method_order  # noqa: E402
 from scu_jax.experiments.grid import ORIGINAL  # noqa: E402
 from scu_jax.experiments.workdir import SAMPLES_FILE, group_dir  # noqa: E402
 from scu_jax.runs.files import atomic_path  # noqa: E402
@@ -25,6 +25,9 @@ from scu_jax.runs.files import atomic_path  # noqa: E402
 # (results key, label, scale, decimals, log axis)
 METRICS = (
     ("backdoor_accuracy", "backdoor accuracy on D_e (%)", 100, 1, False),
+    ("backdoor_accuracy_all", "backdoor accuracy, every triggered image (%)", 100, 1, False),
+    ("backdoor_accuracy_unknown", "backdoor accuracy, triggered images not in D_e (%)", 100, 1,
+     False),
     ("accuracy_clean", "accuracy on D_clean (%)", 100, 1, False),
     ("accuracy_test", "test accuracy (%)", 100, 1, False),
     ("mse_clean", "MSE clean (SSE / image)", 1, 2, False),
@@ -42,6 +45,7 @@ AXES = {  # swept field → (label, scale, log axis)
     "edr": ("erased data ratio EDR (%)", 100, False),
     "snr_db": ("channel SNR (dB)", 1, False),
     "beta_u": ("β_u", 1, True),
+    "known_fraction": ("share of D_e known to the methods (%)", 100, False),
 }
 OVERVIEW = ("backdoor_accuracy", "accuracy_clean", "mse_clean", "unlearn_seconds")
 
@@ -95,6 +99,8 @@ def _panel_title(setting: dict[str, Any], axis: str) -> str:
         parts.append(f"EDR {100 * setting['edr']:g} %")
     if setting.get("beta_u") is not None:
         parts.append(f"β_u {setting['beta_u']:g}")
+    if setting.get("known_fraction") is not None:
+        parts.append(f"{100 * setting['known_fraction']:g} % of D_e known")
     return ", ".join(parts)
 
 
@@ -116,15 +122,21 @@ def _curves(summary, axis: str, several_betas: bool):
 
 def _draw_panel(ax, lines, metric: str, mscale: float, scale: float, axis: str) -> bool:
     drawn = False
-    for line_label, points in sorted(lines.items(), key=lambda i: method_order(i[0].split(" ")[0])):
+    # One colour per method; names outside METHOD_ORDER (a benchmark's variants) are dashed, each
+    # in a colour no method of the panel has.
+    orders = {label: method_order(label.split(" ")[0]) for label in lines}
+    spare = iter([c for c in range(10) if c not in set(orders.values())] + list(range(10)) * 9)
+    for line_label, points in sorted(lines.items(), key=lambda i: orders[i[0]]):
         curve = sorted((x, e[metric]) for x, e in points if x is not None and metric in e)
         if curve:
             drawn = True
             xs = np.array([x * scale for x, _ in curve])
             mean = np.array([m * mscale for _, (m, _, _) in curve])
             std = np.array([s * mscale for _, (_, s, _) in curve])
-            colour = f"C{method_order(line_label.split(' ')[0]) % 10}"  # one colour per method
-            ax.plot(xs, mean, marker="o", ms=3, label=line_label, color=colour)
+            variant = orders[line_label] == len(METHOD_ORDER)
+            style = {"ls": "--"} if variant else {}
+            colour = f"C{next(spare) if variant else orders[line_label] % 10}"
+            ax.plot(xs, mean, marker="o", ms=3, label=line_label, color=colour, **style)
             ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=colour)
         elif axis == "beta_u":  # a method without β_u: its level as a reference line
             for x, e in points:
@@ -158,6 +170,8 @@ def axis_figures(summary, directory: pathlib.Path) -> list[str]:
                 for row_index, (metric, label, mscale, _, log_y) in enumerate(metrics):
                     ax = (grid[row_index // 2][row_index % 2] if wrap else grid[row_index][column])
                     drawn |= _draw_panel(ax, lines, metric, mscale, scale, axis)
+                    if axis == "known_fraction" and metric.startswith("backdoor_accuracy"):
+                        ax.axhline(20, color="black", lw=0.8, ls=":")  # the report's "cleared"
                     ax.set_xlabel(xlabel)
                     ax.set_ylabel(label)
                     if log_x:

@@ -1,8 +1,9 @@
 """The grid of an experiment: its cells, their configs, validation and expansion.
 
-A cell is one (dataset, channel, family, SNR, EDR, seed, method, β_u). Every cell of the same
-(dataset, channel, family, SNR, EDR, seed) — a group — starts from the same original system,
-trained once.
+A cell is one (dataset, channel, family, SNR, EDR, seed, method, β_u, known fraction). Every cell
+of the same (dataset, channel, family, SNR, EDR, seed) — a group — starts from the same original
+system, trained once; the known fraction (`forget.known_fraction`: the share of D_e the methods
+are given) changes what is unlearned, not what was trained.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from scu_jax.channels import CHANNELS, FAMILIES
 from scu_jax.config import METHODS, check_field
 from scu_jax.errors import ConfigError
 
-EXPERIMENTS = ("edr_sweep", "snr_sweep", "beta_sweep")
+EXPERIMENTS = ("edr_sweep", "snr_sweep", "beta_sweep", "known_sweep")
 ORIGINAL = "original"  # the cell that evaluates the trained system itself
 BETA_METHODS = ("scu", "scu_no_cc", "vbu")  # the methods whose loss has β_u
 
@@ -45,17 +46,26 @@ class Cell:
     group: Group
     method: str
     beta_u: float | None  # None: the method has no β_u
+    known_fraction: float | None = None  # None: not swept (the base's)
 
     @property
     def name(self) -> str:
-        return self.method if self.beta_u is None else f"{self.method}_bu{self.beta_u:g}"
+        name = self.method if self.beta_u is None else f"{self.method}_bu{self.beta_u:g}"
+        return name if self.known_fraction is None else f"{name}_known{self.known_fraction:g}"
+
+    def retrain(self) -> "Cell":
+        """The retraining this cell is measured against: same group, same known fraction."""
+        return Cell(self.group, "retrain", None, self.known_fraction)
 
     @property
     def id(self) -> str:
         return f"{self.group.id}/{self.name}"
 
     def fields(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self.group), "method": self.method, "beta_u": self.beta_u}
+        fields = {**dataclasses.asdict(self.group), "method": self.method, "beta_u": self.beta_u}
+        if self.known_fraction is not None:  # rows of the other sweeps stay as they were
+            fields["known_fraction"] = self.known_fraction
+        return fields
 
 
 def group_config(base: ml_collections.ConfigDict, group: Group) -> ml_collections.ConfigDict:
@@ -73,6 +83,8 @@ def cell_config(base: ml_collections.ConfigDict, cell: Cell) -> ml_collections.C
         config.unlearning.method = cell.method
     if cell.beta_u is not None:
         config.unlearning.beta_u = cell.beta_u
+    if cell.known_fraction is not None:
+        config.forget.known_fraction = cell.known_fraction
     return config
 
 
@@ -101,6 +113,10 @@ def _check_grid(grid: ml_collections.ConfigDict) -> None:
                 "must be numbers in (0, 0.5] (or empty: the base's)")
     check_field(_numbers(grid.beta_u, 0.0, 1e6), "grid.beta_u", tuple(grid.beta_u),
                 "must be numbers in [0, 1e6] (or empty: the base's)")
+    known = tuple(grid.get("known_fraction", ()))
+    check_field(_numbers(known, 0.0, 1.0, low_open=True) and len(set(known)) == len(known),
+                "grid.known_fraction", known,
+                "must be distinct numbers in (0, 1] (or empty: the base's)")
     seeds = tuple(grid.seeds)
     check_field(len(seeds) > 0 and len(set(seeds)) == len(seeds)
                 and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
@@ -154,10 +170,20 @@ def expand(config: ml_collections.ConfigDict) -> list[Cell]:
                         for seed in grid.seeds:
                             group = Group(dataset, channel, family, float(snr_db), float(edr),
                                           int(seed))
-                            for method in methods:
-                                if method in BETA_METHODS:
-                                    for beta_u in tuple(grid.beta_u) or (base.unlearning.beta_u,):
-                                        cells.append(Cell(group, method, float(beta_u)))
-                                else:
-                                    cells.append(Cell(group, method, None))
+                            cells += _group_cells(group, methods, grid, base)
+    return cells
+
+
+def _group_cells(group: Group, methods: Sequence[str], grid: ml_collections.ConfigDict,
+                 base: ml_collections.ConfigDict) -> list[Cell]:
+    """A group's cells: every known fraction (retrain first within each), method and β_u."""
+    cells = []
+    for known in tuple(grid.get("known_fraction", ())) or (None,):
+        known = None if known is None else float(known)
+        for method in methods:
+            if method in BETA_METHODS:
+                for beta_u in tuple(grid.beta_u) or (base.unlearning.beta_u,):
+                    cells.append(Cell(group, method, float(beta_u), known))
+            else:
+                cells.append(Cell(group, method, None, known))
     return cells

@@ -56,7 +56,7 @@ def _published(key: tuple, bases: dict[str, Any]) -> dict[str, float] | None:
     """The published values (metric → value) of a summary key's setting, or None where the
     paper has no table for it: dataset, channel and SNR, AWGN paper family, a published EDR, the
     base's β_u, and a system with all the training images."""
-    dataset, channel, family, snr_db, edr, beta_u, method = key
+    dataset, channel, family, snr_db, edr, beta_u, known_fraction, method = key
     numbers = paper_numbers()
     if dataset not in numbers.settings or family != "paper":
         return None
@@ -66,6 +66,8 @@ def _published(key: tuple, bases: dict[str, Any]) -> dict[str, float] | None:
     if (channel, snr_db) not in settings or method not in numbers.tables[paper_name]:
         return None
     if beta_u is not None and beta_u != bases[dataset]["unlearning"]["beta_u"]:
+        return None
+    if known_fraction not in (None, 1.0):  # the paper's methods know all of D_e
         return None
     matches = [i for i, e in enumerate(numbers.edrs) if abs(e - edr) < 1e-9]
     if not matches:
@@ -89,7 +91,7 @@ def paper_comparison(summary, bases: dict[str, Any]) -> tuple[str, list[dict[str
         published = _published(key, bases)
         if published is None:
             continue
-        dataset, channel, _, snr_db, edr, _, method = key
+        dataset, channel, _, snr_db, edr, _, _, method = key
         cells = []
         for metric, label, scale, decimals in PAPER_COLUMNS:
             theirs = published[metric]

@@ -72,8 +72,14 @@ FORGET_COLUMNS = (
 
 
 def columns_for(config: ml_collections.ConfigDict):
-    """The table's columns: the backdoor protocol's, or a forget set's."""
-    return COLUMNS if config.forget.kind == "backdoor" else FORGET_COLUMNS
+    """The table's columns: the backdoor protocol's (with the backdoor on every triggered image
+    where the methods know only part of D_e), or a forget set's."""
+    if config.forget.kind != "backdoor":
+        return FORGET_COLUMNS
+    if config.forget.known_fraction < 1:
+        return (("backdoor_accuracy_all", "backdoor, every triggered image %", 100, 1),
+                *COLUMNS)
+    return COLUMNS
 
 
 def _seed_config(config: ml_collections.ConfigDict, seed: int, method: str | None = None):

@@ -120,15 +120,17 @@ def relearning_summary(data: dict[str, Any]) -> dict[tuple, dict[str, dict[str, 
     grouped: dict[tuple, dict[tuple, list[dict[str, Any]]]] = {}
     for entry in data.get("curves", []):
         setting = tuple(entry[k] for k in ("dataset", "channel", "family", "snr_db", "edr"))
-        grouped.setdefault(setting, {}).setdefault((entry["method"], entry["beta_u"]),
-                                                   []).append(entry)
+        system = (entry["method"], entry["beta_u"], entry.get("known_fraction"))
+        grouped.setdefault(setting, {}).setdefault(system, []).append(entry)
     summary = {}
     for key, by_system in sorted(grouped.items()):
         summary[key] = {}
-        for method, beta_u in sorted(by_system, key=lambda s: (method_order(s[0]), s[1] or 0)):
-            entries = sorted(by_system[(method, beta_u)], key=lambda e: e["seed"])
-            several = sum(m == method for m, _ in by_system) > 1
+        for system in sorted(by_system, key=lambda s: (method_order(s[0]), s[1] or 0, s[2] or 0)):
+            method, beta_u, known = system
+            entries = sorted(by_system[system], key=lambda e: e["seed"])
+            several = sum(s[0] == method and s[2] == known for s in by_system) > 1
             label = f"{method} (β_u {beta_u:g})" if several else method
+            label += "" if known is None else f", {100 * known:g} % known"
             values = np.array([[_value(point) for point in e["curve"]] for e in entries])
             summary[key][label] = {
                 "steps": entries[0]["steps"], "fraction": entries[0]["fraction"],

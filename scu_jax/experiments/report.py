@@ -77,11 +77,12 @@ MINE_NOTE = (
     "is shown instead.\n")
 
 
-def _columns() -> list[tuple[str, str, float, int]]:
-    """(metric, header, scale, decimals) of the results tables."""
+def _columns(partial: bool = False) -> list[tuple[str, str, float, int]]:
+    """(metric, header, scale, decimals) of the results tables (`partial`: with the backdoor on
+    every triggered image, for a sweep where only part of D_e is known)."""
     spec = {m[0]: m for m in METRICS}
     columns = []
-    for metric in TABLE_METRICS:
+    for metric in (("backdoor_accuracy_all",) if partial else ()) + TABLE_METRICS:
         if metric == "speedup":
             columns.append(("speedup", "× faster than retrain", 1, 0))
         else:
@@ -95,11 +96,12 @@ def results_tables(summary) -> str:
     receiver reads differently gets a row for it."""
     settings: dict[tuple, list] = {}
     for key, entry in summary.items():
-        settings.setdefault(key[:5], []).append((key[5], key[6], entry))
-    columns = _columns()
+        settings.setdefault(key[:5] + key[6:7], []).append((key[5], key[7], entry))
+    columns = _columns(any(key[6] is not None for key in summary))
     out = []
-    for (dataset, channel, family, snr_db, edr), members in settings.items():
-        out.append(f"#### {dataset}, {channel} ({family}) at {snr_db:g} dB, EDR {100 * edr:g} %\n")
+    for (dataset, channel, family, snr_db, edr, known), members in settings.items():
+        out.append(f"#### {dataset}, {channel} ({family}) at {snr_db:g} dB, EDR {100 * edr:g} %"
+                   + ("" if known is None else f", {100 * known:g} % of D_e known") + "\n")
         rows = []
         for beta_u, method, entry in members:
             name = method if beta_u is None else f"{method} (β_u {beta_u:g})"
@@ -115,6 +117,40 @@ def results_tables(summary) -> str:
         out.extend(table_lines(["method", "seeds", *(c[1] for c in columns)], rows))
         out.append("")
     return "\n".join(out)
+
+
+CLEARED = 0.2  # the backdoor accuracy below which a known fraction counts as enough
+
+
+def known_fraction_lines(summary) -> list[str]:
+    """Where the methods knew only part of D_e: per setting and method, the backdoor on every
+    triggered image at each known fraction, the smallest fraction that brings it (mean over
+    seeds) under `CLEARED` and the test accuracy there (a wrecked decoder clears any backdoor);
+    [] for a sweep without the axis."""
+    table: dict[tuple, dict[str, dict[float, Any]]] = {}
+    for key, entry in summary.items():
+        if key[6] is not None and "backdoor_accuracy_all" in entry:
+            table.setdefault(key[:5], {}).setdefault(key[7], {})[key[6]] = entry
+    out = []
+    for (dataset, channel, family, snr_db, edr), by_method in table.items():
+        fractions = sorted({f for entries in by_method.values() for f in entries})
+        out += [f"**{dataset}, {channel} ({family}) {snr_db:g} dB, EDR {100 * edr:g} %**: "
+                "backdoor accuracy on every triggered training image, the known ones and the "
+                "rest (%, mean ± std over seeds)\n"]
+        rows = []
+        for method, entries in by_method.items():
+            cleared = [f for f in fractions if f in entries
+                       and entries[f]["backdoor_accuracy_all"][0] < CLEARED]
+            rows.append([method, *(format_statistic(entries[f].get("backdoor_accuracy_all"), 100, 1)
+                                   if f in entries else "–" for f in fractions),
+                         f"{100 * cleared[0]:g} %" if cleared else "none",
+                         format_statistic(entries[cleared[0]].get("accuracy_test"), 100, 1)
+                         if cleared else "–"])
+        out += table_lines(["method", *(f"{100 * f:g} % known" for f in fractions),
+                            f"smallest share known with backdoor < {100 * CLEARED:g} %",
+                            "test accuracy there (%)"], rows)
+        out.append("")
+    return out
 
 
 def _base_summary(bases: dict[str, Any]) -> str:
@@ -143,7 +179,8 @@ def _configuration_section(config: dict[str, Any]) -> list[str]:
     return ["## Configuration\n",
             "Grid: " + "; ".join(f"{k} = {', '.join(str(v) for v in grid[k]) or '(base)'}"
                                  for k in ("channels", "families", "snr_db", "edr", "beta_u",
-                                           "methods", "seeds")) + ".\n",
+                                           "known_fraction", "methods", "seeds")
+                                 if k in grid) + ".\n",
             "Base systems (one per dataset; every cell changes only its grid fields):\n",
             _base_summary(config["bases"]),
             "<details><summary>Full experiment config (JSON)</summary>\n\n```json\n"
@@ -230,6 +267,13 @@ def write_report(workdir: str | os.PathLike) -> str:
             "the backdoor target (lower = forgotten). Times are wall time without compilation; "
             "× faster is per seed against that seed's retraining.\n",
             results_tables(summary)]
+    partial = known_fraction_lines(summary)
+    if partial:
+        out += ["## Corrective unlearning: only part of D_e known\n",
+                "Each method (retraining too) was given a seeded share of D_e; the other "
+                "triggered images stayed in D_r, unknown. A backdoor that generalises from the "
+                "known images to the trigger is removed from all; one learnt per image is not.\n",
+                *partial]
     out += _paper_section(summary, config["bases"])
     if relearning:
         figures += relearning_figure(relearning, figures_dir)

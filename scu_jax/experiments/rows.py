@@ -21,7 +21,8 @@ from scu_jax.experiments.shards import Shard
 from scu_jax.experiments.workdir import CSV_FILE, row_files, rows_file
 from scu_jax.runs.files import write_text_atomic
 
-KEY_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "seed", "method", "beta_u")
+KEY_FIELDS = ("dataset", "channel", "family", "snr_db", "edr", "seed", "method", "beta_u",
+              "known_fraction")
 
 
 def make_row(experiment: str, cell: Cell, output: dict[str, Any]) -> dict[str, Any]:

@@ -57,12 +57,17 @@ def _grid(name: str, smoke: bool, reference: bool) -> ml_collections.ConfigDict:
     grid.snr_db = ()
     grid.edr = ()
     grid.beta_u = ()
+    grid.known_fraction = ()
     grid.methods = (ORIGINAL, "retrain", "scu", "scu_no_cc", "vbu", "hbu", "finetune")
     grid.seeds = (0, 1, 2)
     if name == "edr_sweep":
         grid.edr = (0.02, 0.04, 0.06, 0.08, 0.10)
         if not reference:  # the field's baselines; the authors' protocol compares the paper's
             grid.methods += ("ssd", "l1_sparse", "salun")
+    elif name == "known_sweep":  # corrective unlearning: the methods know part of D_e
+        grid.known_fraction = (0.1, 0.25, 0.5, 1.0)
+        grid.methods = (ORIGINAL, "retrain", "scu", "vbu", "hbu", "finetune", "ssd", "l1_sparse",
+                        "salun")
     elif name == "snr_sweep":
         grid.channels = ("awgn", "rayleigh", "rician")
         grid.families = grid.families or ("paper",)
@@ -78,6 +83,9 @@ def _grid(name: str, smoke: bool, reference: bool) -> ml_collections.ConfigDict:
         elif name == "snr_sweep":
             grid.channels, grid.snr_db = ("awgn", "rayleigh"), (5.0, 20.0)
             grid.families = grid.families or ("paper",)
+        elif name == "known_sweep":
+            grid.known_fraction = (0.25, 1.0)
+            grid.methods = (ORIGINAL, "retrain", "scu")
         else:
             grid.beta_u = (0.01, 1.0)
     return grid

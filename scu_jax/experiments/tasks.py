@@ -42,7 +42,8 @@ def _seedless(task: dict[str, Any]) -> tuple | None:
     if task["method"] not in ERASED_LOOP_METHODS:
         return None
     cell = task["cell"]
-    return ("cell", *dataclasses.astuple(cell.group)[:-1], cell.method, cell.beta_u)
+    return ("cell", *dataclasses.astuple(cell.group)[:-1], cell.method, cell.beta_u,
+            cell.known_fraction)
 
 
 def _together(tasks: dict[str, dict], dependencies: dict[str, set[str]]) -> None:
@@ -83,7 +84,6 @@ def _group_tasks(config: ml_collections.ConfigDict, root: pathlib.Path, group: G
     directory = group_dir(root, group.id)
     train_dir = str(directory / "train")
     has_retrain = "retrain" in config.grid.methods
-    reference = str(directory / "retrain") if has_retrain else None
     train_id = f"train {group.id}"
     tasks = {train_id: {"kind": "train", "config": json.loads(group_config(base, group).to_json()),
                         "train_dir": train_dir, "label": f"{group.id} train", "group": group}}
@@ -92,11 +92,12 @@ def _group_tasks(config: ml_collections.ConfigDict, root: pathlib.Path, group: G
         tasks[cell.id] = {"kind": "cell", "cell": cell, "method": cell.method,
                           "config": json.loads(cell_config(base, cell).to_json()),
                           "train_dir": train_dir, "out_dir": str(directory / cell.name),
-                          "reference_dir": None if cell.method == "retrain" else reference,
+                          "reference_dir": (str(directory / cell.retrain().name) if has_retrain
+                                            and cell.method != "retrain" else None),
                           "label": cell.id}
         needs = {train_id}
         if has_retrain and cell.method != "retrain":
-            needs.add(f"{group.id}/retrain")
+            needs.add(cell.retrain().id)
         dependencies[cell.id] = needs
     return tasks, dependencies
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 from absl import logging
 
 from scu_jax.config import config_from_json
@@ -23,10 +24,14 @@ from scu_jax.runs.files import RESULTS_FILE
 from scu_jax.runs.logs import quiet_library_logs
 
 
-def _evaluate_original(task: dict[str, Any], out_dir: pathlib.Path) -> dict[str, Any]:
+def _evaluate_original(task: dict[str, Any], out_dir: pathlib.Path,
+                       config: ml_collections.ConfigDict) -> dict[str, Any]:
+    # Read on the cell's split where only part of D_e is known (the same system, another D_e).
+    partial = config.forget.known_fraction < 1
     results = evaluate.evaluate_workdir(task["train_dir"], reference_workdir=task["reference_dir"],
                                        output=str(out_dir / RESULTS_FILE),
-                                       samples_file=str(out_dir / SAMPLES_FILE))
+                                       samples_file=str(out_dir / SAMPLES_FILE),
+                                       config=config if partial else None)
     trained = json.loads((pathlib.Path(task["train_dir"]) / RESULTS_FILE).read_text())
     # Its training's times (with `runs_together`, where the seeds trained as one program).
     results.update({key: trained[key] for key in
@@ -49,7 +54,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     out_dir = pathlib.Path(task["out_dir"])
     try:
         if task["method"] == ORIGINAL:
-            results = _evaluate_original(task, out_dir)
+            results = _evaluate_original(task, out_dir, config)
         else:
             results = unlearn.unlearn_and_evaluate(config, task["train_dir"], str(out_dir),
                                                    reference_workdir=task["reference_dir"],

@@ -130,7 +130,9 @@ def load_split(config: ml_collections.ConfigDict, *, training: bool = False, ids
         erasure = config.erasure
         split = make_erasure_split(dataset, edr=erasure.edr, base_class=erasure.base_class,
                                    target_class=erasure.target_class, seed=config.seed,
-                                   crop_once=crop_once, remain_size=erasure.remain_size)
+                                   crop_once=crop_once, remain_size=erasure.remain_size,
+                                   known_fraction=config.forget.known_fraction,
+                                   known_seed=forget_seed(config))
     else:
         if ids is None:
             ids = () if training else forget_ids(config, dataset, excluded=excluded)

@@ -114,7 +114,10 @@ def erased_setup(config: ml_collections.ConfigDict, system: System, split: Erasu
                         if protocol.receiver == "original" else None)
             eval_data = (draws_of(split.erased_images, protocol), key, original)
         else:
-            eval_data = (draws_of(split.erased_images, protocol), key)
+            # The known D_e alone: flagged samples (`forget.expand`) may be clean images of the
+            # target class, which no forgetting should turn away from it.
+            known = split.erased_images[:len(split.erased_images) - split.num_flagged]
+            eval_data = (draws_of(known, protocol), key)
     data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
     return ErasedRun(method, phase, rule, None if rule == "gap" else target,
                       method.init(params, batch_stats), data,

@@ -22,14 +22,16 @@ from scu_jax.runs.saved import load_variables, original_receiver, restore_saved
 def evaluate(system: System, params, batch_stats, split: ErasureSplit,
              config: ml_collections.ConfigDict, image_shape: tuple[int, ...], *,
              reference_workdir: str | None = None, original_receiver=None,
-             samples_file: str | None = None) -> dict[str, Any]:
+             samples_file: str | None = None, forgotten: ErasureSplit | None = None
+             ) -> dict[str, Any]:
     """`evaluation.full_evaluation` under `config`'s protocol, with the distance to the system
     saved in `reference_workdir` (retraining) and the report's samples written to `samples_file`,
-    each if given."""
+    each if given. `forgotten`: what the method was given, where not `split` (`forget.expand`):
+    the reference must have retrained without it."""
     protocol = protocol_of(config)
     reference = None
     if reference_workdir is not None:
-        check_reference(reference_workdir, split)
+        check_reference(reference_workdir, forgotten or split)
         ref_params, ref_stats, _ = load_variables(reference_workdir, system, config, image_shape)
         reference = (ref_params, ref_stats)
     results = full_evaluation(system, params, batch_stats, split, protocol, reference=reference,
@@ -47,9 +49,12 @@ def check_reference(reference_workdir: str, split: ErasureSplit) -> None:
         raise CheckpointMismatchError(f"--reference_workdir={reference_workdir} holds a "
                                       f"{meta.get('method') or meta.get('kind')!r} result, not a "
                                       "retraining")
-    if not split.backdoor:
-        saved = meta.get("unlearning_fingerprint", {}).get("forget", {}).get("sha256")
-        if saved != ids_digest(split.erased_indices):
+    if not split.backdoor or split.known_fraction < 1 or split.num_flagged:
+        saved = meta.get("unlearning_fingerprint", {}).get("forget", {})
+        # A retraining that erased flagged samples besides (`forget.expand`) is the reference of
+        # the systems given its known part too: the original, read on that part.
+        if ids_digest(split.erased_indices) not in (
+                saved.get("sha256"), None if split.num_flagged else saved.get("known_sha256")):
             raise CheckpointMismatchError(f"--reference_workdir={reference_workdir} retrained "
                                           "on another forget set than this one")
 

@@ -17,8 +17,9 @@ from absl import logging
 
 from scu_jax.config import (ERASED_LOOP_METHODS, config_from_json, method_config,
                             training_fingerprint, validate_config)
-from scu_jax.data import ErasureSplit, ids_digest
+from scu_jax.data import ErasureSplit, ids_digest, move_to_erased
 from scu_jax.errors import CheckpointMismatchError, CheckpointReadError, NonFiniteError
+from scu_jax.expansion import expansion_summary, flag_like_erased
 from scu_jax.methods import training
 from scu_jax.models import System, receiver_of
 from scu_jax.parallel import DataParallel, barrier, is_primary
@@ -32,7 +33,6 @@ from scu_jax.runs.saved import load_variables, receiver_entries
 from scu_jax.runs.train import fit, fit_with_checkpoints
 
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
-
 
 
 # The only `unlearning` fields the runs of these methods read.
@@ -65,8 +65,16 @@ def _unlearning_fingerprint(config: ml_collections.ConfigDict,
 
 def forget_fingerprint(split: ErasureSplit | None) -> dict[str, Any] | None:
     """What identifies a forget set without a backdoor: its kind, the sha256 of D_e's indices and
-    of the samples kept out of D_r besides (erased by earlier requests); None for the backdoor
-    split, which the config alone identifies."""
+    of the samples kept out of D_r besides (erased by earlier requests); for the backdoor split,
+    which the config alone identifies, None, or where only part of it is known or D_r samples
+    were flagged (`forget.expand`), what is erased."""
+    if split is not None and split.backdoor and (split.known_fraction < 1 or split.num_flagged):
+        fingerprint = {"kind": split.kind, "known_fraction": split.known_fraction,
+                       "flagged": split.num_flagged, "sha256": ids_digest(split.erased_indices)}
+        if split.num_flagged:
+            known = split.erased_indices[:len(split.erased_indices) - split.num_flagged]
+            fingerprint["known_sha256"] = ids_digest(known)
+        return fingerprint
     if split is None or split.backdoor:
         return None
     outside = np.flatnonzero(split.train_is_erased)
@@ -87,9 +95,10 @@ def check_same_data(saved: dict[str, Any], split: ErasureSplit, where: Any) -> N
             f"(sha256 {split.source['sha256'][:12]}): sample indices would name other images")
 
 
-def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
-                    workdir: pathlib.Path, split: ErasureSplit,
-                    overwrite: bool = False) -> Checkpoints:
+def _check_init(config: ml_collections.ConfigDict, init_workdir: pathlib.Path,
+                workdir: pathlib.Path, split: ErasureSplit) -> None:
+    """Raises unless `init_workdir` holds a finished training of this config on this data, apart
+    from `workdir`."""
     check_workdir(workdir)
     init_resolved, out_resolved = init_workdir.resolve(), workdir.resolve()
     if out_resolved == init_resolved or init_resolved in out_resolved.parents:
@@ -109,6 +118,12 @@ def _check_workdirs(config: ml_collections.ConfigDict, init_workdir: pathlib.Pat
     if trained.latest_step() != total_epochs:
         raise ValueError(f"training in --init_workdir={init_workdir} is unfinished (epoch "
                          f"{trained.latest_step()} of {total_epochs}); rerun scu-train to finish it")
+
+
+def _open_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path, split: ErasureSplit,
+                  overwrite: bool = False) -> Checkpoints:
+    """`workdir`'s checkpoints, checked to hold nothing or this very run's (`overwrite`: another
+    run's is deleted instead)."""
     try:
         _check_reusable(config, workdir, split)
     except (CheckpointMismatchError, CheckpointReadError):
@@ -190,7 +205,8 @@ class _Job(NamedTuple):
 
     config: ml_collections.ConfigDict  # with the method's `per_method` entry applied
     parallel: DataParallel
-    split: ErasureSplit
+    split: ErasureSplit  # what the results are read on
+    method_split: ErasureSplit  # what the method is given: `split`, or with flagged D_r samples
     system: System
     image_shape: Any
     out_path: pathlib.Path
@@ -208,13 +224,20 @@ def _prepare(config: ml_collections.ConfigDict, init_workdir: str, workdir: str,
     parallel = data_parallel(config)  # the mesh's errors before any work
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
     split, system, image_shape = build_for(config)
-    out = _check_workdirs(config, init_path, out_path, split, overwrite)
+    _check_init(config, init_path, out_path, split)
     trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)
+    method_split = split
+    if config.forget.expand:
+        flags = flag_like_erased(system, trained_params, trained_stats, split.erased_images,
+                                 split.erased_labels, split.remain_images, split.remain_labels,
+                                 batch_size=config.eval_batch_size)
+        method_split = move_to_erased(split, flags)
+    out = _open_workdir(config, out_path, method_split, overwrite)
     # Every system is read by the trained system's receiver (`evaluation.receiver`), so it is
     # kept with the result: `evaluate_workdir` reads the unlearned workdir alone.
     original_receiver = jax.device_get(receiver_of(trained_params, trained_stats))
     saved = out.saved_config() if out.latest_step() is not None else None
-    return _Job(config, parallel, split, system, image_shape, out_path, out,
+    return _Job(config, parallel, split, method_split, system, image_shape, out_path, out,
                 (trained_params, trained_stats), original_receiver, saved)
 
 
@@ -226,7 +249,8 @@ def _run_alone(job: _Job) -> tuple[Any, Any, dict[str, Any]]:
         params, batch_stats, _ = load_variables(job.out_path, job.system, job.config,
                                                 job.image_shape)
         return params, batch_stats, job.saved["run"]
-    return RUNNERS[job.config.unlearning.method](job.config, job.system, job.split, *job.trained,
+    return RUNNERS[job.config.unlearning.method](job.config, job.system, job.method_split,
+                                                 *job.trained,
                                                  job.out_path, job.image_shape, job.parallel)
 
 
@@ -240,14 +264,15 @@ def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
                                          **receiver_entries(job.original_receiver)}, config,
                      {"kind": "unlearned", "method": method, "run": run_info,
                       "stores_original_receiver": True,
-                      "unlearning_fingerprint": _unlearning_fingerprint(config, split)})
+                      "unlearning_fingerprint": _unlearning_fingerprint(config, job.method_split)})
     job.out.close()
     # Evaluated on each process's default device from host copies: the mesh is for the steps.
     params, batch_stats = jax.device_get((params, batch_stats))
 
     results = evaluate(job.system, params, batch_stats, split, config, job.image_shape,
-                       reference_workdir=reference_workdir,
+                       reference_workdir=reference_workdir, forgotten=job.method_split,
                        original_receiver=job.original_receiver, samples_file=samples_file)
+    results.update(expansion_summary(split, job.method_split))
     if not split.backdoor:
         results["forget_sha256"] = ids_digest(split.erased_indices)
     results.update({"method": method, **{k: v for k, v in run_info.items() if k != "history"},
@@ -257,9 +282,12 @@ def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
     if is_primary():
         write_json_atomic(job.out_path / RESULTS_FILE, results)
     if split.backdoor:
-        logging.info("%s: backdoor %.3f, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s "
-                     "compile)", method, results["backdoor_accuracy"], results["accuracy_clean"],
-                     results["mse_clean"], results["unlearn_seconds"], results["compile_seconds"])
+        logging.info("%s: backdoor %.3f%s, clean accuracy %.3f, MSE clean %.3f, %.3f s (+%.2f s "
+                     "compile)", method, results["backdoor_accuracy"],
+                     f" (every triggered image, {split.num_unknown} of them not in D_e: "
+                     f"{results['backdoor_accuracy_all']:.3f})" if split.num_unknown else "",
+                     results["accuracy_clean"], results["mse_clean"], results["unlearn_seconds"],
+                     results["compile_seconds"])
     else:
         logging.info("%s (%s forget set, %d samples): MSE erased %.3f (held-out %.3f), accuracy "
                      "erased %.3f, test %.3f; stopped by %s; %.3f s (+%.2f s compile)", method,
@@ -292,7 +320,7 @@ def unlearn_and_evaluate_many(configs: Sequence[ml_collections.ConfigDict],
     if len(todo) > 1 and todo[0].config.unlearning.method in ERASED_LOOP_METHODS:
         try:
             outcomes = erased_loops_together([job.config for job in todo], todo[0].system,
-                                             [job.split for job in todo],
+                                             [job.method_split for job in todo],
                                              [job.trained for job in todo])
         except NonFiniteError as error:
             logging.warning("%s; running the runs one by one", error)
