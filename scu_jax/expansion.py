@@ -111,9 +111,9 @@ def expansion_summary(split: ErasureSplit, method_split: ErasureSplit) -> dict[s
     nothing was flagged or looked for."""
     if method_split is split:
         return {}
-    flagged = method_split.erased_indices[len(split.erased_indices):]
-    poisoned = int(np.isin(flagged[method_split.erased_labels[len(split.erased_indices):]
-                                   == split.target_class], split.unknown_indices).sum()
+    flagged = method_split.erased_indices[method_split.num_known:]
+    labels = method_split.erased_labels[method_split.num_known:]
+    poisoned = int(np.isin(flagged[labels == split.target_class], split.unknown_indices).sum()
                    if split.num_unknown else 0)
     return {"flagged": int(len(flagged)), "flagged_unknown": poisoned,
             "flagged_recall": poisoned / split.num_unknown if split.num_unknown else None}

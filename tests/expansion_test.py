@@ -39,6 +39,7 @@ def test_move_to_erased_makes_the_full_split_from_the_known_part(mnist5k):
     unknown = np.isin(part.remain_indices, part.unknown_indices) & (part.remain_labels == 2)
     moved = data.move_to_erased(part, unknown)
     assert moved.num_flagged == 180 and part.num_flagged == 0
+    assert (moved.num_known, part.num_known) == (60, 60)
     np.testing.assert_array_equal(np.sort(moved.erased_indices), full.erased_indices)
     np.testing.assert_array_equal(moved.train_is_erased, full.train_is_erased)
     assert sorted(moved.remain_indices.tolist()) == sorted(full.remain_indices.tolist())

@@ -188,6 +188,11 @@ class ErasureSplit:
         return 0 if self.unknown_indices is None else len(self.unknown_indices)
 
     @property
+    def num_known(self) -> int:
+        """How many of ``D_e``'s samples were named, not flagged: its first ``num_known`` rows."""
+        return len(self.erased_indices) - self.num_flagged
+
+    @property
     def backdoor(self) -> bool:
         """Whether D_e carries the trigger and the target label (the paper's protocol)."""
         return self.kind == "backdoor"

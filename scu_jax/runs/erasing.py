@@ -116,8 +116,7 @@ def erased_setup(config: ml_collections.ConfigDict, system: System, split: Erasu
         else:
             # The known D_e alone: flagged samples (`forget.expand`) may be clean images of the
             # target class, which no forgetting should turn away from it.
-            known = split.erased_images[:len(split.erased_images) - split.num_flagged]
-            eval_data = (draws_of(known, protocol), key)
+            eval_data = (draws_of(split.erased_images[:split.num_known], protocol), key)
     data = Batch(split.erased_images, split.erased_labels, split.remain_images, split.remain_labels)
     return ErasedRun(method, phase, rule, None if rule == "gap" else target,
                       method.init(params, batch_stats), data,

@@ -72,8 +72,7 @@ def forget_fingerprint(split: ErasureSplit | None) -> dict[str, Any] | None:
         fingerprint = {"kind": split.kind, "known_fraction": split.known_fraction,
                        "flagged": split.num_flagged, "sha256": ids_digest(split.erased_indices)}
         if split.num_flagged:
-            known = split.erased_indices[:len(split.erased_indices) - split.num_flagged]
-            fingerprint["known_sha256"] = ids_digest(known)
+            fingerprint["known_sha256"] = ids_digest(split.erased_indices[:split.num_known])
         return fingerprint
     if split is None or split.backdoor:
         return None
