@@ -58,6 +58,7 @@ SECTIONS = (
     ("Mutual information", ("scu_jax.mi",)),
     ("Data", ("scu_jax.data",)),
     ("Corrective unlearning", ("scu_jax.expansion",)),
+    ("Probes of what crosses the channel", ("scu_jax.probes",)),
     ("Devices", ("scu_jax.parallel",)),
     ("Errors", ("scu_jax.errors",)),
 )

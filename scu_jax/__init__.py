@@ -78,6 +78,14 @@ from scu_jax.models import System
 from scu_jax.models import init_system
 from scu_jax.models import without_channel
 from scu_jax.parallel import DataParallel
+from scu_jax.probes import attack_rows
+from scu_jax.probes import feature_names as probe_feature_names
+from scu_jax.probes import gap_closed
+from scu_jax.probes import linear_cka
+from scu_jax.probes import probe_system
+from scu_jax.probes import separates as probe_separates
+from scu_jax.probes import transmitted_features
+from scu_jax.probes import verdict as probe_verdict
 from scu_jax.parallel import mesh_for
 
 __version__ = "0.1.0"
@@ -108,6 +116,7 @@ __all__ = (
     "TrainState",
     "UnlearnState",
     "adaptive_weights",
+    "attack_rows",
     "awgn",
     "codec_loss",
     "codec_step",
@@ -121,6 +130,7 @@ __all__ = (
     "fading_coefficients",
     "finetune",
     "flag_like_erased",
+    "gap_closed",
     "gaussian_kl",
     "get_channel",
     "hbu",
@@ -130,12 +140,17 @@ __all__ = (
     "like_known",
     "known_positions",
     "l1_sparse",
+    "linear_cka",
     "load_dataset",
     "make_erasure_split",
     "move_to_erased",
     "measured_snr_db",
     "mesh_for",
     "per_image_sse",
+    "probe_feature_names",
+    "probe_separates",
+    "probe_system",
+    "probe_verdict",
     "rayleigh",
     "receiver_step",
     "reconstruction_mse",
@@ -150,6 +165,7 @@ __all__ = (
     "scu_no_cc",
     "ssd",
     "target_rate",
+    "transmitted_features",
     "unlearning_phase",
     "variational_upper_bound",
     "vbu",

@@ -88,11 +88,11 @@ def per_sample_metrics(system: System, params: Mapping[str, Any], batch_stats: M
     Batch `i` uses `fold_in(key, i)`, so results depend only on the key, the images and the batch
     size, not on the system being evaluated.
     """
-    return _in_batches(_forward_metrics, system, params, batch_stats, images,
+    return in_batches(_forward_metrics, system, params, batch_stats, images,
                        batch_size=batch_size, key=key)
 
 
-def _in_batches(forward, system: System, params, batch_stats, images: np.ndarray, *,
+def in_batches(forward, system: System, params, batch_stats, images: np.ndarray, *,
                 batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
     """Runs a jitted `forward` over fixed-size padded batches (batch `i` keyed `fold_in(key, i)`)
     and concatenates its per-image outputs, padding dropped."""
@@ -142,7 +142,7 @@ def system_outputs(system: System, params: Mapping[str, Any], batch_stats: Mappi
 
     Batches and keys as in `per_sample_metrics`, so two systems see the same noise draws.
     """
-    return _in_batches(_forward_outputs, system, params, batch_stats, images,
+    return in_batches(_forward_outputs, system, params, batch_stats, images,
                        batch_size=batch_size, key=key)
 
 

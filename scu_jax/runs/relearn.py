@@ -25,6 +25,7 @@ from scu_jax.config import method_config, validate_config
 from scu_jax.methods import training
 from scu_jax.models import with_receiver
 from scu_jax.passes import system_for_evaluation
+from scu_jax.probes import attack_rows
 from scu_jax.runs.build import build_for, protocol_of, recipe_of
 from scu_jax.runs.saved import original_receiver, restore_saved
 from scu_jax.stopping import draws_of, masked_mean_sse, stopping_key, target_rate
@@ -58,11 +59,8 @@ def relearning_curve(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     params, batch_stats = restored["params"], restored["batch_stats"]
     protocol = protocol_of(config)
     recipe = recipe_of(config)
-    count = len(split.erased_images)
-    order = np.random.default_rng(seed).permutation(count)
-    attack_size = min(max(int(round(fraction * count)), min(recipe.batch_size, count - 1)),
-                      count - 1)
-    attack, heldout = order[:attack_size], order[attack_size:]
+    attack, heldout = attack_rows(len(split.erased_images), fraction, recipe.batch_size, seed)
+    attack_size = len(attack)
     batch = min(recipe.batch_size, attack_size)
     attack_images = split.erased_images[attack]
     attack_labels = split.erased_labels[attack]
