@@ -50,6 +50,13 @@ def _choice(config, field: str, choices) -> None:
     check_field(value in choices, field, value, f"must be one of: {', '.join(sorted(choices))}")
 
 
+def _boolean(config, field: str) -> None:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    check_field(isinstance(value, bool), field, value, "must be true or false")
+
+
 def _number(config, field: str, low: float, high: float = math.inf, *, integer: bool = False,
             low_open: bool = False) -> None:
     value = config

@@ -7,12 +7,13 @@ shares one schema and one validator.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import ml_collections
 
 # `check_field` and `first_difference` are imported from here by the layers above.
-from scu_jax.checks import _choice, _finite, _jsonable, _number, check_field, first_difference
+from scu_jax.checks import _boolean, _choice, _finite, _jsonable, _number, check_field, first_difference
 from scu_jax.errors import ConfigError
 from scu_jax.channels import CHANNELS, DRAWS, EQUALIZERS, FADINGS, FAMILIES
 from scu_jax.data import DATASETS, FORGET_KINDS
@@ -195,6 +196,10 @@ def default_config() -> ml_collections.ConfigDict:
     # The forget sets without a backdoor: how many D_r images (a fixed seeded subsample) the
     # utility metrics read (0: all of D_r).
     config.evaluation.remain_examples = 2000
+    # Probes of z and of the channel output y at these SNRs (dB), fresh heads, k-NN, linear
+    # probes, CKA: is the erased information still sent? (scu_jax.probes; docs/is-it-gone.md)
+    config.evaluation.probes = False
+    config.evaluation.probe_snrs = (-5.0, 0.0, 5.0, 10.0, 20.0)
 
     config.eval_batch_size = 500
     # Training and retraining save a checkpoint every this many epochs and at the end of each
@@ -210,9 +215,8 @@ def default_config() -> ml_collections.ConfigDict:
     # (0: epochs only). Each written step costs the host one event, so not every step by default.
     config.summary_every_steps = 25
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
-    # Channel realisations per evaluated image; metrics average over them. At low SNR one draw
-    # leaves the backdoor accuracy of a small D_e visibly noisy from the channel noise alone
-    # (docs/results.md "Results").
+    # Channel realisations per evaluated image; metrics average over them: at low SNR one draw
+    # leaves a small D_e's backdoor accuracy noisy from channel noise (docs/results.md "Results").
     config.eval_draws = 8
 
     return config
@@ -296,18 +300,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check_field(config.channel.draw == "element" or config.channel.family == "paper",
                 "channel.draw", config.channel.draw, "'scalar' is the reference's draw of the paper "
                 "family; the physical family draws per symbol")
-    _number(config, "seed", 0, 2**31 - 1, integer=True)
-    _number(config, "eval_seed", 0, 2**31 - 1, integer=True)
-    _number(config, "max_train_examples", 0, integer=True)
-    _number(config, "max_test_examples", 0, integer=True)
+    for field, high in (("seed", 2**31 - 1), ("eval_seed", 2**31 - 1),
+                        ("max_train_examples", math.inf), ("max_test_examples", math.inf),
+                        ("erasure.base_class", math.inf), ("erasure.target_class", math.inf),
+                        ("forget.class_id", math.inf)):
+        _number(config, field, 0, high, integer=True)
     _number(config, "erasure.edr", 0.0, 0.5, low_open=True)
-    _number(config, "erasure.base_class", 0, integer=True)
-    _number(config, "erasure.target_class", 0, integer=True)
     _choice(config, "erasure.remain_size", ("rest", "requested"))
     _choice(config, "forget.kind", FORGET_KINDS)
     check_field(isinstance(config.forget.ids_file, str), "forget.ids_file", config.forget.ids_file,
                 "must be a path")
-    _number(config, "forget.class_id", 0, integer=True)
     _number(config, "forget.fraction", 0.0, 1.0, low_open=True)
     check_field(config.forget.fraction < 1.0, "forget.fraction", config.forget.fraction,
                 "must be below 1 (something must remain)")
@@ -316,8 +318,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, off in (("known_fraction", 1.0), ("expand", False)):
         check_field(config.forget[field] == off or config.forget.kind == "backdoor",
                     f"forget.{field}", config.forget[field], "applies to forget.kind='backdoor' only")
-    check_field(isinstance(config.forget.expand, bool), "forget.expand", config.forget.expand,
-                "must be true or false")
+    _boolean(config, "forget.expand")
     check_field(config.erasure.base_class != config.erasure.target_class, "erasure.target_class",
                 config.erasure.target_class, "must differ from erasure.base_class")
     _number(config, "model.latent_dim", 1, integer=True)
@@ -327,16 +328,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 widths, "must be a non-empty list of positive integers")
     _number(config, "channel.snr_db", -50.0, 100.0)
     _number(config, "channel.k_factor", 0.0, 1e6)
-    _number(config, "train.batch_size", 1, 65536, integer=True)
-    _number(config, "train.epochs", 0, 10000, integer=True)
-    _number(config, "train.receiver_epochs", 0, 10000, integer=True)
-    _number(config, "train.learning_rate", 0.0, 10.0, low_open=True)
-    _number(config, "train.receiver_learning_rate", 0.0, 10.0, low_open=True)
+    for field, low, high in (("batch_size", 1, 65536), ("epochs", 0, 10000),
+                             ("receiver_epochs", 0, 10000), ("steps_per_dispatch", 0, math.inf)):
+        _number(config, f"train.{field}", low, high, integer=True)
+    for field in ("learning_rate", "receiver_learning_rate"):
+        _number(config, f"train.{field}", 0.0, 10.0, low_open=True)
     _number(config, "train.grad_clip", 0.0, low_open=True)
-    _number(config, "train.beta", 0.0)
-    _number(config, "train.mse_weight", 0.0)
-    _number(config, "train.ce_weight", 0.0)
-    _number(config, "train.steps_per_dispatch", 0, integer=True)
+    for field in ("beta", "mse_weight", "ce_weight"):
+        _number(config, f"train.{field}", 0.0)
     check_field(not config.train.crop_once or config.train.augment, "train.crop_once",
                 config.train.crop_once, "needs train.augment=True (it says when to crop)")
     _number(config, "eval_batch_size", 1, 65536, integer=True)
@@ -363,10 +362,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         except ConfigError as error:
             raise ConfigError(str(error).replace("config.unlearning.",
                                                  f"config.unlearning.per_method.{method}.", 1)) from None
-    _number(config, "evaluation.mi_steps", 0, 10**7, integer=True)
-    _number(config, "evaluation.mi_batch_size", 2, 65536, integer=True)
-    _number(config, "evaluation.mi_max_examples", 2, integer=True)
-    _number(config, "evaluation.remain_examples", 0, integer=True)
+    for field, low, high in (("mi_steps", 0, 10**7), ("mi_batch_size", 2, 65536),
+                             ("mi_max_examples", 2, math.inf), ("remain_examples", 0, math.inf)):
+        _number(config, f"evaluation.{field}", low, high, integer=True)
+    _boolean(config, "evaluation.probes")
+    snrs = config.evaluation.probe_snrs
+    check_field(len(snrs) > 0 and all(isinstance(s, (int, float)) and -50 <= s <= 60
+                                      for s in snrs), "evaluation.probe_snrs", snrs,
+                "must be one or more SNRs in [-50, 60] dB")
     check_field(set(config.evaluation.mi_sets) <= {"erased", "remain"}, "evaluation.mi_sets",
                 config.evaluation.mi_sets, "must be a subset of: erased, remain")
 
@@ -394,5 +397,4 @@ def _validate_unlearning(config: ml_collections.ConfigDict) -> None:
     _number(config, "unlearning.salun_fraction", 0.0, 1.0, low_open=True)
     for field in ("early_stop", "stop_weight_gradient", "unit_mse_in_weights", "augment_remain",
                   "hbu_fixed_probe"):
-        value = config.unlearning[field]
-        check_field(isinstance(value, bool), f"unlearning.{field}", value, "must be true or false")
+        _boolean(config, f"unlearning.{field}")

@@ -351,3 +351,18 @@ def test_corrective_benchmark_tables_the_smallest_known_share_per_variant():
     assert "| retrain | 80.0 ± 0.0 | 2.0 ± 0.0 | 100 % | 80.0 ± 0.0 |" in text
     assert "| scu_e40 | 15.0 ± 0.0 | 1.0 ± 0.0 | 25 % | 80.0 ± 0.0 |" in text
     assert "| scu_e40 | 75 ± 25 | 75 ± 25 |" in text  # 100× and 50×, each against its retraining
+
+
+def test_probe_benchmark_tables_times_and_refuses_a_workdir_without_systems(tmp_path):
+    import subprocess
+    import sys
+
+    from benchmarks import probes
+
+    text = probes.table([{"seed": 0, "system": "scu", "first": 6.25, "best": 0.61}])
+    assert "| 0 | scu | 0.61 | 6.25 |" in text
+    result = subprocess.run([sys.executable, "-m", "benchmarks.probes",
+                             f"--probes_workdir={tmp_path}"], capture_output=True, text=True,
+                            env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f"benchmarks.probes: no system in {tmp_path}/seed_0/train: run scu-pipeline there first")

@@ -128,12 +128,21 @@ def test_unlearn_leaves_trained_checkpoint_byte_identical_and_evaluate_reads_it(
     assert results["unlearn_seconds"] > 0 and results["compile_seconds"] > 0
 
     metrics_file = tmp_path / "eval.json"
-    evaluated = _run(f"--workdir={out}", f"--output={metrics_file}", binary="evaluate")
+    evaluated = _run(f"--workdir={out}", f"--output={metrics_file}", "--probes",
+                     f"--original_workdir={workdir}", binary="evaluate")
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     printed = dict(line.split() for line in evaluated.stdout.splitlines() if len(line.split()) == 2)
     assert float(printed["backdoor_accuracy"]) == pytest.approx(results["backdoor_accuracy"], abs=1e-4)
     evaluated_metrics = json.loads(metrics_file.read_text())
     assert evaluated_metrics["method"] == "scu"
+    # --probes: every probe of z and y at the config's five SNRs, CKA against the original.
+    assert len([k for k in evaluated_metrics if k.startswith("probe_head_mlp_")
+                and not k.endswith("_se")]) == 6
+    assert 0.5 < evaluated_metrics["probe_cka_original_test"] < 1.0
+    assert 0.0 <= float(printed["probe_knn_y0dB"]) <= 1.0
+    refused = _run(f"--workdir={out}", f"--original_workdir={workdir}", binary="evaluate")
+    assert refused.returncode == 2 and said(refused.stderr) == [
+        "scu-evaluate: error: --original_workdir is read by the probes only: add --probes"]
     assert _tree_digest(workdir) == before
     # One model digest ties the result, its checkpoint and what scu-evaluate read back.
     assert evaluated_metrics["model_sha256"] == results["model_sha256"] == Checkpoints(

@@ -13,6 +13,7 @@ from scu_jax.experiments import pipeline
 def test_pipeline_compares_methods_and_reuses_finished_stages(tmp_path):
     config = presets.apply_variant(config_lib.default_config(), "smoke")
     config.evaluation.mi_steps = 0
+    config.evaluation.probes, config.evaluation.probe_snrs = True, (0.0, 20.0)
     summary = pipeline.run_pipeline(config, str(tmp_path), seeds=[0], methods=["retrain", "scu", "vbu"])
     # Every row is read by the original receiver; retraining's own (trained on D_r) is a row apart.
     assert list(summary) == ["original", "retrain", "retrain (own receiver)", "scu", "vbu"]
@@ -23,7 +24,19 @@ def test_pipeline_compares_methods_and_reuses_finished_stages(tmp_path):
     assert saved["protocol"].startswith("trained through awgn, paper family, 5 dB, noise per element")
     lines = (tmp_path / "comparison.md").read_text().splitlines()
     assert lines[0] == f"Protocol: {saved['protocol']}." and lines[1] == ""
-    assert lines[2].startswith("| method | backdoor % |") and len(lines) == 2 + 7
+    assert lines[2].startswith("| method | backdoor % |") and lines[2 + 7] == ""
+    # The probes: retraining closes every separating probe's gap by construction, the original
+    # none; the probes that do not tell them apart (the smoke system's heads) are listed as such.
+    probes = json.loads((tmp_path / "probes.json").read_text())
+    usable = [key for key, probe in probes["probes"].items() if probe["separates"]]
+    assert usable and len(usable) < len(probes["probes"]) == 4 * 3 + 2 * 3
+    assert all(probes["systems"]["retrain"]["gap_closed"][key] == pytest.approx(1.0)
+               and probes["systems"]["original"]["gap_closed"][key] == 0.0 for key in usable)
+    assert probes["systems"]["original"]["verdict"] == "not erased"
+    assert set(probes["systems"]) == {"original", "retrain", "scu", "vbu"}
+    text = "\n".join(lines)
+    assert "## Is it gone? Probes of what crosses the channel" in text and "| **no** |" in text
+    assert (tmp_path / "probes.png").stat().st_size > 10_000
     assert summary["retrain"]["speedup"]["mean"] == pytest.approx(1.0)
     assert summary["scu"]["speedup"]["mean"] > 1.0  # the step budget alone makes SCU cheaper
     assert "mse_to_retrain" in summary["scu"] and "mia_auc" in summary["original"]

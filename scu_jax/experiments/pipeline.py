@@ -6,6 +6,7 @@ WORKDIR/seed_<s>/train           the original system (scu-train)
 WORKDIR/seed_<s>/original.json   its full evaluation (MIA, MI, distance to retrain)
 WORKDIR/seed_<s>/<method>        each method's unlearned system and results.json (scu-unlearn)
 WORKDIR/comparison.json, .md     mean ± std over seeds, per method, and the protocol
+WORKDIR/probes.json, .png        with `evaluation.probes`: gap closed and verdicts (in comparison.md)
 ```
 Every stage resumes: a finished stage is reused, an interrupted one continues from its checkpoint.
 Every seed's system is trained first (the seeds that start from scratch as ONE vmapped program,
@@ -33,6 +34,7 @@ from scu_jax.errors import NonFiniteError
 from scu_jax.runs.build import describe_protocol
 from scu_jax.experiments.aggregate import (format_statistic, other_receiver_row, statistics,
                                            table_lines, with_speedups)
+from scu_jax.experiments.probes import comparison_probes
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic
 from scu_jax.runs.train import train_and_evaluate_many
 from scu_jax.runs.evaluate import evaluate_workdir
@@ -40,6 +42,7 @@ from scu_jax.runs.unlearn import unlearn_and_evaluate_many
 
 COMPARISON_TABLE = "comparison.md"
 COMPARISON_JSON = "comparison.json"
+PROBES_JSON = "probes.json"  # with `evaluation.probes`: gap closed and verdicts (experiments.probes)
 COLUMNS = (  # (results key, header, scale, decimals)
     ("backdoor_accuracy", "backdoor %", 100, 1),
     ("accuracy_clean", "acc clean %", 100, 1),
@@ -167,6 +170,10 @@ def run_pipeline(config: ml_collections.ConfigDict, workdir: str, *, seeds: Sequ
     protocol = describe_protocol(config)
     write_json_atomic(root / COMPARISON_JSON, {"protocol": protocol, "methods": summary})
     table = f"Protocol: {protocol}.\n\n" + markdown_table(summary, columns)
+    probes, probe_section = comparison_probes(rows, root)
+    if probes is not None:
+        write_json_atomic(root / PROBES_JSON, probes)
+        table += "\n" + "\n".join(probe_section)
     write_text_atomic(root / COMPARISON_TABLE, table)
     logging.info("comparison over seeds %s:\n%s", list(seeds), table)
     return summary

@@ -22,6 +22,7 @@ from scu_jax.experiments.figures import (METRICS, axis_figures, relearning_figur
                                          time_figure)
 from scu_jax.experiments.grid import expand
 from scu_jax.experiments.paper import gap_lines, paper_comparison
+from scu_jax.experiments.probes import report_probes
 from scu_jax.experiments.relearning import read_curves, relearning_lines, relearning_summary
 from scu_jax.experiments.rows import read_rows, write_csv
 from scu_jax.experiments.workdir import (FIGURES_DIR, RELEARNING_FILE, REPORT_FILE,
@@ -274,6 +275,9 @@ def write_report(workdir: str | os.PathLike) -> str:
                 "triggered images stayed in D_r, unknown. A backdoor that generalises from the "
                 "known images to the trigger is removed from all; one learnt per image is not.\n",
                 *partial]
+    section, probe_figures = report_probes(summary, figures_dir)
+    figures += probe_figures
+    out += section
     out += _paper_section(summary, config["bases"])
     if relearning:
         figures += relearning_figure(relearning, figures_dir)

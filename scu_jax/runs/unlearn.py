@@ -236,8 +236,11 @@ def _prepare(config: ml_collections.ConfigDict, init_workdir: str, workdir: str,
     # kept with the result: `evaluate_workdir` reads the unlearned workdir alone.
     original_receiver = jax.device_get(receiver_of(trained_params, trained_stats))
     saved = out.saved_config() if out.latest_step() is not None else None
+    trained = (trained_params, trained_stats)
+    if config.evaluation.probes:  # read after the method, whose steps donate their inputs
+        trained = jax.device_get(trained)
     return _Job(config, parallel, split, method_split, system, image_shape, out_path, out,
-                (trained_params, trained_stats), original_receiver, saved)
+                trained, original_receiver, saved)
 
 
 def _run_alone(job: _Job) -> tuple[Any, Any, dict[str, Any]]:
@@ -270,7 +273,9 @@ def _finish(job: _Job, outcome: tuple[Any, Any, dict[str, Any]], *,
 
     results = evaluate(job.system, params, batch_stats, split, config, job.image_shape,
                        reference_workdir=reference_workdir, forgotten=job.method_split,
-                       original_receiver=job.original_receiver, samples_file=samples_file)
+                       original_receiver=job.original_receiver, samples_file=samples_file,
+                       original=job.trained,
+                       retrained=(params, batch_stats) if method == "retrain" else None)
     results.update(expansion_summary(split, job.method_split))
     if not split.backdoor:
         results["forget_sha256"] = ids_digest(split.erased_indices)
