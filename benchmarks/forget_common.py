@@ -13,15 +13,30 @@ from benchmarks.variants import apply_variant
 from scu_jax.config import default_config, validate_config
 
 
-def setting_config(base, setting: str, seed: int):
+def worst_case_of(root: pathlib.Path, seed: int, setting: str) -> dict[str, Any]:
+    """The worst-case set of a `worstF` setting for the seed's trained system
+    (`runs.worst_case.worst_case_request`: found once, then read from WORKDIR/seedS)."""
+    from scu_jax.runs.worst_case import worst_case_request
+
+    return worst_case_request(root / f"seed{seed}" / "train", float(setting[len("worst"):]),
+                              cache_dir=root / f"seed{seed}", seed=seed)
+
+
+def setting_config(base, setting: str, seed: int, root: pathlib.Path | None = None):
+    """The config of a setting: `classN` (every image of class N), `randomF` (a random fraction
+    F), `worstF` (the worst-case set of F of the training set for the seed's system in
+    `root`, an ids request)."""
     config = base.copy_and_resolve_references()
     config.seed = seed
     if setting.startswith("class"):
         config.forget.kind, config.forget.class_id = "class", int(setting[len("class"):])
     elif setting.startswith("random"):
         config.forget.kind, config.forget.fraction = "random", float(setting[len("random"):])
+    elif setting.startswith("worst") and root is not None:
+        config.forget.kind = "ids"
+        config.forget.ids_file = worst_case_of(root, seed, setting)["path"]
     else:
-        raise ValueError(f"--settings: {setting!r} is neither classN nor randomF")
+        raise ValueError(f"--settings: {setting!r} is none of classN, randomF, worstF")
     validate_config(config)
     return config
 
@@ -50,7 +65,7 @@ def relearning_rows(base, seed: int, root: pathlib.Path, settings, methods,
 
     rows = []
     for setting in settings:
-        config = setting_config(base, setting, seed)
+        config = setting_config(base, setting, seed, root)
         for method in ["original", *methods, "retrain"]:
             workdir = root / f"seed{seed}" / ("train" if method == "original"
                                                else f"{setting}/{method}")
@@ -89,3 +104,48 @@ def relearning_markdown(rows: list[dict[str, Any]], settings, methods) -> str:
                 f"{m:.2f} ± {d:.2f}" for m, d in zip(values.mean(0), values.std(0)))
                 + (f" | {np.mean(delta):+.2f} |" if delta else " | – |"))
     return "\n".join(out) + "\n"
+
+
+# Gaps to retraining compared between a worst-case set and a random set of the same size.
+GAPS = (("mse_erased", "MSE D_e", 2), ("accuracy_erased", "acc D_e", 3))
+
+
+def worst_case_lines(rows: list[dict[str, Any]], settings, methods) -> list[str]:
+    """For each `worstF` setting with its `randomF` beside it: per method, the mean over seeds
+    of |its value − the same seed's retraining's| on D_e's MSE and accuracy, on each set, and
+    the ratio worst / random (above 1: the worst-case set hides a larger gap); which method
+    suffers most; the search's time."""
+    out = []
+    for worst in [s for s in settings if s.startswith("worst")]:
+        random_ = "random" + worst[len("worst"):]
+        if random_ not in settings:
+            continue
+        retrain = {(r["setting"], r["seed"]): r for r in rows if r["method"] == "retrain"}
+        table, ratios = [], {}
+        for method in ["original", *methods]:
+            cells = [method]
+            for key, _, digits in GAPS:
+                gaps = []
+                for setting in (random_, worst):
+                    mine = [abs(r[key] - retrain[(setting, r["seed"])][key]) for r in rows
+                            if r["setting"] == setting and r["method"] == method
+                            and r.get("status") != "non-finite" and key in r
+                            and (setting, r["seed"]) in retrain]
+                    gaps.append(float(np.mean(mine)) if mine else float("nan"))
+                ratio = gaps[1] / gaps[0] if gaps[0] > 0 else float("nan")
+                ratios.setdefault(method, {})[key] = ratio
+                cells += [f"{gaps[0]:.{digits}f}", f"{gaps[1]:.{digits}f}", f"{ratio:.2f}"]
+            table.append("| " + " | ".join(cells) + " |")
+        seconds = [r["worst_case_seconds"] for r in rows
+                   if r["setting"] == worst and "worst_case_seconds" in r and r["method"] == "retrain"]
+        sizes = sorted({r["num_erased"] for r in rows if r["setting"] == worst})
+        fast = [m for m in methods if np.isfinite(ratios[m]["mse_erased"])]
+        most = max(fast, key=lambda m: ratios[m]["mse_erased"]) if fast else "–"
+        out += [f"\n**{worst} against {random_}** (|D_e| = {', '.join(map(str, sizes))}; the "
+                f"search took {', '.join(f'{s:.1f}' for s in seconds)} s per seed): |method − "
+                "retraining| on D_e, mean over seeds\n",
+                "| method | " + " | ".join(f"{title} {kind}" for _, title, _ in GAPS
+                                          for kind in ("random", "worst", "worst / random"))
+                + " |", "|---" * (1 + 3 * len(GAPS)) + "|", *table,
+                f"\nSuffers most (largest MSE-gap ratio): **{most}**.\n"]
+    return out

@@ -2,7 +2,7 @@
 retraining on the same D_r, on the embedded MNIST.
 
   python -m benchmarks.forgetting --workdir=runs/forgetting --seeds=0,1,2 \
-      [--settings=class1,random0.02,random0.10] [--output=runs/forgetting.md] \
+      [--settings=class1,random0.02,random0.10,worst0.01] [--output=runs/forgetting.md] \
       [--forget_relearning [--forget_attack_steps=0,10,25,50,100]]
 
 For each seed it trains one system on the clean training set (`forget.kind="random"`: one
@@ -16,7 +16,10 @@ standard deviations. With `--forget_relearning`, every system is then attacked
 (`runs/relearn.relearning_curve`: the codec's training step on 10 % of D_e) and a second table
 per setting gives D_e's reconstruction error (SSE per image, on the 90 % the attack never saw)
 after each number of steps, against retraining's under the same attack (the curves also go to
-WORKDIR/relearning.json, which a rerun resumes).
+WORKDIR/relearning.json, which a rerun resumes). A `worstF` setting is the worst-case set of F of
+the training set for the seed's system (`scu_jax.worst_case`, found once and cached in
+WORKDIR/seedS); beside a `randomF` of the same F, a last table compares every method's gap to
+retraining on the two (`--set=evaluation.probes=true` adds the probes to every row).
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.unlearn import unlearn_and_evaluate
 
 from benchmarks.forget_common import (base_config, relearning_markdown, relearning_rows,
-                                      setting_config)
+                                      setting_config, worst_case_lines, worst_case_of)
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
 _SETTINGS = flags.DEFINE_list("settings", ["class1", "random0.02", "random0.10"],
-                              "classN (every image of class N) or randomF (a random fraction F).")
+                              "classN (every image of class N), randomF (a random fraction F) or "
+                              "worstF (the worst-case set of F for the seed's system).")
 _METHODS = flags.DEFINE_list("methods", ["scu", "scu_no_cc", "vbu", "hbu", "finetune", "ssd",
                                          "l1_sparse", "salun"],
                              "Methods, or variants of one (benchmarks.variants: scu_e40, "
@@ -102,7 +106,9 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
     train_and_evaluate(train_config, str(train_dir))
     rows = []
     for setting in settings:
-        config = setting_config(base, setting, seed)
+        config = setting_config(base, setting, seed, root)
+        extra = ({"worst_case_seconds": worst_case_of(root, seed, setting)["search_seconds"]}
+                 if setting.startswith("worst") else {})
         where = root / f"seed{seed}" / setting
         retrain_dir = where / "retrain"
         config.unlearning.method = "retrain"
@@ -125,7 +131,7 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
                     row["gap_closed"] = gap_closed_of(config, train_dir, retrain_dir)
                 elif result.get("history") and "gap_closed" in result["history"][-1]:
                     row["gap_closed"] = result["history"][-1]["gap_closed"]
-            rows.append({"seed": seed, "setting": setting, **row})
+            rows.append({"seed": seed, "setting": setting, **extra, **row})
     return rows
 
 
@@ -200,6 +206,7 @@ def main(argv) -> None:
         rows += run_seed(base, seed, root, _SETTINGS.value, _METHODS.value)
         write_json_atomic(root / "rows.json", rows)
     table = markdown(rows, _SETTINGS.value, _METHODS.value)
+    table += "\n".join(worst_case_lines(rows, _SETTINGS.value, _METHODS.value))
     if _RELEARN.value:
         # Resumes: curves of these steps already in relearning.json are kept, not recomputed,
         # and the file only ever grows (one of other steps is left alone: a new file is named).

@@ -59,6 +59,7 @@ SECTIONS = (
     ("Data", ("scu_jax.data",)),
     ("Corrective unlearning", ("scu_jax.expansion",)),
     ("Probes of what crosses the channel", ("scu_jax.probes",)),
+    ("Worst-case forget sets", ("scu_jax.worst_case",)),
     ("Devices", ("scu_jax.parallel",)),
     ("Errors", ("scu_jax.errors",)),
 )

@@ -86,6 +86,10 @@ from scu_jax.probes import probe_system
 from scu_jax.probes import separates as probe_separates
 from scu_jax.probes import transmitted_features
 from scu_jax.probes import verdict as probe_verdict
+from scu_jax.worst_case import WorstCase
+from scu_jax.worst_case import project_to_budget
+from scu_jax.worst_case import set_hardness
+from scu_jax.worst_case import worst_case_set
 from scu_jax.parallel import mesh_for
 
 __version__ = "0.1.0"
@@ -115,6 +119,7 @@ __all__ = (
     "System",
     "TrainState",
     "UnlearnState",
+    "WorstCase",
     "adaptive_weights",
     "attack_rows",
     "awgn",
@@ -151,6 +156,7 @@ __all__ = (
     "probe_separates",
     "probe_system",
     "probe_verdict",
+    "project_to_budget",
     "rayleigh",
     "receiver_step",
     "reconstruction_mse",
@@ -163,6 +169,7 @@ __all__ = (
     "scu",
     "scu_loss",
     "scu_no_cc",
+    "set_hardness",
     "ssd",
     "target_rate",
     "transmitted_features",
@@ -170,4 +177,5 @@ __all__ = (
     "variational_upper_bound",
     "vbu",
     "without_channel",
+    "worst_case_set",
 )
