@@ -366,3 +366,25 @@ def test_probe_benchmark_tables_times_and_refuses_a_workdir_without_systems(tmp_
                             env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 1 and result.stderr.strip() == (
         f"benchmarks.probes: no system in {tmp_path}/seed_0/train: run scu-pipeline there first")
+
+
+def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets():
+    from benchmarks.forget_common import setting_config, worst_case_lines
+    from scu_jax.config import default_config
+
+    rows = []
+    for seed in (0, 1):
+        for setting, values in (("random0.01", {"retrain": 10.0, "original": 8.0, "scu": 9.5}),
+                                ("worst0.01", {"retrain": 12.0, "original": 8.0, "scu": 10.0})):
+            for method, mse in values.items():
+                rows.append({"seed": seed, "setting": setting, "method": method,
+                             "num_erased": 40, "mse_erased": mse, "accuracy_erased": 0.9,
+                             **({"worst_case_seconds": 50.0 + seed} if setting[0] == "w" else {})})
+    text = "\n".join(worst_case_lines(rows, ["random0.01", "worst0.01"], ["scu"]))
+    # scu: 0.5 from retraining on the random set, 2.0 on the worst case: 4× the gap; it closes
+    # 75 % of the original's gap (2.0) on the random set and 50 % of it (4.0) on the worst case.
+    assert "| scu | 0.50 | 2.00 | 4.00 | 0.75 | 0.50 | 0.000 | 0.000 | nan |" in text
+    assert "the search took 50.0, 51.0 s per seed" in text and "**scu**" in text
+    assert worst_case_lines(rows, ["worst0.01"], ["scu"]) == []  # no random set to compare with
+    with pytest.raises(ValueError, match="none of classN, randomF, worstF"):
+        setting_config(default_config(), "worst0.01", 0)  # a worst case needs its system
