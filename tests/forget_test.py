@@ -152,6 +152,9 @@ def test_bad_input_through_the_binary_is_one_line_exit_2(two_requests, trained, 
                             f"--ids={r1}"], "config.train.epochs is 4 in the deployment but 9"),
         "backdoor": ([f"--deployment={tmp_path / 'new'}", f"--init_workdir={backdoor}",
                       f"--ids={r1}"], "was trained on the backdoor protocol's data"),
+        "two_kinds": ([f"--deployment={deployment}", "--class_id=1", "--worst_case=5"],
+                      "name the request with one of --ids, --class_id, --random_fraction, "
+                      "--worst_case (got --class_id, --worst_case)"),
     }
     # Started together: each refuses before any work, so most of its time is the imports.
     calls = {name: subprocess.Popen(_command(*args), cwd=REPO, env=_env(), text=True,
@@ -212,6 +215,13 @@ def test_class_and_random_requests_draw_from_the_samples_not_yet_erased(two_requ
         deployments.random_request(opened, 1.5)
     with pytest.raises(ValueError, match="request 'r2' was already applied by version 2"):
         deployments.class_request(opened, 0, request_id="r2")
+    # A red-team request: the samples hardest to forget on version 2, none erased before.
+    request = deployments.worst_case_request(opened, 5, seed=0, iterations=3)
+    assert request.request_id == "worst-case-5-0" and request.kind == "ids"
+    assert len(request.ids) == 5 and not set(request.ids) & ERASED
+    assert np.array_equal(request.ids, deployments.worst_case_request(opened, 5, iterations=3).ids)
+    with pytest.raises(ValueError, match="worst-case set size 0: must be a count"):
+        deployments.worst_case_request(opened, 0)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 Usage:
   scu-forget --deployment=DIR --init_workdir=TRAINED [--config=FILE[:VARIANTS] ...]
-      (--ids=FILE[,FILE...] | --class_id=N | --random_fraction=F [--random_seed=S])
+      (--ids=FILE[,FILE...] | --class_id=N | --random_fraction=F [--random_seed=S]
+       | --worst_case=K [--random_seed=S])
       [--request_id=NAME] [--method=scu] [--coalesce]
   scu-forget --deployment=DIR --verify [--output=FILE]
 
@@ -13,7 +14,9 @@ request. The ledger is a hash chain and binds each version to the digest of its 
 call refuses an edited, reordered or cut ledger, or a version replaced (exit 1). --verify checks
 every version's arrays too, prints per version its requests, the digest of the samples it erased
 and of its model, and the chain's head, and re-evaluates the current version on every erased
-sample.
+sample. --worst_case=K is a red-team request: the K samples (a count, or a fraction of the
+training split) not yet erased whose forgetting is hardest for SCU on the current version
+(docs/is-it-gone.md, "Worst-case forget sets").
 
 Example (alice.txt: training-set indices, one per line):
   scu-forget --deployment=runs/deployed --init_workdir=runs/clean --ids=alice.txt
@@ -46,7 +49,10 @@ _IDS = flags.DEFINE_list("ids", None, "Request files of training-set indices (on
 _CLASS_ID = flags.DEFINE_integer("class_id", None, "A request to erase every sample of this class.")
 _RANDOM_FRACTION = flags.DEFINE_float("random_fraction", None, "A request to erase this random "
                                       "fraction of the training split.")
-_RANDOM_SEED = flags.DEFINE_integer("random_seed", 0, "The seed of --random_fraction.")
+_WORST_CASE = flags.DEFINE_float("worst_case", None, "A request to erase the samples hardest to "
+                                 "forget: a count, or a fraction of the training split.")
+_RANDOM_SEED = flags.DEFINE_integer("random_seed", 0, "The seed of --random_fraction or "
+                                    "--worst_case.")
 _REQUEST_ID = flags.DEFINE_string("request_id", None, "The request's name (default: the file stem, "
                                   "class-N or random-F-S).")
 _METHOD = flags.DEFINE_enum("method", "scu", METHODS, "The unlearning method.")
@@ -62,7 +68,8 @@ flags.mark_flags_as_required(["deployment"])
 def _check_flags() -> None:
     """Flag combinations, before anything is read."""
     named = [name for name, holder in (("--ids", _IDS), ("--class_id", _CLASS_ID),
-                                       ("--random_fraction", _RANDOM_FRACTION))
+                                       ("--random_fraction", _RANDOM_FRACTION),
+                                       ("--worst_case", _WORST_CASE))
              if holder.value is not None]
     if _VERIFY.value:
         if named or _INIT_WORKDIR.value:
@@ -71,7 +78,8 @@ def _check_flags() -> None:
     if _OUTPUT.value:
         raise ValueError("--output goes with --verify")
     if len(named) != 1:
-        raise ValueError("name the request with one of --ids, --class_id, --random_fraction"
+        raise ValueError("name the request with one of --ids, --class_id, --random_fraction, "
+                         "--worst_case"
                          + (f" (got {', '.join(named)})" if named else ""))
     if _IDS.value is not None and len(_IDS.value) > 1 and _REQUEST_ID.value:
         raise ValueError("--request_id names one request; several --ids files are named by their "
@@ -99,6 +107,9 @@ def _main() -> None:
                             for path in _IDS.value]
             elif _CLASS_ID.value is not None:
                 requests = [deployments.class_request(opened, _CLASS_ID.value, _REQUEST_ID.value)]
+            elif _WORST_CASE.value is not None:
+                requests = [deployments.worst_case_request(opened, _WORST_CASE.value,
+                                                           _RANDOM_SEED.value, _REQUEST_ID.value)]
             else:
                 requests = [deployments.random_request(opened, _RANDOM_FRACTION.value,
                                                        _RANDOM_SEED.value, _REQUEST_ID.value)]

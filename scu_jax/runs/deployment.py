@@ -23,9 +23,11 @@ from scu_jax.config import config_from_json, first_difference, training_fingerpr
 from scu_jax.data import check_ids, class_ids, data_identity, ids_digest, random_ids, read_ids
 from scu_jax.errors import CheckpointMismatchError, ConfigError, LedgerMismatchError
 from scu_jax.runs import chain, versions
-from scu_jax.runs.build import load_data
+from scu_jax.runs.build import build_for, load_data
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import atomic_path, check_workdir
+from scu_jax.runs.saved import load_variables
+from scu_jax.runs.worst_case import set_size, worst_case_ids
 
 LEDGER_FILE = "ledger.jsonl"
 # The test hook of `fault_point` (`runs/ledger.py`'s docstring).
@@ -278,6 +280,27 @@ def random_request(deployment: Deployment, fraction: float, seed: int = 0,
     _refuse_applied(deployment, request_id)
     ids = random_ids(deployment.num_train, fraction, seed, excluded=deployment.erased_union())
     return Request(request_id, ids, "random")
+
+
+def worst_case_request(deployment: Deployment, size: float, seed: int = 0,
+                       request_id: str | None = None, **search) -> Request:
+    """A red-team request: the `size` (a count, or a fraction of the training split) not yet
+    erased samples whose forgetting is hardest for SCU on the current version
+    (`scu_jax.worst_case_set`; `search`: its settings, `runs.worst_case.SEARCH_DEFAULTS`)."""
+    request_id = request_id or f"worst-case-{size:g}-{seed}"
+    _refuse_applied(deployment, request_id)
+    excluded = deployment.erased_union()
+    count = set_size(size, deployment.num_train - len(excluded))
+    split, system, image_shape = build_for(deployment.config, training=True)
+    if deployment.records:
+        params, batch_stats, _ = versions.load(deployment.path, deployment.records[-1]["version"],
+                                               system, image_shape)
+    else:
+        params, batch_stats, _ = load_variables(str(deployment.init_workdir), system,
+                                                deployment.config, image_shape)
+    ids, _, _ = worst_case_ids(deployment.config, system, params, batch_stats, split.train_images,
+                               count, seed=seed, excluded=excluded, **search)
+    return Request(request_id, ids, "ids")
 
 
 def pending(deployment: Deployment, requests: Sequence[Request], method: str

@@ -17,13 +17,15 @@ import pathlib
 import time
 from typing import Any
 
+import numpy as np
+
 from scu_jax.config import config_from_json, validate_config
 from scu_jax.data.forget import read_ids
 from scu_jax.runs.build import build_for
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import write_json_atomic, write_text_atomic
 from scu_jax.runs.saved import load_variables
-from scu_jax.worst_case import WORST_CASE_METHODS, worst_case_set
+from scu_jax.worst_case import WORST_CASE_METHODS, WorstCase, worst_case_set
 
 SEARCH_DEFAULTS = {"iterations": 30, "lower_steps": 3, "step_size": 1e-2, "pool": 0}
 
@@ -91,17 +93,29 @@ def worst_case_request(train_workdir: str | pathlib.Path, size: float, *, cache_
         return {**info, "path": str(path), "cached": True, "seconds": 0.0,
                 "ids": read_ids(path, len(split.train_labels)).tolist()}
     params, batch_stats, _ = load_variables(str(train_workdir), system, config, image_shape)
-    started = time.perf_counter()
-    found = worst_case_set(system, params, batch_stats, split.train_images, count, method=method,
-                           seed=seed, lambda_kl=u.lambda_kl, beta_u=u.beta_u, rho=u.rho,
-                           beta=config.train.beta, **settings)
-    seconds = time.perf_counter() - started
+    ids, found, seconds = worst_case_ids(config, system, params, batch_stats,
+                                         split.train_images, count, method=method, seed=seed,
+                                         **settings)
     cache.mkdir(parents=True, exist_ok=True)
     info = {"inputs": inputs, "count": count, "hardness": found.hardness.tolist(),
             "search_seconds": seconds}
     write_json_atomic(info_path, info)
     header = "".join(f"# {line}\n" for line in (
         "worst-case forget set (scu_jax.worst_case)", json.dumps(inputs, sort_keys=True)))
-    write_text_atomic(path, header + "".join(f"{int(i)}\n" for i in found.ids))
-    return {**info, "path": str(path), "ids": found.ids.tolist(), "seconds": seconds,
-            "cached": False}
+    write_text_atomic(path, header + "".join(f"{int(i)}\n" for i in ids))
+    return {**info, "path": str(path), "ids": ids.tolist(), "seconds": seconds, "cached": False}
+
+
+def worst_case_ids(config, system, params, batch_stats, images: np.ndarray, count: int, *,
+                   method: str = "scu", seed: int = 0, excluded=(), **search
+                   ) -> tuple[np.ndarray, WorstCase, float]:
+    """`worst_case_set` over the rows of `images` not in `excluded` (samples an earlier request
+    erased), with `config`'s SCU weights and β: the chosen rows (sorted), the search's result
+    and its seconds."""
+    keep = np.setdiff1d(np.arange(len(images)), np.asarray(excluded, np.int64))
+    u = config.unlearning
+    started = time.perf_counter()
+    found = worst_case_set(system, params, batch_stats, images[keep], count, method=method,
+                           seed=seed, lambda_kl=u.lambda_kl, beta_u=u.beta_u, rho=u.rho,
+                           beta=config.train.beta, **{**SEARCH_DEFAULTS, **search})
+    return np.sort(keep[found.ids]), found, time.perf_counter() - started
