@@ -60,6 +60,7 @@ SECTIONS = (
     ("Corrective unlearning", ("scu_jax.expansion",)),
     ("Probes of what crosses the channel", ("scu_jax.probes",)),
     ("Worst-case forget sets", ("scu_jax.worst_case",)),
+    ("Populations and KLOM", ("scu_jax.population",)),
     ("Devices", ("scu_jax.parallel",)),
     ("Errors", ("scu_jax.errors",)),
 )

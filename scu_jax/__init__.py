@@ -78,6 +78,11 @@ from scu_jax.models import System
 from scu_jax.models import init_system
 from scu_jax.models import without_channel
 from scu_jax.parallel import DataParallel
+from scu_jax.population import correct_class_margin
+from scu_jax.population import klom
+from scu_jax.population import klom_summary
+from scu_jax.population import noise_floor
+from scu_jax.population import per_sample_outcomes
 from scu_jax.probes import attack_rows
 from scu_jax.probes import feature_names as probe_feature_names
 from scu_jax.probes import gap_closed
@@ -126,6 +131,7 @@ __all__ = (
     "codec_loss",
     "codec_step",
     "contrastive_compensation",
+    "correct_class_margin",
     "cosine_similarity",
     "crop_keeping_trigger",
     "cross_entropy",
@@ -142,6 +148,8 @@ __all__ = (
     "init_system",
     "initial_state",
     "kl_to_prior",
+    "klom",
+    "klom_summary",
     "like_known",
     "known_positions",
     "l1_sparse",
@@ -149,9 +157,11 @@ __all__ = (
     "load_dataset",
     "make_erasure_split",
     "move_to_erased",
+    "noise_floor",
     "measured_snr_db",
     "mesh_for",
     "per_image_sse",
+    "per_sample_outcomes",
     "probe_feature_names",
     "probe_separates",
     "probe_system",
