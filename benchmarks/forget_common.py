@@ -155,3 +155,40 @@ def worst_case_lines(rows: list[dict[str, Any]], settings, methods) -> list[str]
                 f"\n(nan: no seed's run finished.) Suffers most (largest MSE-gap ratio): "
                 f"**{most}**.\n"]
     return out
+
+
+def worst_case_figure(rows: list[dict[str, Any]], settings, methods, path: pathlib.Path) -> bool:
+    """Bars of each method's |gap to retraining| on D_e's MSE, random set beside worst-case set
+    (log axis, mean over seeds), one panel per `worstF` setting with its `randomF`; False (and no
+    file) where there is none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [(w, "random" + w[len("worst"):]) for w in settings
+             if w.startswith("worst") and "random" + w[len("worst"):] in settings]
+    if not pairs:
+        return False
+    figure, axes = plt.subplots(1, len(pairs), figsize=(7.5 * len(pairs), 3.4), squeeze=False)
+    names = ["original", *methods]
+    for ax, (worst, random_) in zip(axes[0], pairs):
+        retrain = {(r["setting"], r["seed"]): r["mse_erased"] for r in rows
+                   if r["method"] == "retrain"}
+        for offset, (setting, colour) in enumerate(((random_, "C0"), (worst, "C3"))):
+            gaps = [np.mean([abs(r["mse_erased"] - retrain[(setting, r["seed"])]) for r in rows
+                             if r["method"] == m and r["setting"] == setting
+                             and "mse_erased" in r and (setting, r["seed"]) in retrain] or [np.nan])
+                    for m in names]
+            ax.bar(np.arange(len(names)) + 0.4 * offset - 0.2, gaps, 0.4, color=colour,
+                   label=setting)
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
+        ax.set_ylabel("|MSE D_e − retraining's| (SSE / image)")
+        ax.set_title(f"{worst} against {random_}: gap to retraining, mean over seeds", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True

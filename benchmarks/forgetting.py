@@ -48,7 +48,8 @@ from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.unlearn import unlearn_and_evaluate
 
 from benchmarks.forget_common import (base_config, relearning_markdown, relearning_rows,
-                                      setting_config, worst_case_lines, worst_case_of)
+                                      setting_config, worst_case_figure, worst_case_lines,
+                                      worst_case_of)
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
@@ -207,6 +208,9 @@ def main(argv) -> None:
         write_json_atomic(root / "rows.json", rows)
     table = markdown(rows, _SETTINGS.value, _METHODS.value)
     table += "\n".join(worst_case_lines(rows, _SETTINGS.value, _METHODS.value))
+    figure = pathlib.Path(_OUTPUT.value).with_suffix(".png")
+    if worst_case_figure(rows, _SETTINGS.value, _METHODS.value, figure):
+        table += f"\n![worst case against random]({figure.name})\n"
     if _RELEARN.value:
         # Resumes: curves of these steps already in relearning.json are kept, not recomputed,
         # and the file only ever grows (one of other steps is left alone: a new file is named).

@@ -368,8 +368,8 @@ def test_probe_benchmark_tables_times_and_refuses_a_workdir_without_systems(tmp_
         f"benchmarks.probes: no system in {tmp_path}/seed_0/train: run scu-pipeline there first")
 
 
-def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets():
-    from benchmarks.forget_common import setting_config, worst_case_lines
+def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets(tmp_path):
+    from benchmarks.forget_common import setting_config, worst_case_figure, worst_case_lines
     from scu_jax.config import default_config
 
     rows = []
@@ -386,5 +386,8 @@ def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets():
     assert "| scu | 0.50 | 2.00 | 4.00 | 0.75 | 0.50 | 0.000 | 0.000 | nan |" in text
     assert "the search took 50.0, 51.0 s per seed" in text and "**scu**" in text
     assert worst_case_lines(rows, ["worst0.01"], ["scu"]) == []  # no random set to compare with
+    assert worst_case_figure(rows, ["random0.01", "worst0.01"], ["scu"], tmp_path / "w.png")
+    assert (tmp_path / "w.png").stat().st_size > 10_000
+    assert not worst_case_figure(rows, ["worst0.01"], ["scu"], tmp_path / "none.png")
     with pytest.raises(ValueError, match="none of classN, randomF, worstF"):
         setting_config(default_config(), "worst0.01", 0)  # a worst case needs its system
