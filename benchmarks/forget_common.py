@@ -22,6 +22,23 @@ def worst_case_of(root: pathlib.Path, seed: int, setting: str) -> dict[str, Any]
                               cache_dir=root / f"seed{seed}", seed=seed)
 
 
+def check_setting(setting: str) -> None:
+    """Raises `ValueError` (one line) unless `setting` is classN, randomF (F in (0, 1)) or worstF
+    (F a fraction in (0, 1) or a count >= 1): before any work."""
+    for prefix, number in (("class", int), ("random", float), ("worst", float)):
+        if setting.startswith(prefix):
+            try:
+                value = number(setting[len(prefix):])
+            except ValueError:
+                break
+            if (prefix == "class" and value >= 0) or (prefix == "random" and 0 < value < 1) or (
+                    prefix == "worst" and (0 < value < 1 or (value >= 1 and value == int(value)))):
+                return
+            break
+    raise ValueError(f"--settings: {setting!r} is none of classN, randomF (F in (0, 1)), worstF "
+                     "(F in (0, 1), or a count)")
+
+
 def setting_config(base, setting: str, seed: int, root: pathlib.Path | None = None):
     """The config of a setting: `classN` (every image of class N), `randomF` (a random fraction
     F), `worstF` (the worst-case set of F of the training set for the seed's system in

@@ -47,9 +47,9 @@ from scu_jax.runs.saved import load_variables
 from scu_jax.runs.train import train_and_evaluate
 from scu_jax.runs.unlearn import unlearn_and_evaluate
 
-from benchmarks.forget_common import (base_config, relearning_markdown, relearning_rows,
-                                      setting_config, worst_case_figure, worst_case_lines,
-                                      worst_case_of)
+from benchmarks.forget_common import (base_config, check_setting, relearning_markdown,
+                                      relearning_rows, setting_config, worst_case_figure,
+                                      worst_case_lines, worst_case_of)
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/forgetting", "Where every run's workdir goes.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each trains its own system).")
@@ -199,6 +199,11 @@ def main(argv) -> None:
             variant_fields(method)
     except ValueError as error:
         sys.exit(f"benchmarks.forgetting: error: --methods: {error}")
+    try:
+        for setting in _SETTINGS.value:
+            check_setting(setting)
+    except ValueError as error:
+        sys.exit(f"benchmarks.forgetting: error: {error}")
     quiet_library_logs()
     base = base_config(_CONFIG_ARGS.value)
     root = pathlib.Path(_WORKDIR.value)

@@ -369,7 +369,8 @@ def test_probe_benchmark_tables_times_and_refuses_a_workdir_without_systems(tmp_
 
 
 def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets(tmp_path):
-    from benchmarks.forget_common import setting_config, worst_case_figure, worst_case_lines
+    from benchmarks.forget_common import (check_setting, setting_config, worst_case_figure,
+                                          worst_case_lines)
     from scu_jax.config import default_config
 
     rows = []
@@ -391,3 +392,8 @@ def test_worst_case_table_compares_each_methods_gap_on_worst_and_random_sets(tmp
     assert not worst_case_figure(rows, ["worst0.01"], ["scu"], tmp_path / "none.png")
     with pytest.raises(ValueError, match="none of classN, randomF, worstF"):
         setting_config(default_config(), "worst0.01", 0)  # a worst case needs its system
+    for good in ("class1", "random0.02", "worst0.01", "worst40"):
+        check_setting(good)
+    for bad in ("worst0", "worst1.5", "random1.0", "worstx", "blue3"):
+        with pytest.raises(ValueError, match=f"--settings: '{bad}' is none of"):
+            check_setting(bad)
