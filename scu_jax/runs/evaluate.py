@@ -111,7 +111,7 @@ def evaluate_workdir(workdir: str, *, reference_workdir: str | None = None,
     restored, _ = restore_saved(workdir, system, config, image_shape)
     own = (restored["params"], restored["batch_stats"])
     original = own if meta.get("kind") == "train" else None
-    if original_workdir is not None and original is None:
+    if original_workdir is not None and original is None and config.evaluation.probes:
         original = load_variables(original_workdir, system, config, image_shape)[:2]
     if meta.get("kind") == "unlearned" and "original_receiver" not in restored:
         logging.warning("%s was saved before unlearned systems kept the original receiver: its own "
