@@ -46,10 +46,12 @@ def test_the_request_is_seeded_of_size_k_cached_and_harder_than_random(trained, 
     assert first["hardness"][-1] < first["hardness"][0]
     again = worst_case_request(trained, 10, cache_dir=tmp_path, iterations=6)
     assert again["cached"] and again["ids"] == first["ids"] and again["path"] == first["path"]
-    other = worst_case_request(trained, 10, cache_dir=tmp_path, iterations=6, seed=1)
-    assert other["path"] != first["path"]
-    assert json.loads(pathlib.Path(first["path"]).with_suffix(".json").read_text())[
-        "inputs"]["model_sha256"] == Checkpoints(trained, read_only=True).model_digest()
+    # The file's name is the digest of every input the set depends on (another seed, size or
+    # model is another file).
+    inputs = json.loads(pathlib.Path(first["path"]).with_suffix(".json").read_text())["inputs"]
+    assert inputs["model_sha256"] == Checkpoints(trained, read_only=True).model_digest()
+    assert {k: inputs[k] for k in ("method", "count", "seed", "iterations")} == {
+        "method": "scu", "count": 10, "seed": 0, "iterations": 6}
     # The set it found loses less to unlearning than random sets of its size do.
     hardest = worst_case.set_hardness(system, params, batch_stats, split.train_images, ids)
     randoms = [worst_case.set_hardness(system, params, batch_stats, split.train_images,
