@@ -1,8 +1,8 @@
 """The probes of what crosses the channel (`scu_jax.probes`) over a comparison's systems: each
 probe's gap closed per system, which probes tell the original from retraining, a verdict per
 system, their Markdown tables and the figure (gap closed against SNR). Used by `scu-pipeline`
-(probes.md beside comparison.md) and `scu-report` (a section of REPORT.md); reads statistics of
-results, no JAX work.
+(probes.json, probes.png and a section of comparison.md) and `scu-report` (a section of
+REPORT.md); reads statistics of results, no JAX work.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ writes it as a request file (one training index per line, its inputs in `#` comm
 by the digest of everything the set depends on: the trained model's digest, the method, the size,
 the seed and the search's settings. A second call with the same inputs reads the file instead of
 searching again; any input changed gives another file. The file is what `forget.kind="ids"`
-(`forget.ids_file`) and `scu-forget --request` read.
+(`forget.ids_file`) and `scu-forget --ids` read.
 """
 
 from __future__ import annotations
