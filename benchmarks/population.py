@@ -23,8 +23,10 @@ as the evaluation reads every system, and the reconstruction SSE, over the proto
 KLOM (`scu_jax.population.klom`) compares, sample by sample, the method's N runs and the N
 originals (doing nothing) with retraining's N runs, beside retraining's two halves against each
 other (the noise floor, N/2 a side; the method's and the originals' first halves against the same
-second half of retraining are given too, like for like). Writes population.md, population.json,
-population.png and outcomes.npz (every per-sample value and score) into the workdir.
+second half of retraining are given too, like for like). Writes population_METHOD.md, .json,
+.png and outcomes_METHOD.npz (every per-sample value and score) into the workdir for each of the
+comma-separated `--population_method`s, which share the originals and retrainings (a later call
+with another method in the same workdir reuses them too).
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ _RETRAIN_ALONE = flags.DEFINE_integer(
     "one-by-one time is extrapolated to N, and the output says so).")
 _METHOD_ALONE = flags.DEFINE_integer(
     "population_method_alone", -1, "Method runs timed one by one (-1: all N; 0 skips).")
-_METHOD = flags.DEFINE_string("population_method", "scu", "The erased-data method compared.")
+_METHOD = flags.DEFINE_string("population_method", "scu",
+                              "The erased-data methods compared, comma-separated (one population "
+                              "each, against the same originals and retrainings).")
 _BINS = flags.DEFINE_integer("population_bins", 4, "KLOM bins per sample.")
 _SMOOTHING = flags.DEFINE_float("population_smoothing", 0.1,
                                 "KLOM pseudo-counts added to every bin.")
@@ -106,9 +110,13 @@ def check_arguments(runs: int, retrain_alone: int, method_alone: int, method: st
                         ("population_method_alone", method_alone)):
         if not 0 <= value <= runs:
             raise ValueError(f"--{flag} must lie in [0, --population_runs={runs}], got {value}")
-    if method not in ERASED_LOOP_METHODS:
-        raise ValueError(f"--population_method must be one of {', '.join(ERASED_LOOP_METHODS)}, "
-                         f"got {method!r}")
+    methods = method.split(",")
+    for name in methods:
+        if name not in ERASED_LOOP_METHODS:
+            raise ValueError(f"--population_method must be one of "
+                             f"{', '.join(ERASED_LOOP_METHODS)} (comma-separated), got {name!r}")
+    if len(set(methods)) < len(methods):
+        raise ValueError(f"--population_method names a method twice: {method}")
     if bins < 1:
         raise ValueError(f"--population_bins must be at least 1, got {bins}")
     if binning not in population.BINNINGS:
@@ -534,10 +542,10 @@ def run(root: pathlib.Path, runs: int, retrain_alone_runs: int, method_alone_run
               for s, by_outcome in by_set.items() for o, v in by_outcome.items()}
     arrays.update({f"klom/{s}/{o}/{k}": v for s, by_outcome in scores.items()
                    for o, row in by_outcome.items() for k, v in row.items()})
-    np.savez_compressed(root / "outcomes.npz", **arrays)
-    write_json_atomic(root / "population.json", report)
-    write_text_atomic(root / "population.md", markdown(report))
-    figure(scores, method, root / "population.png")
+    np.savez_compressed(root / f"outcomes_{method}.npz", **arrays)
+    write_json_atomic(root / f"population_{method}.json", report)
+    write_text_atomic(root / f"population_{method}.md", markdown(report))
+    figure(scores, method, root / f"population_{method}.png")
     return report
 
 
@@ -558,9 +566,11 @@ def main(argv) -> None:
     command = f"python -m {PROGRAM} " + " ".join(sys.argv[1:])
     settings = {"bins": _BINS.value, "binning": _BINNING.value,
                 "smoothing": _SMOOTHING.value}
-    report = run(root, _RUNS.value, retrain_alone_runs, method_alone_runs, _METHOD.value,
-                 settings, _REMAIN.value, _SET.value, command, _RETIME.value, _REPEATS.value)
-    print(markdown(report))
+    for index, method in enumerate(_METHOD.value.split(",")):  # one shared reference
+        report = run(root, _RUNS.value, retrain_alone_runs, method_alone_runs, method, settings,
+                     _REMAIN.value, _SET.value, command, _RETIME.value and index == 0,
+                     _REPEATS.value)
+        print(markdown(report))
 
 
 if __name__ == "__main__":

@@ -51,10 +51,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.erasure.remain_size = "rest"
 
     # What a run forgets (`scu_jax.data.forget`). "backdoor": the erasure split above, the paper's
-    # protocol (the system trains on the poisoned set). "ids", "class", "random": a user's forget
-    # set of the clean training split, on which the system trains whole: sample indices in
-    # `ids_file` (one per line, or a .npy), every image of class `class_id`, or a random
-    # `fraction` drawn with `seed` (-1: config.seed). One trained system serves all three.
+    # protocol (the system trains on the poisoned set). "ids", "class", "random", "worst_case": a
+    # user's forget set of the clean training split, on which the system trains whole: indices in
+    # `ids_file` (one per line, or a .npy), every image of class `class_id`, a random `fraction`
+    # drawn with `seed` (-1: config.seed), or the trained system's hardest `fraction` for SCU
+    # (`runs.worst_case`, searched with `seed`, cached in the trained workdir; ids_file then
+    # names it). One trained system serves all four.
     # `known_fraction` < 1 ("backdoor" only; corrective unlearning): the methods, retraining
     # included, are given a `seed`-ed share of D_e; the rest stays in D_r, trigger and all.
     # `expand`: D_r samples that look like the known ones are erased too (`scu_jax.expansion`).
@@ -231,9 +233,8 @@ def method_config(config: ml_collections.ConfigDict, method: str | None = None
                   ) -> ml_collections.ConfigDict:
     """A copy of `config` for one method's run: `unlearning.per_method[method]` applied.
 
-    `method` defaults to `config.unlearning.method`. The copy's `per_method` is emptied, so a run's
-    config says, field by field, what the method ran with.
-    """
+    `method` defaults to `config.unlearning.method`. The copy's `per_method` is emptied, so a
+    run's config says, field by field, what the method ran with."""
     resolved = config.copy_and_resolve_references()
     method = method or resolved.unlearning.method
     resolved.unlearning.method = method
@@ -253,8 +254,7 @@ def config_from_json(stored: dict[str, Any]) -> ml_collections.ConfigDict:
     """Rebuilds a config saved with a checkpoint on top of today's schema.
 
     Fields added to the schema since the checkpoint was written keep their defaults; fields the
-    schema no longer has are dropped.
-    """
+    schema no longer has are dropped."""
     config = default_config()
 
     def merge(node: ml_collections.ConfigDict, values: dict[str, Any]) -> None:

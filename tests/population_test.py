@@ -142,6 +142,7 @@ def bench():
     ({"retrain_alone": 5}, "--population_retrain_alone must lie in \\[0, "),
     ({"method_alone": -2}, "--population_method_alone must lie"),
     ({"method": "retrain"}, "--population_method must be one of scu, "),
+    ({"method": "scu,salun,scu"}, "--population_method names a method twice"),
     ({"bins": 0}, "--population_bins must be at least 1"),
     ({"binning": "log"}, "--population_binning must be width or quantile"),
     ({"smoothing": -1.0}, "--population_smoothing must be a positive"),
@@ -157,6 +158,7 @@ def test_bad_arguments_are_refused_in_one_line(bench, change, message):
 
 def test_arguments_resolve_all_runs_and_config_overrides(bench):
     assert bench.check_arguments(4, 2, -1, "scu", 4, "width", 0.1, 10) == (2, 4)
+    assert bench.check_arguments(4, 2, 0, "scu,salun,vbu", 4, "width", 0.1, 10) == (2, 0)
     config = bench.base_config(["train.epochs=2", "erasure.edr=0.04"], "scu")
     assert (config.train.epochs, config.erasure.edr, config.evaluation.mi_steps) == (2, 0.04, 0)
     for bad, message in (("train.epochs", "is not FIELD=VALUE"), ("train.nope=1", "train.nope"),

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from scu_jax import worst_case
 from scu_jax.config import config_from_json
 from scu_jax.data.forget import read_ids
-from scu_jax.runs.build import build_for
+from scu_jax.errors import ConfigError
+from scu_jax.runs import worst_case as runs_worst_case
+from scu_jax.runs.build import build_for, load_split
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.saved import load_variables
 from scu_jax.runs.worst_case import set_size, worst_case_request
@@ -36,16 +39,32 @@ def system_of(trained):
 
 
 def test_the_request_is_seeded_of_size_k_cached_and_harder_than_random(trained, system_of,
-                                                                        tmp_path):
+                                                                        tmp_path, monkeypatch):
     system, params, batch_stats, split = system_of
-    first = worst_case_request(trained, 0.01, cache_dir=tmp_path, iterations=6)
-    assert first["count"] == 10 == len(first["ids"]) and not first["cached"]  # 1 % of 1,024
+    init = tmp_path / "trained"  # the kind caches the set in the trained workdir: a copy
+    shutil.copytree(trained, init)
+    monkeypatch.setitem(runs_worst_case.SEARCH_DEFAULTS, "iterations", 6)  # a shorter search
+    config = config_from_json(Checkpoints(init, read_only=True).saved_config()["config"])
+    config.forget.kind, config.forget.fraction = "worst_case", 0.01
+    with pytest.raises(ConfigError, match="forget.kind='worst_case' is found against the trained"):
+        load_split(config)  # not resolved: no set named yet
+    resolved = runs_worst_case.resolve_worst_case(config, init)  # the search
+    assert config.forget.ids_file == "" and resolved.forget.ids_file  # a copy, naming the file
+    first = worst_case_request(init, 0.01, cache_dir=init / "worst_case")
+    assert first["path"] == resolved.forget.ids_file and first["cached"]
+    assert first["count"] == 10 == len(first["ids"])  # 1 % of 1,024
     ids = np.asarray(first["ids"])
     assert (np.diff(ids) > 0).all() and ids.min() >= 0 and ids.max() < 1024
     assert read_ids(first["path"], 1024).tolist() == first["ids"]  # a request file as users write
     assert first["hardness"][-1] < first["hardness"][0]
-    again = worst_case_request(trained, 10, cache_dir=tmp_path, iterations=6)
+    again = worst_case_request(init, 10, cache_dir=init / "worst_case")
     assert again["cached"] and again["ids"] == first["ids"] and again["path"] == first["path"]
+    loaded = load_split(resolved)  # what scu-unlearn and scu-pipeline then erase
+    assert loaded.kind == "worst_case" and loaded.erased_indices.tolist() == first["ids"]
+    assert len(loaded.remain_labels) == 1024 - 10
+    plain = config.copy_and_resolve_references()
+    plain.forget.kind = "random"
+    assert runs_worst_case.resolve_worst_case(plain, init) is plain  # other kinds pass through
     # The file's name is the digest of every input the set depends on (another seed, size or
     # model is another file).
     inputs = json.loads(pathlib.Path(first["path"]).with_suffix(".json").read_text())["inputs"]
@@ -75,3 +94,4 @@ def test_bad_requests_are_refused_before_any_search(trained, tmp_path):
     with pytest.raises(ValueError, match="fewer than the candidates"):
         worst_case.worst_case_set(None, {}, {}, np.zeros((4, 28, 28, 1)), 4)
     assert list(tmp_path.iterdir()) == []  # nothing written
+

@@ -1,4 +1,5 @@
-"""Forget sets a user names: sample indices, a whole class, a seeded random fraction.
+"""Forget sets a user names: sample indices, a whole class, a seeded random fraction, the
+worst-case set of a trained system (found by `scu_jax.runs.worst_case`, read here as indices).
 
 Sample indices are positions in the loaded training split: row ``i`` of ``Dataset.train_images``
 after the config's ``max_train_examples`` cap, in the order the source gives it (``mnist5k``: the
@@ -30,7 +31,7 @@ from scu_jax.data.erasure import ErasureSplit, random_crops
 from scu_jax.data.sources import Dataset
 
 # "backdoor" is the paper's protocol (`make_erasure_split`); the others are built here.
-FORGET_KINDS = ("backdoor", "ids", "class", "random")
+FORGET_KINDS = ("backdoor", "ids", "class", "random", "worst_case")
 
 
 def ids_digest(ids) -> str:
@@ -149,7 +150,7 @@ def make_forget_split(dataset: Dataset, ids, *, kind: str, seed: int, excluded=(
       dataset: the source dataset (indices are rows of its training split).
       ids: the samples to erase (validated with `check_ids`); empty: the clean training set alone,
         with an empty D_e (what the original system trains on).
-      kind: what named them ("ids", "class" or "random"), recorded in the split.
+      kind: what named them ("ids", "class", "random" or "worst_case"), recorded in the split.
       seed: recorded; seeds the one crop of every training image under `crop_once`.
       excluded: samples erased by earlier requests: neither in D_e nor in D_r.
       crop_once: as in `make_erasure_split`: the training set's images are cropped once (D_e and

@@ -38,6 +38,7 @@ from scu_jax.experiments.probes import comparison_probes
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic, write_text_atomic
 from scu_jax.runs.train import train_and_evaluate_many
 from scu_jax.runs.evaluate import evaluate_workdir
+from scu_jax.runs.worst_case import resolve_worst_case
 from scu_jax.runs.unlearn import unlearn_and_evaluate_many
 
 COMPARISON_TABLE = "comparison.md"
@@ -132,8 +133,9 @@ def _original_row(config: ml_collections.ConfigDict, root: pathlib.Path, seed: i
     if original_file.exists() and not overwrite:
         original = json.loads(original_file.read_text())
     else:
+        seed_config = resolve_worst_case(_seed_config(config, seed), train_dir)  # the methods' set
         original = evaluate_workdir(str(train_dir), reference_workdir=reference,
-                                    output=str(original_file), config=_seed_config(config, seed))
+                                    output=str(original_file), config=seed_config)
     # The training run's results add its times; the numbers are the evaluation's (on a forget
     # set, the training run read no D_e).
     return {**_existing(train_dir), **original}

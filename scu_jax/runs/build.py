@@ -111,6 +111,12 @@ def forget_ids(config: ml_collections.ConfigDict, dataset: Dataset, *, excluded=
                          excluded=excluded)
     if forget.kind == "random":
         return random_ids(n, forget.fraction, forget_seed(config), excluded=excluded)
+    if forget.kind == "worst_case":
+        if not forget.ids_file:  # `runs.worst_case.resolve_worst_case` names the found set
+            raise ConfigError("config.forget.kind='worst_case' is found against the trained "
+                              "system: run it through scu-unlearn or scu-pipeline, or name a "
+                              "found set in config.forget.ids_file")
+        return read_ids(forget.ids_file, n, excluded=excluded)
     raise ValueError(f"forget.kind={forget.kind!r} names no sample set")
 
 

@@ -31,6 +31,7 @@ from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, 
 from scu_jax.runs.evaluate import evaluate
 from scu_jax.runs.saved import load_variables, receiver_entries
 from scu_jax.runs.train import fit, fit_with_checkpoints
+from scu_jax.runs.worst_case import resolve_worst_case
 
 RETRAIN_PROGRESS_DIR = "retrain_checkpoints"
 
@@ -222,6 +223,7 @@ def _prepare(config: ml_collections.ConfigDict, init_workdir: str, workdir: str,
     config = method_config(config)  # the method's `unlearning.per_method` entry applied
     parallel = data_parallel(config)  # the mesh's errors before any work
     init_path, out_path = pathlib.Path(init_workdir), pathlib.Path(workdir)
+    config = resolve_worst_case(config, init_path)  # the set's file, found once per system
     split, system, image_shape = build_for(config)
     _check_init(config, init_path, out_path, split)
     trained_params, trained_stats, _ = load_variables(init_path, system, config, image_shape)

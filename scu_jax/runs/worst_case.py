@@ -7,6 +7,11 @@ by the digest of everything the set depends on: the trained model's digest, the 
 the seed and the search's settings. A second call with the same inputs reads the file instead of
 searching again; any input changed gives another file. The file is what `forget.kind="ids"`
 (`forget.ids_file`) and `scu-forget --ids` read.
+
+`forget.kind="worst_case"` asks for it by config: `resolve_worst_case` (called by scu-unlearn and
+scu-pipeline before any work) finds the trained system's hardest `forget.fraction` for SCU with
+`forget.seed`, caches it in INIT_WORKDIR/worst_case (beside the system it was found for, so every
+method and rerun reads one search) and names the file in `forget.ids_file`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from scu_jax.config import config_from_json, validate_config
 from scu_jax.data.forget import read_ids
-from scu_jax.runs.build import build_for
+from scu_jax.runs.build import build_for, forget_seed
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import write_json_atomic, write_text_atomic
 from scu_jax.runs.saved import load_variables
@@ -104,6 +109,19 @@ def worst_case_request(train_workdir: str | pathlib.Path, size: float, *, cache_
         "worst-case forget set (scu_jax.worst_case)", json.dumps(inputs, sort_keys=True)))
     write_text_atomic(path, header + "".join(f"{int(i)}\n" for i in ids))
     return {**info, "path": str(path), "ids": ids.tolist(), "seconds": seconds, "cached": False}
+
+
+def resolve_worst_case(config, init_workdir: str | pathlib.Path):
+    """`config` itself unless `forget.kind` is "worst_case"; then a copy whose `forget.ids_file`
+    names the set `worst_case_request` finds (or reads) for the system in `init_workdir` (module
+    docstring). Raises `ValueError`/`FileNotFoundError` (one line) where it cannot."""
+    if config.forget.kind != "worst_case":
+        return config
+    request = worst_case_request(init_workdir, config.forget.fraction, seed=forget_seed(config),
+                                 cache_dir=pathlib.Path(init_workdir) / "worst_case")
+    resolved = config.copy_and_resolve_references()
+    resolved.forget.ids_file = request["path"]
+    return resolved
 
 
 def worst_case_ids(config, system, params, batch_stats, images: np.ndarray, count: int, *,
