@@ -556,7 +556,7 @@ def main(argv) -> None:
         retrain_alone_runs, method_alone_runs = check_arguments(
             _RUNS.value, _RETRAIN_ALONE.value, _METHOD_ALONE.value, _METHOD.value, _BINS.value,
             _BINNING.value, _SMOOTHING.value, _REMAIN.value, _REPEATS.value)
-        base_config(_SET.value, _METHOD.value)
+        base_config(_SET.value, _METHOD.value.split(",")[0])
         check_workdir(_WORKDIR.value, "--population_workdir")
     except ValueError as error:
         fail(PROGRAM, str(error))

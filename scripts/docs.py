@@ -61,6 +61,7 @@ SECTIONS = (
     ("Probes of what crosses the channel", ("scu_jax.probes",)),
     ("Worst-case forget sets", ("scu_jax.worst_case",)),
     ("Populations and KLOM", ("scu_jax.population",)),
+    ("Exact unlearning by sharding", ("scu_jax.sharding",)),
     ("Devices", ("scu_jax.parallel",)),
     ("Errors", ("scu_jax.errors",)),
 )

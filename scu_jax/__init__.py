@@ -91,6 +91,9 @@ from scu_jax.probes import probe_system
 from scu_jax.probes import separates as probe_separates
 from scu_jax.probes import transmitted_features
 from scu_jax.probes import verdict as probe_verdict
+from scu_jax.sharding import assign_shards
+from scu_jax.sharding import sharded_forward
+from scu_jax.sharding import shards_program
 from scu_jax.worst_case import WorstCase
 from scu_jax.worst_case import project_to_budget
 from scu_jax.worst_case import set_hardness
@@ -126,6 +129,7 @@ __all__ = (
     "UnlearnState",
     "WorstCase",
     "adaptive_weights",
+    "assign_shards",
     "attack_rows",
     "awgn",
     "codec_loss",
@@ -180,6 +184,8 @@ __all__ = (
     "scu_loss",
     "scu_no_cc",
     "set_hardness",
+    "sharded_forward",
+    "shards_program",
     "ssd",
     "target_rate",
     "transmitted_features",

@@ -92,10 +92,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16
-    # The paper trains 20 codec epochs and 10 receiver epochs on MNIST's 60,000 images: 75,000
-    # and 37,500 Adam steps at batch 16. The embedded subset has 4,000 training images, so the
-    # same number of steps is 300 and 150 epochs. With only 20/10 epochs the codec is far from
-    # converged (docs/results.md "Training the original system" has the measurement).
+    # The paper's 75,000 codec and 37,500 receiver steps at batch 16 are 300 and 150 epochs of
+    # the embedded 4,000 images (docs/results.md "Training the original system").
     config.train.epochs = 300
     config.train.learning_rate = 1e-4
     config.train.grad_clip = 5.0
@@ -114,6 +112,13 @@ def default_config() -> ml_collections.ConfigDict:
     # Steps fused into one dispatch with jax.lax.scan (0 = a whole epoch per dispatch; one step
     # for the ResNet codec on a CPU, where XLA runs convolutions slower inside loops).
     config.train.steps_per_dispatch = 0
+    # Exact unlearning by sharding (scu_jax.sharding; docs/exact-unlearning.md): `count` S
+    # disjoint shards of the training set (seeded, stratified), each of `slices` R slices trained
+    # in stages with a checkpoint after each; `aggregation` "best" or "vote". count 1: one system.
+    config.shards = ml_collections.ConfigDict()
+    config.shards.count = 1
+    config.shards.slices = 1
+    config.shards.aggregation = "best"
 
     # Unlearning (SCU and the baselines): which method, its hyper-parameters and the stopping rules.
     config.unlearning = ml_collections.ConfigDict()
@@ -121,10 +126,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.unlearning.beta_u = 0.1  # weight of the erased-data forgetting term
     config.unlearning.lambda_kl = 1.0  # weight of KL(q_θ(z|x_e) ‖ q_θo(z|x_e))
     config.unlearning.rho = 1.0  # weight of the utility (compensation) loss L_ss
-    # The paper uses the training learning rate, 1e-4. On the default system SCU then needs many
-    # more steps to push the backdoor below 10 % and loses more test accuracy on the way; at 3e-4
-    # it stops far sooner with the same clean accuracy and MSE (docs/results.md, "Training the
-    # original system", has the measurement).
+    # The paper's 1e-4 needs many more steps and loses test accuracy; 3e-4 stops sooner with the
+    # same clean accuracy and MSE (docs/results.md, "Training the original system").
     config.unlearning.learning_rate = 3e-4
     config.unlearning.grad_clip = 5.0
     config.unlearning.batch_size = 16
@@ -134,19 +137,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.unlearning.early_stop = True
     config.unlearning.batch_stop = 0.02  # end an epoch once a batch's backdoor accuracy is below
     config.unlearning.epoch_stop = 0.10  # stop once the epoch's backdoor accuracy is below
-    # "eval": all of D_e re-evaluated in evaluation mode after the epoch, `eval_draws` channel
-    # draws an image (an independent key from the final evaluation's); "epoch_batches": the mean
-    # over the epoch's erased batches as the steps saw them (the reference; one noisy draw, so it
-    # stops early on lucky draws, above the threshold: docs/performance.md, "End-to-end
-    # unlearning against retraining").
+    # "eval": all of D_e re-evaluated after the epoch, `eval_draws` draws an image (a key apart
+    # from the final evaluation's); "epoch_batches": the mean over the epoch's erased batches as
+    # the steps saw them (the reference: one noisy draw; docs/performance.md).
     config.unlearning.stop_on = "eval"
-    # The stop of the "ids" and "random" forget sets, read after each epoch: stop once D_e's
-    # reconstruction error, relative to the original system's on the same images and to the
-    # drift of held-out images, has risen by (1 − tolerance) of the original's generalisation
-    # gap (its error on unseen over seen images): D_e is then reconstructed as images the
-    # system never saw are. Retrained systems close somewhat less than the whole gap on some
-    # sets, so the default asks for three quarters (docs/results.md, "Forget requests against
-    # retraining", has the measurement). `max_epochs` stays the ceiling.
+    # The stop of the "ids", "random" and "worst_case" forget sets, after each epoch: once D_e's
+    # reconstruction error (relative to the original's and to held-out images' drift) has risen
+    # by (1 − tolerance) of the original's generalisation gap; retrained systems close about
+    # three quarters (docs/results.md, "Forget requests against retraining").
     config.unlearning.gap_tolerance = 0.25
     # The stop of `forget.kind="class"` (whose test images are of a class the system still knows,
     # so no held-out reference exists): stop once the receiver recognises the class on x̂(D_e)
@@ -190,10 +188,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Where x̂ is read: through the training channel ("train"), or with the channel switched off
     # ("none": the decoder reads the clean latent sample, as the reference's MNIST script does).
     config.evaluation.channel = "train"
-    # Which receiver reads every system's x̂: the original trained system's, frozen ("original":
-    # one instrument for every row), or each system's own ("own": the reference's CIFAR scripts,
-    # whose receiver is unlearned along with the codec). Results also carry the other one's
-    # accuracies where the two receivers differ.
+    # Which receiver reads every system's x̂: the original's, frozen ("original": one instrument
+    # for every row), or each system's own ("own": the reference's CIFAR scripts). Results also
+    # carry the other one's accuracies where the two differ.
     config.evaluation.receiver = "original"
     # The forget sets without a backdoor: how many D_r images (a fixed seeded subsample) the
     # utility metrics read (0: all of D_r).
@@ -205,11 +202,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.eval_batch_size = 500
     # Training and retraining save a checkpoint every this many epochs and at the end of each
-    # phase; a killed run resumes from the latest. Not every epoch: a save costs about as much as
-    # a whole epoch of MNIST steps (docs/performance.md "Checkpoints" has the measurement).
+    # phase (a save costs about an epoch of MNIST steps: docs/performance.md "Checkpoints").
     config.checkpoint_every_epochs = 10
-    # Data parallelism (scu_jax.parallel): devices on the mesh's `data` axis. 1 = one device, no
-    # mesh; n = the first n devices; 0 = every device of every process (multi-host runs).
+    # Data parallelism (scu_jax.parallel): devices on the `data` axis: 1 = one device, no mesh;
+    # n = the first n; 0 = every device of every process (multi-host runs).
     config.parallel = ml_collections.ConfigDict()
     config.parallel.devices = 1
     config.log_every_seconds = 5.0  # Progress lines at most this often (and at phase ends).
@@ -217,9 +213,7 @@ def default_config() -> ml_collections.ConfigDict:
     # (0: epochs only). Each written step costs the host one event, so not every step by default.
     config.summary_every_steps = 25
     config.eval_seed = 1234  # Fixed key for the channel and latent noise in evaluation.
-    # Channel realisations per evaluated image; metrics average over them: at low SNR one draw
-    # leaves a small D_e's backdoor accuracy noisy from channel noise (docs/results.md "Results").
-    config.eval_draws = 8
+    config.eval_draws = 8  # channel realisations per evaluated image, averaged (noise at low SNR)
 
     return config
 
@@ -286,6 +280,8 @@ def training_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if plain.get("forget", {}).get("kind", "backdoor") != "backdoor":
         del fingerprint["erasure"]
         fingerprint["training_set"] = "clean"
+    if plain.get("shards", {}).get("count", 1) > 1:  # one system's fingerprint stays as it was
+        fingerprint["shards"] = _jsonable(plain["shards"])
     return fingerprint
 
 
@@ -308,6 +304,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "erasure.edr", 0.0, 0.5, low_open=True)
     _choice(config, "erasure.remain_size", ("rest", "requested"))
     _choice(config, "forget.kind", FORGET_KINDS)
+    _number(config, "shards.count", 1, 4096, integer=True)
+    _number(config, "shards.slices", 1, 4096, integer=True)
+    _choice(config, "shards.aggregation", ("best", "vote"))
     check_field(isinstance(config.forget.ids_file, str), "forget.ids_file", config.forget.ids_file,
                 "must be a path")
     _number(config, "forget.fraction", 0.0, 1.0, low_open=True)

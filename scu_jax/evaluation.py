@@ -38,7 +38,8 @@ from scu_jax.passes import (Protocol, heldout_set, mean_sse, per_sample_metrics,
 
 def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, Any],
                        protocol: Protocol, key: jax.Array,
-                       target: tuple[tuple[str, ...], int] | None = None) -> dict[str, float]:
+                       target: tuple[tuple[str, ...], int] | None = None,
+                       forward=None) -> dict[str, float]:
     """mse/psnr/ssim/accuracy/input_accuracy of each named (images, labels) set, every image sent
     `protocol.draws` times; set `index` is keyed `fold_in(key, index)`. `target` = (sets, class):
     those sets' backdoor accuracy too (and `input_backdoor_accuracy`): `backdoor_accuracy` for
@@ -48,7 +49,7 @@ def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, A
         # Each image goes through the channel `draws` times (independent noise): at low SNR one
         # draw decides a borderline image's class by chance, and the accuracies would carry it.
         images, labels = np.tile(images, (protocol.draws, 1, 1, 1)), np.tile(labels, protocol.draws)
-        rows = per_sample_metrics(system, params, batch_stats, images,
+        rows = per_sample_metrics(system, params, batch_stats, images, forward=forward,
                                   batch_size=protocol.batch_size, key=jax.random.fold_in(key, index))
         metrics[f"mse_{name}"] = float(rows["sse"].mean())
         metrics[f"psnr_{name}"] = float(rows["psnr"].mean())
@@ -64,7 +65,7 @@ def _image_set_metrics(system: System, params, batch_stats, sets: Mapping[str, A
 
 
 def _forget_set_metrics(system: System, params, batch_stats, split: ErasureSplit,
-                        protocol: Protocol) -> dict[str, Any]:
+                        protocol: Protocol, forward=None) -> dict[str, Any]:
     """The metrics of a forget set without a backdoor (module docstring)."""
     system = system_for_evaluation(system, protocol)
     sets = {"remain": remain_subsample(split, protocol), "test": (split.test_images,
@@ -74,7 +75,8 @@ def _forget_set_metrics(system: System, params, batch_stats, split: ErasureSplit
                 "heldout": heldout_set(split)}
     # Key offsets apart from the backdoor protocol's sets (0-2).
     metrics = _image_set_metrics(system, params, batch_stats, sets, protocol,
-                                 jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 50))
+                                 jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 50),
+                                 forward=forward)
     if "mse_erased" in metrics:
         metrics["erased_to_heldout"] = metrics["mse_erased"] / metrics["mse_heldout"]
     metrics.update(kind=split.kind, eval_draws=int(protocol.draws),
@@ -87,14 +89,15 @@ def _forget_set_metrics(system: System, params, batch_stats, split: ErasureSplit
 
 
 def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                    split: ErasureSplit, protocol: Protocol) -> dict[str, float]:
+                    split: ErasureSplit, protocol: Protocol, forward=None) -> dict[str, float]:
     """The paper's evaluation protocol (MSE, accuracy, backdoor accuracy) on D_clean, D_e, test;
     for a forget set without a backdoor, its metrics on D_e, D_r, test and held-out images.
 
-    `params["receiver"]` reads x̂; the channel is `protocol.channel`'s.
+    `params["receiver"]` reads x̂; the channel is `protocol.channel`'s. `forward`: the pass of
+    another kind of system (`passes.per_sample_metrics`), e.g. a sharded one's.
     """
     if not split.backdoor:
-        return _forget_set_metrics(system, params, batch_stats, split, protocol)
+        return _forget_set_metrics(system, params, batch_stats, split, protocol, forward)
     system = system_for_evaluation(system, protocol)
     key = jax.random.PRNGKey(protocol.seed)
     sets = {
@@ -105,7 +108,8 @@ def evaluate_system(system: System, params: Mapping[str, Any], batch_stats: Mapp
     if split.num_unknown:  # the triggered images D_e leaves out (`ErasureSplit.known_fraction`)
         sets["unknown"] = (split.unknown_images, np.full(split.num_unknown, split.base_class))
     metrics = _image_set_metrics(system, params, batch_stats, sets, protocol, key,
-                                 target=(("erased", "unknown"), split.target_class))
+                                 target=(("erased", "unknown"), split.target_class),
+                                 forward=forward)
     known = len(split.erased_images)
     metrics["backdoor_accuracy_all"] = (
         known * metrics["backdoor_accuracy"] + split.num_unknown

@@ -82,14 +82,16 @@ def _forward_metrics(system: System, params: Mapping[str, Any], batch_stats: Map
 
 
 def per_sample_metrics(system: System, params: Mapping[str, Any], batch_stats: Mapping[str, Any],
-                       images: np.ndarray, *, batch_size: int, key: jax.Array) -> dict[str, np.ndarray]:
+                       images: np.ndarray, *, batch_size: int, key: jax.Array,
+                       forward=None) -> dict[str, np.ndarray]:
     """Runs `images` through the system in fixed-size padded batches; one row per image.
 
     Batch `i` uses `fold_in(key, i)`, so results depend only on the key, the images and the batch
-    size, not on the system being evaluated.
+    size, not on the system being evaluated. `forward`: another system's pass with the same rows
+    (a sharded one's, `scu_jax.sharding.sharded_metrics`).
     """
-    return in_batches(_forward_metrics, system, params, batch_stats, images,
-                       batch_size=batch_size, key=key)
+    return in_batches(forward or _forward_metrics, system, params, batch_stats, images,
+                      batch_size=batch_size, key=key)
 
 
 def in_batches(forward, system: System, params, batch_stats, images: np.ndarray, *,

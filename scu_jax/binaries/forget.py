@@ -18,14 +18,22 @@ sample. --worst_case=K is a red-team request: the K samples (a count, or a fract
 training split) not yet erased whose forgetting is hardest for SCU on the current version
 (docs/is-it-gone.md, "Worst-case forget sets").
 
+A sharded system (scu-train --config.shards.count=S) is a deployment of its own: requests on it
+(--ids, --class_id, --random_fraction; --method=sisa, its default) delete exactly, retraining only
+the shards that held a named sample from the stage before its slice (docs/exact-unlearning.md);
+its record is DIR/sharded.json.
+
 Example (alice.txt: training-set indices, one per line):
   scu-forget --deployment=runs/deployed --init_workdir=runs/clean --ids=alice.txt
+  scu-forget --deployment=runs/sharded --ids=alice.txt      # exact, on a sharded system
 """
 
 from __future__ import annotations
 
 import json
+import pathlib
 
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -33,7 +41,7 @@ from scu_jax.binaries import common
 from scu_jax.config import METHODS
 from scu_jax.errors import LedgerMismatchError
 from scu_jax.runs import deployment as deployments
-from scu_jax.runs import ledger
+from scu_jax.runs import ledger, sharded
 
 PROGRAM = "scu-forget"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,7 +63,8 @@ _RANDOM_SEED = flags.DEFINE_integer("random_seed", 0, "The seed of --random_frac
                                     "--worst_case.")
 _REQUEST_ID = flags.DEFINE_string("request_id", None, "The request's name (default: the file stem, "
                                   "class-N or random-F-S).")
-_METHOD = flags.DEFINE_enum("method", "scu", METHODS, "The unlearning method.")
+_METHOD = flags.DEFINE_enum("method", "scu", (*METHODS, "sisa"), "The unlearning method; "
+                            "sisa: exact deletion from a sharded system (the default there).")
 _COALESCE = flags.DEFINE_boolean("coalesce", False, "Apply several --ids files as one unlearning "
                                  "run on their union (one version).")
 _VERIFY = flags.DEFINE_boolean("verify", False, "Check the ledger's chain and every version "
@@ -88,11 +97,50 @@ def _check_flags() -> None:
         raise ValueError("--coalesce joins several --ids files into one run")
 
 
+def _forget_sharded() -> None:
+    """A request on a sharded deployment: exact deletion (`runs/sharded.py`)."""
+    if _VERIFY.value or _WORST_CASE.value is not None or _CONFIG.value is not None:
+        raise ValueError("a sharded deployment takes --ids, --class_id or --random_fraction "
+                         "(its record is DIR/sharded.json; --verify, --worst_case and --config "
+                         "are for a single system)")
+    if _METHOD.present and _METHOD.value != "sisa":
+        raise ValueError(f"--method={_METHOD.value}: a sharded deployment deletes exactly "
+                         "(--method=sisa)")
+    job = sharded.open_sharded(_DEPLOYMENT.value, _INIT_WORKDIR.value)
+    excluded = sharded.read_manifest(_DEPLOYMENT.value)["excluded"]
+    if _IDS.value is not None:
+        named = [(_REQUEST_ID.value or pathlib.Path(path).stem,
+                  sharded.request_ids(job, excluded, ids_file=path)) for path in _IDS.value]
+    elif _CLASS_ID.value is not None:
+        named = [(_REQUEST_ID.value or f"class-{_CLASS_ID.value}",
+                  sharded.request_ids(job, excluded, class_id=_CLASS_ID.value))]
+    else:
+        named = [(_REQUEST_ID.value or f"random-{_RANDOM_FRACTION.value:g}-{_RANDOM_SEED.value}",
+                  sharded.request_ids(job, excluded, fraction=_RANDOM_FRACTION.value,
+                                      seed=_RANDOM_SEED.value))]
+    if _COALESCE.value:  # one deletion: every shard hit retrained once, in one program
+        named = [("+".join(name for name, _ in named),
+                  np.unique(np.concatenate([ids for _, ids in named])))]
+    for name, ids in named:
+        record = sharded.delete_from_sharded(_DEPLOYMENT.value, ids, request_id=name)
+        print(f"{name}: {record['count']} samples erased exactly; shards retrained "
+              f"{record['shards_retrained']} from slices {record['earliest_slice']}, "
+              f"{record['seconds']:.2f} s ({record['compile_seconds']:.1f} s compiling), "
+              f"{record['sample_passes']} sample passes", flush=True)
+    print(f"record: {pathlib.Path(_DEPLOYMENT.value) / sharded.MANIFEST}", flush=True)
+
+
 def _main() -> None:
     config = common.config_or_fail(PROGRAM, _CONFIG) if _CONFIG.value is not None else None
 
     def body() -> None:
         _check_flags()
+        if sharded.is_sharded(_DEPLOYMENT.value) or sharded.is_sharded(_INIT_WORKDIR.value):
+            _forget_sharded()
+            return
+        if _METHOD.value == "sisa":
+            raise ValueError(f"--method=sisa deletes from a sharded system (scu-train "
+                             f"--config.shards.count=S); {_DEPLOYMENT.value} is a single system")
         try:
             if _VERIFY.value:
                 summary = ledger.verify(_DEPLOYMENT.value, output=_OUTPUT.value,

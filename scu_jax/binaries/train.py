@@ -8,6 +8,10 @@ the config's protocol, saves Orbax checkpoints in DIR/checkpoints/, the curves i
 (TensorBoard) and every metric in DIR/results.json. Rerunning the same command resumes from the
 workdir's latest checkpoint; a workdir of another configuration is refused unless --overwrite.
 
+With --config.shards.count=S (and shards.slices=R) it trains S shard systems on disjoint shards
+of the training set, R stages each, as one program, for exact deletion with scu-forget
+(DIR/sharded.json, DIR/slices/; docs/exact-unlearning.md).
+
 Example (a tiny run, under a minute on a CPU):
   scu-train --config=configs/mnist.py:smoke --workdir=runs/smoke/train
 """
@@ -18,6 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from scu_jax.binaries import common
+from scu_jax.runs.sharded import train_sharded
 from scu_jax.runs.train import train_and_evaluate
 
 PROGRAM = "scu-train"
@@ -35,6 +40,9 @@ def _main() -> None:
     common.initialize_distributed(PROGRAM, _DISTRIBUTED, config)
 
     def body() -> None:
+        if config.shards.count > 1:  # S shard systems, R stages each (docs/exact-unlearning.md)
+            train_sharded(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+            return
         train_and_evaluate(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
 
     common.run_guarded(PROGRAM, body)

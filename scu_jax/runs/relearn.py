@@ -94,3 +94,65 @@ def relearning_curve(config: ml_collections.ConfigDict, workdir: str | pathlib.P
         curve.append({"steps": target, name: float(read(state.params, state.batch_stats)),
                       "attack_images": int(attack_size), "heldout_images": int(len(heldout))})
     return curve
+
+
+def sharded_relearning_curve(workdir: str | pathlib.Path, *, fraction: float = 0.1,
+                             steps: Sequence[int] = (0, 10, 25, 50, 100), seed: int = 0,
+                             original: str | pathlib.Path | None = None
+                             ) -> list[dict[str, Any]]:
+    """`relearning_curve` on a sharded system (`runs/sharded.py`, backdoor protocol): every
+    shard's codec trained on the same attack batches, the backdoor read on the rest of D_e
+    through the aggregated system (the sender's pick of shard), by the receivers of `original`
+    (the sharded system before the deletion, as the protocol reads a single system with the
+    original's receiver; `runs.sharded.original_readers`), or by its own without it."""
+    import functools
+
+    from scu_jax.config import config_from_json
+    from scu_jax.passes import per_sample_metrics
+    from scu_jax.runs import sharded
+    from scu_jax.sharding import sharded_metrics
+
+    steps = [int(s) for s in steps]
+    if not 0.0 < fraction < 1.0 or not steps or steps[0] < 0 or any(
+            b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"fraction={fraction}, steps={steps}: a fraction in (0, 1) and "
+                         "increasing steps from 0")
+    manifest = sharded.read_manifest(workdir)
+    job = sharded.setup(config_from_json(manifest["config"]))
+    split, config = job.split, job.config
+    if not split.backdoor:
+        raise ValueError("the sharded relearning attack reads the backdoor protocol's D_e")
+    params, batch_stats = sharded.load_shards(job, pathlib.Path(workdir), manifest["shards"])
+    recipe, protocol = recipe_of(config), protocol_of(config)
+    attack, heldout = attack_rows(len(split.erased_images), fraction, recipe.batch_size, seed)
+    batch = min(recipe.batch_size, len(attack))
+    shards = len(jax.tree.leaves(params)[0])
+    state = jax.tree.map(lambda *leaves: np.stack(leaves), *[training.train_state_from(
+        jax.tree.map(lambda a, k=k: a[k], params), jax.tree.map(lambda a, k=k: a[k], batch_stats),
+        recipe) for k in range(shards)])
+    step = jax.jit(jax.vmap(training.codec_step(job.system, recipe), in_axes=(0, None, None)))
+    images = np.tile(split.erased_images[heldout], (protocol.draws, 1, 1, 1))
+    forward = functools.partial(sharded_metrics, aggregation=config.shards.aggregation)
+
+    def read(state) -> float:
+        params, batch_stats = sharded.original_readers(job, state.params, state.batch_stats,
+                                                       original)
+        rows = per_sample_metrics(system_for_evaluation(job.system, protocol), params,
+                                  batch_stats, images, batch_size=protocol.batch_size,
+                                  key=stopping_key(protocol), forward=forward)
+        return float(np.mean(rows["prediction"] == split.target_class))
+
+    attack_key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+    rng = np.random.default_rng(seed + 1)
+    curve, done, pending = [], 0, np.zeros(0, np.int64)
+    for target in steps:
+        while done < target:
+            if len(pending) < batch:
+                pending = np.concatenate([pending, rng.permutation(len(attack))])
+            rows, pending = attack[pending[:batch]], pending[batch:]
+            state, _ = step(state, training.Examples(split.erased_images[rows],
+                                                     split.erased_labels[rows]), attack_key)
+            done += 1
+        curve.append({"steps": target, "backdoor_accuracy": read(state),
+                      "attack_images": int(len(attack)), "heldout_images": int(len(heldout))})
+    return curve

@@ -1,0 +1,376 @@
+"""A sharded, sliced system in a workdir (`scu_jax.sharding`): training, exact deletion, evaluation.
+
+WORKDIR/sharded.json (the manifest) names, for every shard, the checkpoint of each of its R
+stages; WORKDIR/slices/<digest>/<stage> holds one. A stage's digest chains its parent's with the
+rows it trained on (`sharding.chain_digest`; the chain starts from the training fingerprint and
+the shard), so a checkpoint's name says exactly which samples it was trained on, and replaying
+the requests gives the same names and, the steps being deterministic, the same bits.
+
+`train_sharded(config, workdir)` trains (or resumes) every stage whose checkpoint is missing; a
+deletion (`delete_from_sharded`) adds the erased samples to the manifest's `excluded`, which
+changes the digests of the stages from the earliest slice that held one, in the shards that
+held one, and runs the same function: those stages, and only those, are trained again, from the
+checkpoint before them, which never saw an erased sample; the checkpoints that did see one are
+then deleted. The manifest is replaced atomically after the new checkpoints are saved, so an
+interrupted deletion leaves the previous version whole (and a rerun reuses what it saved).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import pathlib
+import shutil
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from scu_jax import sharding
+from scu_jax.config import config_from_json, training_fingerprint, validate_config
+from scu_jax.data import ErasureSplit
+from scu_jax.data.forget import ids_digest
+from scu_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteError
+from scu_jax.evaluation import evaluate_system
+from scu_jax.methods import training
+from scu_jax.models import System, receiver_of, with_receiver
+from scu_jax.runs.build import build_for, protocol_of, recipe_of
+from scu_jax.runs.checkpointing import Checkpoints
+from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic
+
+MANIFEST = "sharded.json"
+STORE = "slices"
+
+
+class Setup(NamedTuple):
+    """A sharded configuration, checked, with its training data and system built."""
+
+    config: ml_collections.ConfigDict
+    split: ErasureSplit  # the training set's split (the backdoor protocol's or the clean one)
+    system: System
+    image_shape: tuple[int, ...]
+    shard: np.ndarray  # the shard of every training row
+    slice_: np.ndarray  # its slice within the shard
+    stage_epochs: tuple[int, int]  # (receiver, codec) epochs of each stage
+
+
+def setup(config: ml_collections.ConfigDict, split_args: dict | None = None) -> Setup:
+    """Validates a sharded config and builds what its runs need (one-line errors before any
+    work: S·R slices must each hold a batch)."""
+    validate_config(config)
+    if config.shards.count < 2:
+        raise ConfigError(f"config.shards.count={config.shards.count}: a sharded system needs at "
+                          "least 2 shards (1 is the single system of scu-train)")
+    if config.parallel.devices != 1:
+        raise ConfigError("config.shards: a sharded system trains on one device "
+                          "(config.parallel.devices=1)")
+    split, system, image_shape = build_for(config, **(split_args or {"training": True}))
+    count, slices = config.shards.count, config.shards.slices
+    num_train, batch = len(split.train_labels), config.train.batch_size
+    if num_train // (count * slices) < batch:
+        raise ConfigError(f"config.shards: {count} shards × {slices} slices of {num_train} "
+                          f"training images leave {num_train // (count * slices)} a slice, fewer "
+                          f"than a batch ({batch}): use fewer shards or slices")
+    shard, slice_ = sharding.assign_shards(split.train_labels, count, slices, config.seed)
+    epochs = (sharding.stage_epochs(config.train.receiver_epochs, slices),
+              sharding.stage_epochs(config.train.epochs, slices))
+    return Setup(config, split, system, tuple(image_shape), shard, slice_, epochs)
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """Shard `index`'s seed (its initial parameters and its steps' draws)."""
+    digest = hashlib.sha256(f"scu-jax shard {int(seed)}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") % (2**31 - 1)
+
+
+def stage_digests(job: Setup, excluded: Sequence[int] = ()) -> list[list[str]]:
+    """Every shard's R stage digests, given the erased samples (module docstring)."""
+    root = json.dumps(training_fingerprint(job.config), sort_keys=True)
+    names = []
+    for index in range(job.config.shards.count):
+        parent = hashlib.sha256(f"{root}\nshard {index}".encode()).hexdigest()
+        chain = []
+        for stage in range(1, job.config.shards.slices + 1):
+            parent = sharding.chain_digest(parent, sharding.stage_rows(
+                job.shard, job.slice_, index, stage, excluded))
+            chain.append(parent)
+        names.append(chain)
+    return names
+
+
+def _store(workdir: pathlib.Path, digest: str, read_only: bool = False) -> Checkpoints:
+    return Checkpoints(workdir / STORE, subdir=digest, read_only=read_only, max_to_keep=1)
+
+
+def _saved(workdir: pathlib.Path, digest: str, stage: int) -> bool:
+    # Orbax renames a step's directory into place once it is complete.
+    return (workdir / STORE / digest / str(stage)).is_dir()
+
+
+@functools.lru_cache(maxsize=8)
+def _program(system: System, recipe, epochs: tuple[int, int]):
+    return sharding.shards_program(system, recipe, *epochs)
+
+
+def _template(job: Setup, index: int):
+    return jax.device_get(training.initial_state(
+        job.system, recipe_of(job.config), shard_seed(job.config.seed, index), job.image_shape))
+
+
+def build_stages(job: Setup, workdir: pathlib.Path, excluded: Sequence[int] = ()
+                 ) -> tuple[list[list[str]], dict[str, Any]]:
+    """Trains every stage of every shard whose checkpoint is missing, given the erased samples,
+    stage after stage, the shards of a stage as one program (`sharding.shards_program`); each
+    from the checkpoint of its previous stage (in memory where this call made it).
+
+    Returns the digests and `{"seconds", "compile_seconds", "shards", "stages", "steps",
+    "sample_passes"}` of the work done (seconds: the programs', compilation apart)."""
+    digests = stage_digests(job, excluded)
+    config, batch = job.config, job.config.train.batch_size
+    program = _program(job.system, recipe_of(config), job.stage_epochs)
+    sizes = [int(np.sum(job.shard == k)) for k in range(config.shards.count)]
+    width = max(sizes)
+    held: dict[int, Any] = {}
+    done = {"seconds": 0.0, "compile_seconds": 0.0, "shards": [], "stages": {}, "steps": 0,
+            "sample_passes": 0}
+    for stage in range(1, config.shards.slices + 1):
+        todo = [k for k in range(config.shards.count)
+                if not _saved(workdir, digests[k][stage - 1], stage)]
+        if not todo:
+            continue
+        states = []
+        for k in todo:
+            if k in held:
+                states.append(held.pop(k))
+            elif stage == 1:
+                states.append(_template(job, k))
+            else:
+                store = _store(workdir, digests[k][stage - 2], read_only=True)
+                try:
+                    states.append(jax.device_get(store.restore(_template(job, k))))
+                finally:
+                    store.close()
+        images = np.zeros((len(todo), width, *job.image_shape), job.split.train_images.dtype)
+        labels = np.zeros((len(todo), width), np.int32)
+        ids = np.zeros((len(todo), width), np.int32)
+        counts = np.zeros(len(todo), np.int32)
+        for row, k in enumerate(todo):
+            rows = sharding.stage_rows(job.shard, job.slice_, k, stage, excluded)
+            images[row, :len(rows)] = job.split.train_images[rows]
+            labels[row, :len(rows)] = job.split.train_labels[rows]
+            ids[row, :len(rows)] = rows
+            counts[row] = len(rows)
+            steps = (len(rows) // batch) * sum(job.stage_epochs)
+            done["steps"] += steps
+            done["sample_passes"] += steps * batch
+        keys = np.stack([jax.random.fold_in(jax.random.PRNGKey(shard_seed(config.seed, k)), 1)
+                         for k in todo])
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
+        arguments = (stacked, images, labels, ids, counts, keys, np.int32(stage))
+        begun = time.perf_counter()
+        compiled = program.lower(*arguments).compile()
+        done["compile_seconds"] += time.perf_counter() - begun
+        begun = time.perf_counter()
+        stacked, finite, losses = jax.block_until_ready(compiled(*arguments))
+        done["seconds"] += time.perf_counter() - begun
+        finite, losses = np.asarray(finite), np.asarray(losses)
+        if not finite.all():
+            bad = todo[int(np.argmin(finite))]
+            raise NonFiniteError(f"shard {bad}: parameters became non-finite in stage {stage}; "
+                                 "the checkpoints of earlier stages are kept")
+        stacked = jax.device_get(stacked)
+        for row, k in enumerate(todo):
+            state = jax.tree.map(lambda a, r=row: a[r], stacked)
+            store = _store(workdir, digests[k][stage - 1])
+            try:
+                store.save(stage, state, config, {"kind": "shard", "shard": k, "stage": stage,
+                                                  "codec_loss": float(losses[row])})
+            finally:
+                store.close()
+            held[k] = state
+        done["shards"] = sorted(set(done["shards"]) | set(todo))
+        done["stages"][str(stage)] = todo
+        logging.info("stage %d of %d: shards %s trained (last codec loss %s)", stage,
+                     config.shards.slices, todo, np.round(losses, 3).tolist())
+    return digests, done
+
+
+def load_shards(job: Setup, workdir: pathlib.Path, digests: list[list[str]]):
+    """The final stage's params and batch_stats of every shard, stacked on a leading axis."""
+    states = []
+    for k, chain in enumerate(digests):
+        store = _store(workdir, chain[-1], read_only=True)
+        try:
+            states.append(jax.device_get(store.restore(_template(job, k))))
+        finally:
+            store.close()
+    return (jax.tree.map(lambda *a: np.stack(a), *[s.params for s in states]),
+            jax.tree.map(lambda *a: np.stack(a), *[s.batch_stats for s in states]))
+
+
+def original_readers(job: Setup, params, batch_stats, original: str | pathlib.Path | None):
+    """`(params, batch_stats)` with the receivers of the sharded system in `original` (the one a
+    deletion started from) where the protocol reads every system with the original receiver
+    (`evaluation.receiver`, as it reads a single system's unlearning); unchanged otherwise."""
+    if original is None or job.config.evaluation.receiver != "original":
+        return params, batch_stats
+    readers = load_shards(job, pathlib.Path(original), read_manifest(original)["shards"])
+    return with_receiver(params, batch_stats, receiver_of(*readers))
+
+
+def evaluate_sharded(job: Setup, workdir: pathlib.Path, digests, split: ErasureSplit,
+                     aggregation: str | None = None, original: str | pathlib.Path | None = None
+                     ) -> dict[str, Any]:
+    """The aggregated system's metrics on `split` (the evaluation protocol's, `evaluate_system`,
+    every shard reading the same draws), with the shards the sender chose and the side bits;
+    `original`: the sharded system before a deletion, whose receivers then read x̂
+    (`original_readers`)."""
+    params, batch_stats = original_readers(job, *load_shards(job, workdir, digests), original)
+    aggregation = aggregation or job.config.shards.aggregation
+    forward = functools.partial(sharding.sharded_metrics, aggregation=aggregation)
+    results = evaluate_system(job.system, params, batch_stats, split, protocol_of(job.config),
+                              forward=forward)
+    results.update(aggregation=aggregation, shards=job.config.shards.count,
+                   slices=job.config.shards.slices,
+                   index_bits=sharding.index_bits(job.config.shards.count))
+    return results
+
+
+def read_manifest(workdir: str | pathlib.Path) -> dict[str, Any] | None:
+    """The manifest of a sharded workdir, or None."""
+    path = pathlib.Path(workdir) / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_sharded(config: ml_collections.ConfigDict, workdir: str, *,
+                  excluded: Sequence[int] = (), overwrite: bool = False) -> dict[str, Any]:
+    """Trains (or resumes) the sharded system of `config` in `workdir`, evaluates it and writes
+    the manifest and results.json. `excluded`: training rows left out from the start (what a
+    deletion of them must reproduce). A workdir of another configuration is refused, or emptied
+    with `overwrite`. Returns the results."""
+    check_workdir(workdir)
+    job = setup(config)
+    path = pathlib.Path(workdir)
+    manifest = read_manifest(path)
+    if manifest is not None and manifest["training"] != training_fingerprint(config):
+        if not overwrite:
+            raise CheckpointMismatchError(f"{workdir} holds a sharded system of another "
+                                          "configuration; use another --workdir, or --overwrite")
+        logging.warning("--overwrite: deleting the sharded system of another configuration in %s",
+                        workdir)
+        shutil.rmtree(path / STORE, ignore_errors=True)
+        (path / MANIFEST).unlink()
+        manifest = None
+    excluded = sorted({int(i) for i in excluded} | set((manifest or {}).get("excluded", [])))
+    digests, done = build_stages(job, path, excluded)
+    manifest = {"format": 1, "training": training_fingerprint(config),
+                "config": json.loads(config.to_json_best_effort()),
+                "count": config.shards.count, "slices": config.shards.slices,
+                "stage_epochs": list(job.stage_epochs), "num_train": len(job.split.train_labels),
+                "assignment_sha256": ids_digest(job.shard * config.shards.slices + job.slice_),
+                "excluded": excluded, "shards": digests,
+                "requests": (manifest or {}).get("requests", [])}
+    write_json_atomic(path / MANIFEST, manifest)
+    results = evaluate_sharded(job, path, digests, job.split if not excluded else
+                               _split_without(job, excluded))
+    results.update(train_seconds=done["seconds"], compile_seconds=done["compile_seconds"],
+                   steps=done["steps"], sample_passes=done["sample_passes"],
+                   stage_epochs=list(job.stage_epochs))
+    write_json_atomic(path / RESULTS_FILE, results)
+    return results
+
+
+def _split_without(job: Setup, excluded: Sequence[int]) -> ErasureSplit:
+    """The evaluation split once `excluded` is erased: the backdoor protocol's split where they
+    are its D_e (read as before: forgetting shows in the backdoor accuracy), else the forget
+    split of those rows."""
+    from scu_jax.runs.build import load_split
+
+    if job.split.backdoor and set(np.flatnonzero(job.split.train_is_erased)) == set(excluded):
+        return job.split
+    config = job.config.copy_and_resolve_references()
+    if config.forget.kind == "backdoor":
+        return job.split
+    return load_split(config, ids=np.asarray(excluded, np.int64))
+
+
+def delete_from_sharded(workdir: str, ids: Sequence[int], *, request_id: str = "") -> dict:
+    """Erases training rows `ids` from the sharded system in `workdir` exactly (module
+    docstring); returns the request's record (appended to the manifest's `requests`)."""
+    path = pathlib.Path(workdir)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise FileNotFoundError(f"{workdir} holds no sharded system ({MANIFEST}); train one with "
+                                "scu-train --config.shards.count=S")
+    config = config_from_json(manifest["config"])
+    job = setup(config)
+    ids = np.unique(np.asarray(ids, np.int64))
+    if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(job.split.train_labels):
+        raise ValueError(f"a deletion names training rows in [0, {len(job.split.train_labels)}), "
+                         f"got {ids.tolist()[:5]}")
+    before = manifest["shards"]
+    excluded = sorted(set(manifest["excluded"]) | set(ids.tolist()))
+    begun = time.perf_counter()
+    digests, done = build_stages(job, path, excluded)
+    record = {"request_id": request_id, "count": int(len(ids)), "ids_sha256": ids_digest(ids),
+              "shards_retrained": done["shards"], "stages_retrained": done["stages"],
+              "earliest_slice": {str(k): int(job.slice_[ids[job.shard[ids] == k]].min()) + 1
+                                 for k in np.unique(job.shard[ids]).tolist()},
+              "new_checkpoints": sorted({d for chain in digests for d in chain}
+                                        - {d for chain in before for d in chain}),
+              "seconds": done["seconds"], "compile_seconds": done["compile_seconds"],
+              "wall_seconds": time.perf_counter() - begun, "steps": done["steps"],
+              "sample_passes": done["sample_passes"]}
+    manifest.update(excluded=excluded, shards=digests,
+                    requests=[*manifest.get("requests", []), record])
+    write_json_atomic(path / MANIFEST, manifest)
+    kept = {d for chain in digests for d in chain}
+    for chain in before:  # what saw an erased sample goes: the store keeps no copy of it
+        for digest in chain:
+            if digest not in kept:
+                shutil.rmtree(path / STORE / digest, ignore_errors=True)
+    return record
+
+
+def is_sharded(workdir: str | pathlib.Path | None) -> bool:
+    """Whether `workdir` holds a sharded system (its manifest)."""
+    return workdir is not None and (pathlib.Path(workdir) / MANIFEST).is_file()
+
+
+def open_sharded(deployment: str, init_workdir: str | None) -> Setup:
+    """The sharded deployment in `deployment`: the sharded system itself (scu-train's workdir),
+    or, on the first call, a copy of the one in `init_workdir` (made whole, then renamed)."""
+    path = pathlib.Path(deployment)
+    if not is_sharded(path):
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"--deployment={deployment} holds something else than a sharded "
+                             "system")
+        temporary = path.with_name(path.name + ".copying")
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.copytree(init_workdir, temporary)
+        if path.exists():
+            path.rmdir()
+        temporary.rename(path)
+    manifest = read_manifest(path)
+    return setup(config_from_json(manifest["config"]))
+
+
+def request_ids(job: Setup, excluded: Sequence[int], *, ids_file: str | None = None,
+                class_id: int | None = None, fraction: float | None = None, seed: int = 0
+                ) -> np.ndarray:
+    """The training rows a request names (a file, a class or a random fraction), checked
+    against the training split and the samples erased before (one-line errors)."""
+    from scu_jax.data.forget import class_ids, random_ids, read_ids
+    from scu_jax.data.sources import num_classes
+
+    n = len(job.split.train_labels)
+    if ids_file is not None:
+        return read_ids(ids_file, n, excluded=excluded)
+    if class_id is not None:
+        return class_ids(job.split.train_labels, class_id, num_classes(job.config.dataset),
+                         excluded=excluded)
+    return random_ids(n, fraction, seed, excluded=excluded)
