@@ -34,16 +34,18 @@ from scu_jax import sharding
 from scu_jax.config import config_from_json, training_fingerprint, validate_config
 from scu_jax.data import ErasureSplit
 from scu_jax.data.forget import ids_digest
-from scu_jax.errors import CheckpointMismatchError, ConfigError, NonFiniteError
+from scu_jax.errors import CheckpointMismatchError, ConfigError, Interrupted, NonFiniteError
 from scu_jax.evaluation import evaluate_system
 from scu_jax.methods import training
 from scu_jax.models import System, receiver_of, with_receiver
+from scu_jax.runs import signals
 from scu_jax.runs.build import build_for, protocol_of, recipe_of
 from scu_jax.runs.checkpointing import Checkpoints
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic
 
 MANIFEST = "sharded.json"
 STORE = "slices"
+_COMPILED: dict[tuple, Any] = {}  # a stage program's executables, by (program, shards, rows)
 
 
 class Setup(NamedTuple):
@@ -130,73 +132,89 @@ def build_stages(job: Setup, workdir: pathlib.Path, excluded: Sequence[int] = ()
     Returns the digests and `{"seconds", "compile_seconds", "shards", "stages", "steps",
     "sample_passes"}` of the work done (seconds: the programs', compilation apart)."""
     digests = stage_digests(job, excluded)
-    config, batch = job.config, job.config.train.batch_size
+    config = job.config
     program = _program(job.system, recipe_of(config), job.stage_epochs)
     sizes = [int(np.sum(job.shard == k)) for k in range(config.shards.count)]
     width = max(sizes)
     held: dict[int, Any] = {}
     done = {"seconds": 0.0, "compile_seconds": 0.0, "shards": [], "stages": {}, "steps": 0,
             "sample_passes": 0}
-    for stage in range(1, config.shards.slices + 1):
-        todo = [k for k in range(config.shards.count)
-                if not _saved(workdir, digests[k][stage - 1], stage)]
-        if not todo:
-            continue
-        states = []
-        for k in todo:
-            if k in held:
-                states.append(held.pop(k))
-            elif stage == 1:
-                states.append(_template(job, k))
-            else:
-                store = _store(workdir, digests[k][stage - 2], read_only=True)
-                try:
-                    states.append(jax.device_get(store.restore(_template(job, k))))
-                finally:
-                    store.close()
-        images = np.zeros((len(todo), width, *job.image_shape), job.split.train_images.dtype)
-        labels = np.zeros((len(todo), width), np.int32)
-        ids = np.zeros((len(todo), width), np.int32)
-        counts = np.zeros(len(todo), np.int32)
-        for row, k in enumerate(todo):
-            rows = sharding.stage_rows(job.shard, job.slice_, k, stage, excluded)
-            images[row, :len(rows)] = job.split.train_images[rows]
-            labels[row, :len(rows)] = job.split.train_labels[rows]
-            ids[row, :len(rows)] = rows
-            counts[row] = len(rows)
-            steps = (len(rows) // batch) * sum(job.stage_epochs)
-            done["steps"] += steps
-            done["sample_passes"] += steps * batch
-        keys = np.stack([jax.random.fold_in(jax.random.PRNGKey(shard_seed(config.seed, k)), 1)
-                         for k in todo])
-        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
-        arguments = (stacked, images, labels, ids, counts, keys, np.int32(stage))
-        begun = time.perf_counter()
-        compiled = program.lower(*arguments).compile()
-        done["compile_seconds"] += time.perf_counter() - begun
-        begun = time.perf_counter()
-        stacked, finite, losses = jax.block_until_ready(compiled(*arguments))
-        done["seconds"] += time.perf_counter() - begun
-        finite, losses = np.asarray(finite), np.asarray(losses)
-        if not finite.all():
-            bad = todo[int(np.argmin(finite))]
-            raise NonFiniteError(f"shard {bad}: parameters became non-finite in stage {stage}; "
-                                 "the checkpoints of earlier stages are kept")
-        stacked = jax.device_get(stacked)
-        for row, k in enumerate(todo):
-            state = jax.tree.map(lambda a, r=row: a[r], stacked)
-            store = _store(workdir, digests[k][stage - 1])
+    with signals.stops_at_boundaries():  # SIGTERM: this stage saved, then one line (`signals`)
+        for stage in range(1, config.shards.slices + 1):
+            _build_stage(job, workdir, program, digests, stage, excluded, width, held, done)
+            if signals.received() is not None:
+                number = signals.received()
+                raise Interrupted(number, f"interrupted by {signals.signal_name(number)} after "
+                                  f"stage {stage} of {config.shards.slices}: its checkpoints are "
+                                  "saved; the same command resumes")
+    return digests, done
+
+
+def _build_stage(job: Setup, workdir: pathlib.Path, program, digests, stage: int, excluded,
+                 width: int, held: dict[int, Any], done: dict[str, Any]) -> None:
+    """`build_stages`' stage `stage`: its missing checkpoints trained and saved."""
+    config, batch = job.config, job.config.train.batch_size
+    todo = [k for k in range(config.shards.count)
+            if not _saved(workdir, digests[k][stage - 1], stage)]
+    if not todo:
+        return
+    states = []
+    for k in todo:
+        if k in held:
+            states.append(held.pop(k))
+        elif stage == 1:
+            states.append(_template(job, k))
+        else:
+            store = _store(workdir, digests[k][stage - 2], read_only=True)
             try:
-                store.save(stage, state, config, {"kind": "shard", "shard": k, "stage": stage,
-                                                  "codec_loss": float(losses[row])})
+                states.append(jax.device_get(store.restore(_template(job, k))))
             finally:
                 store.close()
-            held[k] = state
-        done["shards"] = sorted(set(done["shards"]) | set(todo))
-        done["stages"][str(stage)] = todo
-        logging.info("stage %d of %d: shards %s trained (last codec loss %s)", stage,
-                     config.shards.slices, todo, np.round(losses, 3).tolist())
-    return digests, done
+    images = np.zeros((len(todo), width, *job.image_shape), job.split.train_images.dtype)
+    labels = np.zeros((len(todo), width), np.int32)
+    ids = np.zeros((len(todo), width), np.int32)
+    counts = np.zeros(len(todo), np.int32)
+    for row, k in enumerate(todo):
+        rows = sharding.stage_rows(job.shard, job.slice_, k, stage, excluded)
+        images[row, :len(rows)] = job.split.train_images[rows]
+        labels[row, :len(rows)] = job.split.train_labels[rows]
+        ids[row, :len(rows)] = rows
+        counts[row] = len(rows)
+        steps = (len(rows) // batch) * sum(job.stage_epochs)
+        done["steps"] += steps
+        done["sample_passes"] += steps * batch
+    keys = np.stack([jax.random.fold_in(jax.random.PRNGKey(shard_seed(config.seed, k)), 1)
+                     for k in todo])
+    stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *states)
+    arguments = (stacked, images, labels, ids, counts, keys, np.int32(stage))
+    signature = (program, len(todo), width)  # the stage number is an argument, not a constant
+    if signature not in _COMPILED:
+        begun = time.perf_counter()
+        _COMPILED[signature] = program.lower(*arguments).compile()
+        done["compile_seconds"] += time.perf_counter() - begun
+    compiled = _COMPILED[signature]
+    begun = time.perf_counter()
+    stacked, finite, losses = jax.block_until_ready(compiled(*arguments))
+    done["seconds"] += time.perf_counter() - begun
+    finite, losses = np.asarray(finite), np.asarray(losses)
+    if not finite.all():
+        bad = todo[int(np.argmin(finite))]
+        raise NonFiniteError(f"shard {bad}: parameters became non-finite in stage {stage}; "
+                             "the checkpoints of earlier stages are kept")
+    stacked = jax.device_get(stacked)
+    for row, k in enumerate(todo):
+        state = jax.tree.map(lambda a, r=row: a[r], stacked)
+        store = _store(workdir, digests[k][stage - 1])
+        try:
+            store.save(stage, state, config, {"kind": "shard", "shard": k, "stage": stage,
+                                              "codec_loss": float(losses[row])})
+        finally:
+            store.close()
+        held[k] = state
+    done["shards"] = sorted(set(done["shards"]) | set(todo))
+    done["stages"][str(stage)] = todo
+    logging.info("stage %d of %d: shards %s trained (last codec loss %s)", stage,
+                 config.shards.slices, todo, np.round(losses, 3).tolist())
 
 
 def load_shards(job: Setup, workdir: pathlib.Path, digests: list[list[str]]):
@@ -329,10 +347,9 @@ def delete_from_sharded(workdir: str, ids: Sequence[int], *, request_id: str = "
                     requests=[*manifest.get("requests", []), record])
     write_json_atomic(path / MANIFEST, manifest)
     kept = {d for chain in digests for d in chain}
-    for chain in before:  # what saw an erased sample goes: the store keeps no copy of it
-        for digest in chain:
-            if digest not in kept:
-                shutil.rmtree(path / STORE / digest, ignore_errors=True)
+    # What saw an erased sample goes (and what an interrupted call left): no copy of it is kept.
+    for stale in [p for p in (path / STORE).iterdir() if p.name not in kept]:
+        shutil.rmtree(stale, ignore_errors=True)
     return record
 
 
