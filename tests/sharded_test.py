@@ -17,6 +17,7 @@ from scu_jax.errors import CheckpointMismatchError, ConfigError
 from scu_jax.models import apply_receiver, to_unit_interval
 from scu_jax.runs import sharded
 from scu_jax.runs.checkpointing import tree_digest
+from scu_jax.runs.train import train_and_evaluate
 
 from conftest import made_once, said
 from forget_test import REPO, SMOKE, _env, _write
@@ -172,6 +173,14 @@ def test_bad_sharded_values_are_one_line_errors_before_any_work(trained, tmp_pat
     assert not (tmp_path / "never").exists()
     with pytest.raises(CheckpointMismatchError, match="another configuration"):
         sharded.train_sharded(_config(aggregation="vote", count=2), str(trained[0]))
+    # A sharded system and a single one never overwrite each other's workdir.
+    with pytest.raises(CheckpointMismatchError, match="holds a sharded system"):
+        train_and_evaluate(_config(count=1), str(trained[0]))
+    single = tmp_path / "single"
+    (single / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointMismatchError, match="holds a single system"):
+        sharded.train_sharded(_config(), str(single))
+    assert [p.name for p in single.iterdir()] == ["checkpoints"]
     # The binaries: a sharded request on a plain system, another method on a sharded one.
     plain = tmp_path / "plain"
     plain.mkdir()

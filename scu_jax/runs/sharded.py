@@ -40,8 +40,8 @@ from scu_jax.methods import training
 from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.runs import signals
 from scu_jax.runs.build import build_for, protocol_of, recipe_of
-from scu_jax.runs.checkpointing import Checkpoints
-from scu_jax.runs.files import RESULTS_FILE, check_workdir, write_json_atomic
+from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
+from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 
 MANIFEST = "sharded.json"
 STORE = "slices"
@@ -274,6 +274,11 @@ def train_sharded(config: ml_collections.ConfigDict, workdir: str, *,
     job = setup(config)
     path = pathlib.Path(workdir)
     manifest = read_manifest(path)
+    if (path / CHECKPOINT_DIR).exists():
+        if not overwrite:
+            raise CheckpointMismatchError(f"{workdir} holds a single system (scu-train without "
+                                          "shards); use another --workdir, or --overwrite")
+        remove_run_outputs(path, (CHECKPOINT_DIR, RESULTS_FILE, "summaries"))
     if manifest is not None and manifest["training"] != training_fingerprint(config):
         if not overwrite:
             raise CheckpointMismatchError(f"{workdir} holds a sharded system of another "

@@ -177,6 +177,11 @@ def _prepare(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -
     parallel = data_parallel(config)  # the mesh's errors before any work
     check_workdir(workdir)
     workdir_path = pathlib.Path(workdir)
+    if (workdir_path / "sharded.json").exists():  # `runs.sharded.MANIFEST`
+        if not overwrite:
+            raise CheckpointMismatchError(f"{workdir} holds a sharded system; use another "
+                                          "--workdir, or --overwrite")
+        remove_run_outputs(workdir_path, ("sharded.json", "slices", RESULTS_FILE))
     try:
         Checkpoints(workdir_path).check_compatible(config)
     except (CheckpointMismatchError, CheckpointReadError):
