@@ -77,6 +77,30 @@ def _copy(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
     return target
 
 
+def membership_auc(job, workdir: pathlib.Path) -> float:
+    """The loss attack of the evaluation (`evaluation.membership_scores`: −SSE, D_e against
+    triggered test images no system saw, one draw) on the sharded system in `workdir`."""
+    import functools
+
+    import jax
+
+    from scu_jax.evaluation import membership_sets, roc_auc
+    from scu_jax.passes import per_sample_metrics, system_for_evaluation
+    from scu_jax.runs import sharded
+    from scu_jax.runs.build import protocol_of
+    from scu_jax.sharding import sharded_metrics
+
+    protocol = protocol_of(job.config)
+    params, batch_stats = sharded.load_shards(job, workdir, sharded.read_manifest(workdir)["shards"])
+    forward = functools.partial(sharded_metrics, aggregation=job.config.shards.aggregation)
+    key = jax.random.fold_in(jax.random.PRNGKey(protocol.seed), 10)
+    scores = [-per_sample_metrics(system_for_evaluation(job.system, protocol), params, batch_stats,
+                                  images, batch_size=protocol.batch_size,
+                                  key=jax.random.fold_in(key, index), forward=forward)["sse"]
+              for index, images in enumerate(membership_sets(job.split))]
+    return roc_auc(*scores)
+
+
 def run_seed(root: pathlib.Path, seed: int, counts, slices: int, requests: int,
              smoke: bool = False) -> dict:
     from scu_jax.runs import relearn, sharded
@@ -87,6 +111,14 @@ def run_seed(root: pathlib.Path, seed: int, counts, slices: int, requests: int,
     single_dir = root / "single"
     train_and_evaluate(_config(seed, smoke=smoke), str(single_dir))
     single = json.loads((single_dir / "results.json").read_text())
+    from scu_jax.evaluation import membership_inference_auc
+    from scu_jax.runs.build import build_for, protocol_of
+    from scu_jax.runs.saved import load_variables
+
+    split, system, shape = build_for(_config(seed, smoke=smoke))
+    single["mia_auc"] = membership_inference_auc(
+        system, *load_variables(str(single_dir), system, _config(seed, smoke=smoke), shape)[:2],
+        split, protocol_of(_config(seed, smoke=smoke)))
     methods = {name: unlearn_and_evaluate(_config(seed, method=name, smoke=smoke),
                                           str(single_dir), str(root / name))
                for name in ("retrain", "scu")}
@@ -112,6 +144,7 @@ def run_seed(root: pathlib.Path, seed: int, counts, slices: int, requests: int,
                                          job.split, original=path)
         relearned = relearn.sharded_relearning_curve(copy, steps=ATTACK_STEPS, seed=seed,
                                                      original=path)
+        best["mia_auc"], after["mia_auc"] = membership_auc(job, path), membership_auc(job, copy)
         out["sharded"][str(count)] = {"best": best, "vote": vote, "requests": records,
                                       "erasure": erasure, "after_erasure": after,
                                       "relearning": relearned}
@@ -174,14 +207,26 @@ def tables(runs: list[dict], counts, slices: int) -> str:
     lines += ["", "## Exact deletion of D_e (the backdoor protocol)", "",
               "Read by the original's receiver(s), as the protocol reads every system.", "",
               "| system | seconds (compile s) | shards retrained | backdoor % | acc test % | "
-              "acc D_clean % | MSE D_clean |", "|---|---|---|---|---|---|---|"]
+              "acc D_clean % | MSE D_clean | MIA AUC (loss) |", "|---|---|---|---|---|---|---|---|"]
     for name in ("retrain", "scu"):
         results = [run["methods"][name] for run in runs]
         lines.append(f"| one system, {name} | {_mean([r['unlearn_seconds'] for r in results])} "
                      f"({_mean([r.get('compile_seconds', 0.0) for r in results])}) | – | "
                      + " | ".join(_mean([r[k] * s for r in results]) for k, s in (
                          ("backdoor_accuracy", 100), ("accuracy_test", 100),
-                         ("accuracy_clean", 100), ("mse_clean", 1))) + " |")
+                         ("accuracy_clean", 100), ("mse_clean", 1), ("mia_auc", 1))) + " |")
+    for name, key in (("one system, original", "single"),):
+        results = [run[key] for run in runs]
+        lines.append(f"| {name} | – | – | " + " | ".join(_mean([r.get(k, np.nan) * s for r in results])
+                     for k, s in (("backdoor_accuracy", 100), ("accuracy_test", 100),
+                                  ("accuracy_clean", 100), ("mse_clean", 1), ("mia_auc", 1)))
+                     + " |")
+    for count in counts:
+        befores = [run["sharded"][str(count)]["best"] for run in runs]
+        lines.append(f"| S = {count}, R = {slices}, before | – | – | " + " | ".join(
+            _mean([b[k] * s for b in befores]) for k, s in (
+                ("backdoor_accuracy", 100), ("accuracy_test", 100), ("accuracy_clean", 100),
+                ("mse_clean", 1), ("mia_auc", 1))) + " |")
     for count in counts:
         erasures = [run["sharded"][str(count)]["erasure"] for run in runs]
         afters = [run["sharded"][str(count)]["after_erasure"] for run in runs]
@@ -190,7 +235,7 @@ def tables(runs: list[dict], counts, slices: int) -> str:
                      f"{np.mean([len(e['shards_retrained']) for e in erasures]):.0f} | "
                      + " | ".join(_mean([a[k] * s for a in afters]) for k, s in (
                          ("backdoor_accuracy", 100), ("accuracy_test", 100),
-                         ("accuracy_clean", 100), ("mse_clean", 1))) + " |")
+                         ("accuracy_clean", 100), ("mse_clean", 1), ("mia_auc", 1))) + " |")
     lines += ["", "## The relearning attack after the deletion of D_e", "",
               "Backdoor accuracy on the 90 % of D_e the attacker never saw, after training on a "
               "seeded tenth of it (sharded: every shard's codec trained on the same batches). "
