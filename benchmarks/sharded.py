@@ -103,7 +103,7 @@ def membership_auc(job, workdir: pathlib.Path) -> float:
 
 def run_seed(root: pathlib.Path, seed: int, counts, slices: int, requests: int,
              smoke: bool = False) -> dict:
-    from scu_jax.runs import relearn, sharded
+    from scu_jax.runs import relearn, sharded, sharded_requests
     from scu_jax.runs.train import train_and_evaluate
     from scu_jax.runs.unlearn import unlearn_and_evaluate
 
@@ -134,11 +134,11 @@ def run_seed(root: pathlib.Path, seed: int, counts, slices: int, requests: int,
         rng = np.random.default_rng([seed, count, 17])
         picks = rng.choice(np.flatnonzero(~job.split.train_is_erased), requests, replace=False)
         copy = _copy(path, root / f"S{count}_requests")
-        records = [sharded.delete_from_sharded(str(copy), [int(i)], request_id=f"one-{i}")
+        records = [sharded_requests.delete_from_sharded(str(copy), [int(i)], request_id=f"one-{i}")
                    for i in picks]
         copy = _copy(path, root / f"S{count}_erased")
         begun = time.perf_counter()
-        erasure = sharded.delete_from_sharded(str(copy), erased, request_id="D_e")
+        erasure = sharded_requests.delete_from_sharded(str(copy), erased, request_id="D_e")
         erasure["wall_seconds"] = time.perf_counter() - begun
         after = sharded.evaluate_sharded(job, copy, sharded.read_manifest(copy)["shards"],
                                          job.split, original=path)

@@ -15,7 +15,7 @@ import scu_jax
 from scu_jax import sharding
 from scu_jax.errors import CheckpointMismatchError, ConfigError
 from scu_jax.models import apply_receiver, to_unit_interval
-from scu_jax.runs import sharded
+from scu_jax.runs import sharded, sharded_requests
 from scu_jax.runs.checkpointing import tree_digest
 from scu_jax.runs.train import train_and_evaluate
 
@@ -104,7 +104,7 @@ def test_a_deletion_retrains_only_what_saw_the_samples_and_equals_training_witho
     # One sample of shard 0's second slice, one of shard 1's first.
     ids = [int(np.flatnonzero((job.shard == 0) & (job.slice_ == 1))[3]),
            int(np.flatnonzero((job.shard == 1) & (job.slice_ == 0))[5])]
-    record = sharded.delete_from_sharded(str(workdir), ids, request_id="r1")
+    record = sharded_requests.delete_from_sharded(str(workdir), ids, request_id="r1")
     after = sharded.read_manifest(workdir)
     assert record["shards_retrained"] == [0, 1]
     assert record["stages_retrained"] == {"1": [1], "2": [0, 1]}
@@ -124,7 +124,7 @@ def test_a_deletion_retrains_only_what_saw_the_samples_and_equals_training_witho
     assert tree_digest(_params(job, scratch)) == tree_digest(params_after)
     # A later request on a shard already retrained builds on its new checkpoints.
     third = [int(np.flatnonzero((job.shard == 1) & (job.slice_ == 1))[0])]
-    record = sharded.delete_from_sharded(str(workdir), third, request_id="r2")
+    record = sharded_requests.delete_from_sharded(str(workdir), third, request_id="r2")
     latest = sharded.read_manifest(workdir)
     assert record["stages_retrained"] == {"2": [1]}
     assert latest["shards"][1][0] == after["shards"][1][0]
@@ -208,3 +208,37 @@ def test_the_benchmark_refuses_bad_flags_in_one_line():
                                (([2], 4, [0], 0), "--sharded_requests must be at least 1")):
         with pytest.raises(ValueError, match=message):
             bench.check_arguments(*arguments)
+
+
+def test_the_record_is_a_hash_chain_that_verify_checks_with_the_store(trained, tmp_path):
+    workdir = tmp_path / "deployment"
+    shutil.copytree(trained[0], workdir)
+    job = sharded.setup(_config())
+    first = int(np.flatnonzero((job.shard == 2) & (job.slice_ == 1))[0])
+    sharded_requests.delete_from_sharded(str(workdir), [first], request_id="alice")
+    sharded_requests.delete_from_sharded(str(workdir), [first + 1], request_id="bob")
+    summary = sharded_requests.verify_sharded(workdir)
+    manifest = sharded.read_manifest(workdir)
+    assert (summary["requests"], summary["erased"]) == (2, 2)
+    assert summary["head"] == manifest["head"] == manifest["requests"][-1]["sha256"]
+    assert manifest["requests"][1]["previous_sha256"] == manifest["requests"][0]["sha256"]
+    path = workdir / sharded.MANIFEST
+    pristine = path.read_text()
+
+    def tampered(change, message):
+        edited = json.loads(pristine)
+        change(edited)
+        path.write_text(json.dumps(edited))
+        with pytest.raises(scu_jax.LedgerMismatchError, match=message):
+            sharded_requests.verify_sharded(workdir)
+        path.write_text(pristine)
+
+    tampered(lambda m: m["requests"][0].update(request_id="mallory"), "request 1 .* not the one")
+    tampered(lambda m: m["requests"].reverse(), "not the one the chain recorded")
+    tampered(lambda m: m["requests"].pop(), "its head is not its last request's")
+    tampered(lambda m: m.update(excluded=[first]), "the erased samples are not the requests'")
+    tampered(lambda m: m["shards"][2].reverse(), "checkpoint names are not those")
+    stray = workdir / sharded.STORE / ("0" * 64)
+    shutil.copytree(workdir / sharded.STORE / manifest["shards"][0][0], stray)
+    with pytest.raises(scu_jax.LedgerMismatchError, match="1 checkpoint\\(s\\) outside the chains"):
+        sharded_requests.verify_sharded(workdir)

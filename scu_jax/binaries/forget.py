@@ -21,7 +21,7 @@ training split) not yet erased whose forgetting is hardest for SCU on the curren
 A sharded system (scu-train --config.shards.count=S) is a deployment of its own: requests on it
 (--ids, --class_id, --random_fraction; --method=sisa, its default) delete exactly, retraining only
 the shards that held a named sample from the stage before its slice (docs/exact-unlearning.md);
-its record is DIR/sharded.json.
+its record is DIR/sharded.json, hash-chained, which --verify checks with the store.
 
 Example (alice.txt: training-set indices, one per line):
   scu-forget --deployment=runs/deployed --init_workdir=runs/clean --ids=alice.txt
@@ -41,7 +41,8 @@ from scu_jax.binaries import common
 from scu_jax.config import METHODS
 from scu_jax.errors import LedgerMismatchError
 from scu_jax.runs import deployment as deployments
-from scu_jax.runs import ledger, sharded
+from scu_jax.runs import ledger, sharded_requests as sharded
+from scu_jax.runs.sharded import MANIFEST, read_manifest
 
 PROGRAM = "scu-forget"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -99,15 +100,21 @@ def _check_flags() -> None:
 
 def _forget_sharded() -> None:
     """A request on a sharded deployment: exact deletion (`runs/sharded.py`)."""
-    if _VERIFY.value or _WORST_CASE.value is not None or _CONFIG.value is not None:
+    if _VERIFY.value:
+        summary = sharded.verify_sharded(_DEPLOYMENT.value)
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        if _OUTPUT.value:
+            pathlib.Path(_OUTPUT.value).write_text(text + "\n")
+        print(text, flush=True)
+        return
+    if _WORST_CASE.value is not None or _CONFIG.value is not None:
         raise ValueError("a sharded deployment takes --ids, --class_id or --random_fraction "
-                         "(its record is DIR/sharded.json; --verify, --worst_case and --config "
-                         "are for a single system)")
+                         "(--worst_case and --config are for a single system)")
     if _METHOD.present and _METHOD.value != "sisa":
         raise ValueError(f"--method={_METHOD.value}: a sharded deployment deletes exactly "
                          "(--method=sisa)")
     job = sharded.open_sharded(_DEPLOYMENT.value, _INIT_WORKDIR.value)
-    excluded = sharded.read_manifest(_DEPLOYMENT.value)["excluded"]
+    excluded = read_manifest(_DEPLOYMENT.value)["excluded"]
     if _IDS.value is not None:
         named = [(_REQUEST_ID.value or pathlib.Path(path).stem,
                   sharded.request_ids(job, excluded, ids_file=path)) for path in _IDS.value]
@@ -127,7 +134,7 @@ def _forget_sharded() -> None:
               f"{record['shards_retrained']} from slices {record['earliest_slice']}, "
               f"{record['seconds']:.2f} s ({record['compile_seconds']:.1f} s compiling), "
               f"{record['sample_passes']} sample passes", flush=True)
-    print(f"record: {pathlib.Path(_DEPLOYMENT.value) / sharded.MANIFEST}", flush=True)
+    print(f"record: {pathlib.Path(_DEPLOYMENT.value) / MANIFEST}", flush=True)
 
 
 def _main() -> None:
@@ -136,7 +143,10 @@ def _main() -> None:
     def body() -> None:
         _check_flags()
         if sharded.is_sharded(_DEPLOYMENT.value) or sharded.is_sharded(_INIT_WORKDIR.value):
-            _forget_sharded()
+            try:
+                _forget_sharded()
+            except LedgerMismatchError as error:
+                common.fail(PROGRAM, error, code=1)
             return
         if _METHOD.value == "sisa":
             raise ValueError(f"--method=sisa deletes from a sharded system (scu-train "

@@ -1,4 +1,4 @@
-"""A sharded, sliced system in a workdir (`scu_jax.sharding`): training, exact deletion, evaluation.
+"""A sharded, sliced system in a workdir (`scu_jax.sharding`): training, its stages, evaluation.
 
 WORKDIR/sharded.json (the manifest) names, for every shard, the checkpoint of each of its R
 stages; WORKDIR/slices/<digest>/<stage> holds one. A stage's digest chains its parent's with the
@@ -7,9 +7,9 @@ the shard), so a checkpoint's name says exactly which samples it was trained on,
 the requests gives the same names and, the steps being deterministic, the same bits.
 
 `train_sharded(config, workdir)` trains (or resumes) every stage whose checkpoint is missing; a
-deletion (`delete_from_sharded`) adds the erased samples to the manifest's `excluded`, which
-changes the digests of the stages from the earliest slice that held one, in the shards that
-held one, and runs the same function: those stages, and only those, are trained again, from the
+deletion (`runs.sharded_requests.delete_from_sharded`) adds the erased samples to the manifest's
+`excluded`, which changes the digests of the stages from the earliest slice that held one, in
+the shards that held one, and runs the same `build_stages`: those stages, and only those, are trained again, from the
 checkpoint before them, which never saw an erased sample; the checkpoints that did see one are
 then deleted. The manifest is replaced atomically after the new checkpoints are saved, so an
 interrupted deletion leaves the previous version whole (and a rerun reuses what it saved).
@@ -296,7 +296,8 @@ def train_sharded(config: ml_collections.ConfigDict, workdir: str, *,
                 "stage_epochs": list(job.stage_epochs), "num_train": len(job.split.train_labels),
                 "assignment_sha256": ids_digest(job.shard * config.shards.slices + job.slice_),
                 "excluded": excluded, "shards": digests,
-                "requests": (manifest or {}).get("requests", [])}
+                "trained_without": (manifest or {}).get("trained_without", excluded),
+                **{k: manifest[k] for k in ("requests", "head") if manifest and k in manifest}}
     write_json_atomic(path / MANIFEST, manifest)
     results = evaluate_sharded(job, path, digests, job.split if not excluded else
                                _split_without(job, excluded))
@@ -319,80 +320,3 @@ def _split_without(job: Setup, excluded: Sequence[int]) -> ErasureSplit:
     if config.forget.kind == "backdoor":
         return job.split
     return load_split(config, ids=np.asarray(excluded, np.int64))
-
-
-def delete_from_sharded(workdir: str, ids: Sequence[int], *, request_id: str = "") -> dict:
-    """Erases training rows `ids` from the sharded system in `workdir` exactly (module
-    docstring); returns the request's record (appended to the manifest's `requests`)."""
-    path = pathlib.Path(workdir)
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise FileNotFoundError(f"{workdir} holds no sharded system ({MANIFEST}); train one with "
-                                "scu-train --config.shards.count=S")
-    config = config_from_json(manifest["config"])
-    job = setup(config)
-    ids = np.unique(np.asarray(ids, np.int64))
-    if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(job.split.train_labels):
-        raise ValueError(f"a deletion names training rows in [0, {len(job.split.train_labels)}), "
-                         f"got {ids.tolist()[:5]}")
-    before = manifest["shards"]
-    excluded = sorted(set(manifest["excluded"]) | set(ids.tolist()))
-    begun = time.perf_counter()
-    digests, done = build_stages(job, path, excluded)
-    record = {"request_id": request_id, "count": int(len(ids)), "ids_sha256": ids_digest(ids),
-              "shards_retrained": done["shards"], "stages_retrained": done["stages"],
-              "earliest_slice": {str(k): int(job.slice_[ids[job.shard[ids] == k]].min()) + 1
-                                 for k in np.unique(job.shard[ids]).tolist()},
-              "new_checkpoints": sorted({d for chain in digests for d in chain}
-                                        - {d for chain in before for d in chain}),
-              "seconds": done["seconds"], "compile_seconds": done["compile_seconds"],
-              "wall_seconds": time.perf_counter() - begun, "steps": done["steps"],
-              "sample_passes": done["sample_passes"]}
-    manifest.update(excluded=excluded, shards=digests,
-                    requests=[*manifest.get("requests", []), record])
-    write_json_atomic(path / MANIFEST, manifest)
-    kept = {d for chain in digests for d in chain}
-    # What saw an erased sample goes (and what an interrupted call left): no copy of it is kept.
-    for stale in [p for p in (path / STORE).iterdir() if p.name not in kept]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return record
-
-
-def is_sharded(workdir: str | pathlib.Path | None) -> bool:
-    """Whether `workdir` holds a sharded system (its manifest)."""
-    return workdir is not None and (pathlib.Path(workdir) / MANIFEST).is_file()
-
-
-def open_sharded(deployment: str, init_workdir: str | None) -> Setup:
-    """The sharded deployment in `deployment`: the sharded system itself (scu-train's workdir),
-    or, on the first call, a copy of the one in `init_workdir` (made whole, then renamed)."""
-    path = pathlib.Path(deployment)
-    if not is_sharded(path):
-        if path.exists() and any(path.iterdir()):
-            raise ValueError(f"--deployment={deployment} holds something else than a sharded "
-                             "system")
-        temporary = path.with_name(path.name + ".copying")
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.copytree(init_workdir, temporary)
-        if path.exists():
-            path.rmdir()
-        temporary.rename(path)
-    manifest = read_manifest(path)
-    return setup(config_from_json(manifest["config"]))
-
-
-def request_ids(job: Setup, excluded: Sequence[int], *, ids_file: str | None = None,
-                class_id: int | None = None, fraction: float | None = None, seed: int = 0
-                ) -> np.ndarray:
-    """The training rows a request names (a file, a class or a random fraction), checked
-    against the training split and the samples erased before (one-line errors)."""
-    from scu_jax.data.forget import class_ids, random_ids, read_ids
-    from scu_jax.data.sources import num_classes
-
-    n = len(job.split.train_labels)
-    if ids_file is not None:
-        return read_ids(ids_file, n, excluded=excluded)
-    if class_id is not None:
-        return class_ids(job.split.train_labels, class_id, num_classes(job.config.dataset),
-                         excluded=excluded)
-    return random_ids(n, fraction, seed, excluded=excluded)
