@@ -32,6 +32,8 @@ _COUNTS = flags.DEFINE_list("sharded_counts", ["2", "4", "8"], "Shard counts S (
 _SLICES = flags.DEFINE_integer("sharded_slices", 4, "Slices R of each shard.")
 _SEEDS = flags.DEFINE_list("sharded_seeds", ["0"], "Seeds.")
 _REQUESTS = flags.DEFINE_integer("sharded_requests", 10, "Single-sample requests in sequence.")
+_FROM_JSON = flags.DEFINE_boolean("sharded_from_json", False, "Write the tables and figure again "
+                                  "from WORKDIR/sharded.json (a finished run's numbers).")
 _SMOKE = flags.DEFINE_boolean("sharded_smoke", False, "The smoke variant (a tiny job: to try the "
                               "command, not to measure).")
 
@@ -230,7 +232,7 @@ def tables(runs: list[dict], counts, slices: int) -> str:
     for count in counts:
         erasures = [run["sharded"][str(count)]["erasure"] for run in runs]
         afters = [run["sharded"][str(count)]["after_erasure"] for run in runs]
-        lines.append(f"| S = {count}, R = {slices} | {_mean([e['seconds'] for e in erasures])} "
+        lines.append(f"| S = {count}, R = {slices}, after | {_mean([e['seconds'] for e in erasures])} "
                      f"({_mean([e['compile_seconds'] for e in erasures])}) | "
                      f"{np.mean([len(e['shards_retrained']) for e in erasures]):.0f} | "
                      + " | ".join(_mean([a[k] * s for a in afters]) for k, s in (
@@ -257,6 +259,49 @@ def tables(runs: list[dict], counts, slices: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(runs: list[dict], counts, path: pathlib.Path) -> None:
+    """Quality and the cost of one deletion against S (one system at S = 1), mean over seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [1, *counts]
+    retrain = np.mean([run["methods"]["retrain"]["unlearn_seconds"] for run in runs])
+    scu = np.mean([run["methods"]["scu"]["unlearn_seconds"] for run in runs])
+    fig, (quality, cost) = plt.subplots(1, 2, figsize=(10, 3.8))
+
+    def curve(key, aggregation, scale):
+        return [np.mean([run["single"][key] for run in runs]) * scale] + [
+            np.mean([run["sharded"][str(c)][aggregation][key] for run in runs]) * scale
+            for c in counts]
+
+    quality.plot(xs, curve("accuracy_test", "best", 100), "C0o-", label="test accuracy, best-of-S")
+    quality.plot(xs, curve("accuracy_test", "vote", 100), "C0o:", label="test accuracy, vote")
+    quality.set_ylabel("test accuracy %")
+    psnr = quality.twinx()  # the vote changes the receivers only: one PSNR curve
+    psnr.plot(xs, curve("psnr_test", "best", 1), "C1s-", label="test PSNR")
+    psnr.set_ylabel("test PSNR dB")
+    psnr.legend(loc="lower right", fontsize=8)
+    quality.legend(loc="lower left", fontsize=8)
+    quality.set_xscale("log", base=2)
+    quality.set_xlabel("shards S (1: one system)")
+    quality.set_title("quality")
+    p50 = [np.percentile([r["seconds"] for run in runs for r in run["sharded"][str(c)]["requests"]],
+                         50) for c in counts]
+    cost.plot(counts, p50, "C2o-", label="one request, sharded (p50)")
+    cost.axhline(retrain, color="C3", label="retraining one system")
+    cost.axhline(scu, color="C4", linestyle="--", label="SCU on D_e")
+    cost.set_xscale("log", base=2)
+    cost.set_yscale("log")
+    cost.set_xlabel("shards S")
+    cost.set_ylabel("seconds (compilation apart)")
+    cost.set_title("the cost of one deletion")
+    cost.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv) -> None:
     from scu_jax.binaries.common import fail
     from scu_jax.runs.logs import quiet_library_logs
@@ -271,16 +316,27 @@ def main(argv) -> None:
     quiet_library_logs()
     root = pathlib.Path(_WORKDIR.value)
     begun = time.perf_counter()
-    runs = [run_seed(root / f"seed{seed}", seed, counts, _SLICES.value, _REQUESTS.value,
-                     _SMOKE.value) for seed in seeds]
-    import jax
+    if _FROM_JSON.value:  # the tables and figure again, from a finished run's numbers
+        saved = json.loads((root / "sharded.json").read_text())
+        if isinstance(saved, list):  # written before the file kept its header
+            runs, header = saved, (root / "sharded.md").read_text().split("## Quality")[0]
+        else:
+            runs, header = saved["runs"], saved["header"]
+    else:
+        runs = [run_seed(root / f"seed{seed}", seed, counts, _SLICES.value, _REQUESTS.value,
+                         _SMOKE.value) for seed in seeds]
+        import jax
 
-    header = (f"# Exact unlearning by sharding\n\n`python -m {PROGRAM} {' '.join(sys.argv[1:])}`"
-              f"\n\nMain job (embedded MNIST, backdoor protocol, EDR 6 %), seeds {seeds}; "
-              f"{platform.machine()} CPU, {jax.device_count()} device(s), jax {jax.__version__}; "
-              f"wall time {(time.perf_counter() - begun) / 60:.1f} min.\n\n")
-    text = header + tables(runs, counts, _SLICES.value)
-    (root / "sharded.json").write_text(json.dumps(runs, indent=1, default=float))
+        header = (f"# Exact unlearning by sharding\n\n`python -m {PROGRAM} "
+                  f"{' '.join(sys.argv[1:])}`\n\nMain job (embedded MNIST, backdoor protocol, "
+                  f"EDR 6 %), seeds {seeds}; {platform.machine()} CPU, {jax.device_count()} "
+                  f"device(s), jax {jax.__version__}; {time.strftime('%Y-%m-%d')}; wall time "
+                  f"{(time.perf_counter() - begun) / 60:.1f} min.\n\n")
+        (root / "sharded.json").write_text(json.dumps({"header": header, "runs": runs},
+                                                      indent=1, default=float))
+    text = (header + tables(runs, counts, _SLICES.value)
+            + "\n![quality and deletion cost](sharded.png)\n")
+    figure(runs, counts, root / "sharded.png")
     (root / "sharded.md").write_text(text)
     print(text)
 
