@@ -19,7 +19,9 @@ after each number of steps, against retraining's under the same attack (the curv
 WORKDIR/relearning.json, which a rerun resumes). A `worstF` setting is the worst-case set of F of
 the training set for the seed's system (`scu_jax.worst_case`, found once and cached in
 WORKDIR/seedS); beside a `randomF` of the same F, a last table compares every method's gap to
-retraining on the two (`--set=evaluation.probes=true` adds the probes to every row).
+retraining on the two (`--set=evaluation.probes=true` adds the probes to every row). A
+`sisaS` method is exact deletion from a sharded system of S shards and 4 slices, trained once a
+seed on the clean set (`runs/sharded.py`; docs/exact-unlearning.md).
 """
 
 from __future__ import annotations
@@ -100,6 +102,49 @@ def gap_closed_of(config, train_dir: pathlib.Path, workdir: pathlib.Path) -> flo
     return float(reading(system_for_evaluation(system, protocol), *params, data))
 
 
+def sisa_count(method: str) -> int | None:
+    """S of a `sisaS` method (exact deletion from S shards, `runs/sharded.py`), else None."""
+    if not method.startswith("sisa"):
+        return None
+    if not method[4:].isdigit() or int(method[4:]) < 2:
+        raise ValueError(f"{method!r}: sisaS names S ≥ 2 shards, e.g. sisa8")
+    return int(method[4:])
+
+
+def sisa_row(base, config, seed: int, root: pathlib.Path, where: pathlib.Path,
+             method: str) -> dict[str, Any]:
+    """Exact deletion of the setting's D_e from the seed's sharded system (S shards, 4 slices;
+    trained once a seed on the clean set, a copy a setting), read like every row: by the
+    receivers of the system before the deletion. Cached in WHERE/METHOD.json."""
+    import shutil
+
+    from scu_jax.runs import sharded, sharded_requests
+    from scu_jax.runs.build import load_split
+
+    cached = where / f"{method}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    system_config = base.copy_and_resolve_references()
+    system_config.seed = seed
+    system_config.shards.count, system_config.shards.slices = sisa_count(method), 4
+    system_dir = root / f"seed{seed}" / method
+    sharded.train_sharded(system_config, str(system_dir))
+    copy = where / method
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(system_dir, copy)
+    split = load_split(config)
+    record = sharded_requests.delete_from_sharded(str(copy), split.erased_indices,
+                                                  request_id=where.name)
+    job = sharded.setup(system_config)
+    results = sharded.evaluate_sharded(job, copy, sharded.read_manifest(copy)["shards"], split,
+                                       original=system_dir)
+    results.update(method=method, unlearn_seconds=record["seconds"], stopped_by="exact",
+                   epochs=0, shards_retrained=len(record["shards_retrained"]),
+                   sample_passes=record["sample_passes"])
+    write_json_atomic(cached, results)
+    return results
+
+
 def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dict[str, Any]]:
     train_dir = root / f"seed{seed}" / "train"
     train_config = base.copy_and_resolve_references()
@@ -117,6 +162,9 @@ def run_seed(base, seed: int, root: pathlib.Path, settings, methods) -> list[dic
                                         reference_workdir=str(retrain_dir))]
         results.append(original_row(config, train_dir, retrain_dir))
         for method in methods:  # a method, or a variant of one (`benchmarks.variants`)
+            if sisa_count(method):
+                results.append(sisa_row(base, config, seed, root, where, method))
+                continue
             try:
                 results.append({**unlearn_and_evaluate(
                     apply_variant(config, method), str(train_dir), str(where / method),
@@ -196,7 +244,8 @@ def main(argv) -> None:
         sys.exit("benchmarks.forgetting: error: --forget_attack_steps must increase from >= 0")
     try:
         for method in _METHODS.value:
-            variant_fields(method)
+            if not sisa_count(method):
+                variant_fields(method)
     except ValueError as error:
         sys.exit(f"benchmarks.forgetting: error: --methods: {error}")
     try:
@@ -226,7 +275,8 @@ def main(argv) -> None:
             curves = json.loads(path.read_text()) if path.exists() else []
         done = {(c["seed"], c["setting"], c["method"]) for c in curves}
         for seed in map(int, _SEEDS.value):
-            curves += relearning_rows(base, seed, root, _SETTINGS.value, _METHODS.value, steps,
+            curves += relearning_rows(base, seed, root, _SETTINGS.value,
+                                      [m for m in _METHODS.value if not sisa_count(m)], steps,
                                       done)
             write_json_atomic(path, curves)
         table += relearning_markdown(curves, _SETTINGS.value, _METHODS.value)
