@@ -96,6 +96,7 @@ def test_training_writes_every_stage_and_an_aggregated_evaluation(trained):
 
 def test_a_deletion_retrains_only_what_saw_the_samples_and_equals_training_without_them(
         trained, tmp_path):
+    """Also: the record is a hash chain that `verify_sharded` checks with the store."""
     workdir = tmp_path / "deployment"
     shutil.copytree(trained[0], workdir)
     job = sharded.setup(_config())
@@ -132,6 +133,37 @@ def test_a_deletion_retrains_only_what_saw_the_samples_and_equals_training_witho
     sharded.train_sharded(_config(), str(scratch), excluded=ids + third)  # resumes: one stage
     assert (tree_digest(_one(_params(job, scratch), 1))
             == tree_digest(_one(_params(job, workdir), 1)))
+    _the_record_is_a_hash_chain_that_verify_checks_with_the_store(workdir)
+
+
+def _the_record_is_a_hash_chain_that_verify_checks_with_the_store(workdir: pathlib.Path):
+    summary = sharded_requests.verify_sharded(workdir)
+    manifest = sharded.read_manifest(workdir)
+    assert (summary["requests"], summary["erased"]) == (2, 3)
+    assert summary["head"] == manifest["head"] == manifest["requests"][-1]["sha256"]
+    assert manifest["requests"][1]["previous_sha256"] == manifest["requests"][0]["sha256"]
+    path = workdir / sharded.MANIFEST
+    pristine = path.read_text()
+
+    def tampered(change, message):
+        edited = json.loads(pristine)
+        change(edited)
+        path.write_text(json.dumps(edited))
+        with pytest.raises(scu_jax.LedgerMismatchError, match=message):
+            sharded_requests.verify_sharded(workdir)
+        path.write_text(pristine)
+
+    tampered(lambda m: m["requests"][0].update(request_id="mallory"), "request 1 .* not the one")
+    tampered(lambda m: m["requests"].reverse(), "not the one the chain recorded")
+    tampered(lambda m: m["requests"].pop(), "its head is not its last request's")
+    tampered(lambda m: m.update(excluded=manifest["excluded"][:1]),
+             "the erased samples are not the requests'")
+    tampered(lambda m: m["shards"][2].reverse(), "checkpoint names are not those")
+    stray = workdir / sharded.STORE / ("0" * 64)
+    shutil.copytree(workdir / sharded.STORE / manifest["shards"][0][0], stray)
+    with pytest.raises(scu_jax.LedgerMismatchError,
+                       match="1 checkpoint\\(s\\) outside the chains"):
+        sharded_requests.verify_sharded(workdir)
 
 
 def test_the_sender_picks_the_best_shard_and_the_receivers_vote(trained):
@@ -209,36 +241,3 @@ def test_the_benchmark_refuses_bad_flags_in_one_line():
         with pytest.raises(ValueError, match=message):
             bench.check_arguments(*arguments)
 
-
-def test_the_record_is_a_hash_chain_that_verify_checks_with_the_store(trained, tmp_path):
-    workdir = tmp_path / "deployment"
-    shutil.copytree(trained[0], workdir)
-    job = sharded.setup(_config())
-    first = int(np.flatnonzero((job.shard == 2) & (job.slice_ == 1))[0])
-    sharded_requests.delete_from_sharded(str(workdir), [first], request_id="alice")
-    sharded_requests.delete_from_sharded(str(workdir), [first + 1], request_id="bob")
-    summary = sharded_requests.verify_sharded(workdir)
-    manifest = sharded.read_manifest(workdir)
-    assert (summary["requests"], summary["erased"]) == (2, 2)
-    assert summary["head"] == manifest["head"] == manifest["requests"][-1]["sha256"]
-    assert manifest["requests"][1]["previous_sha256"] == manifest["requests"][0]["sha256"]
-    path = workdir / sharded.MANIFEST
-    pristine = path.read_text()
-
-    def tampered(change, message):
-        edited = json.loads(pristine)
-        change(edited)
-        path.write_text(json.dumps(edited))
-        with pytest.raises(scu_jax.LedgerMismatchError, match=message):
-            sharded_requests.verify_sharded(workdir)
-        path.write_text(pristine)
-
-    tampered(lambda m: m["requests"][0].update(request_id="mallory"), "request 1 .* not the one")
-    tampered(lambda m: m["requests"].reverse(), "not the one the chain recorded")
-    tampered(lambda m: m["requests"].pop(), "its head is not its last request's")
-    tampered(lambda m: m.update(excluded=[first]), "the erased samples are not the requests'")
-    tampered(lambda m: m["shards"][2].reverse(), "checkpoint names are not those")
-    stray = workdir / sharded.STORE / ("0" * 64)
-    shutil.copytree(workdir / sharded.STORE / manifest["shards"][0][0], stray)
-    with pytest.raises(scu_jax.LedgerMismatchError, match="1 checkpoint\\(s\\) outside the chains"):
-        sharded_requests.verify_sharded(workdir)
