@@ -110,13 +110,13 @@ def shards_program(system: System, recipe: Recipe, receiver_epochs: int, codec_e
     are finite after the stage; `losses[k]`: the mean codec loss of its last epoch.
 
     Example:
-      >>> program = scu_jax.shards_program(system, recipe, receiver_epochs=1, codec_epochs=1)
+      >>> program = scu_jax.shards_program(system, recipe, receiver_epochs=0, codec_epochs=1)
       >>> two = lambda tree: jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), tree)
       >>> ids = jnp.arange(len(labels))
       >>> finals, finite, losses = program(two(state), two(images), two(labels), two(ids),
       ...                                  jnp.array([16, 8]), two(key), 1)
       >>> (finals.step - state.step).tolist(), finite.tolist()  # a 16-row shard and an 8-row one
-      ([2, 0], [True, True])
+      ([1, 0], [True, True])
     """
     steps = {training.RECEIVER: training.receiver_step(system, recipe),
              training.CODEC: training.codec_step(system, recipe)}
