@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
-exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"
+exec .venv/bin/python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
