@@ -129,7 +129,7 @@ def _forget_sharded() -> None:
         named = [("+".join(name for name, _ in named),
                   np.unique(np.concatenate([ids for _, ids in named])))]
     for name, ids in named:
-        record = sharded.delete_from_sharded(_DEPLOYMENT.value, ids, request_id=name)
+        record = sharded.delete_from_sharded(_DEPLOYMENT.value, ids, request_id=name, job=job)
         print(f"{name}: {record['count']} samples erased exactly; shards retrained "
               f"{record['shards_retrained']} from slices {record['earliest_slice']}, "
               f"{record['seconds']:.2f} s ({record['compile_seconds']:.1f} s compiling), "

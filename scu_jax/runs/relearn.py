@@ -23,7 +23,7 @@ import numpy as np
 
 from scu_jax.config import method_config, validate_config
 from scu_jax.methods import training
-from scu_jax.models import with_receiver
+from scu_jax.models import receiver_of, with_receiver
 from scu_jax.passes import system_for_evaluation
 from scu_jax.probes import attack_rows
 from scu_jax.runs.build import build_for, protocol_of, recipe_of
@@ -133,10 +133,13 @@ def sharded_relearning_curve(workdir: str | pathlib.Path, *, fraction: float = 0
     step = jax.jit(jax.vmap(training.codec_step(job.system, recipe), in_axes=(0, None, None)))
     images = np.tile(split.erased_images[heldout], (protocol.draws, 1, 1, 1))
     forward = functools.partial(sharded_metrics, aggregation=config.shards.aggregation)
+    readers = sharded.original_readers(job, params, batch_stats, original)  # read once
+    reader = receiver_of(*readers) if readers[0] is not params else None
 
     def read(state) -> float:
-        params, batch_stats = sharded.original_readers(job, state.params, state.batch_stats,
-                                                       original)
+        params, batch_stats = state.params, state.batch_stats
+        if reader is not None:
+            params, batch_stats = with_receiver(params, batch_stats, reader)
         rows = per_sample_metrics(system_for_evaluation(job.system, protocol), params,
                                   batch_stats, images, batch_size=protocol.batch_size,
                                   key=stopping_key(protocol), forward=forward)

@@ -9,9 +9,9 @@ the requests gives the same names and, the steps being deterministic, the same b
 `train_sharded(config, workdir)` trains (or resumes) every stage whose checkpoint is missing; a
 deletion (`runs.sharded_requests.delete_from_sharded`) adds the erased samples to the manifest's
 `excluded`, which changes the digests of the stages from the earliest slice that held one, in
-the shards that held one, and runs the same `build_stages`: those stages, and only those, are trained again, from the
-checkpoint before them, which never saw an erased sample; the checkpoints that did see one are
-then deleted. The manifest is replaced atomically after the new checkpoints are saved, so an
+the shards that held one, and runs the same `build_stages`: those stages, and only those, are
+trained again, from the checkpoint before them, which never saw an erased sample; the
+checkpoints that did see one are then deleted. The manifest is replaced atomically after the new checkpoints are saved, so an
 interrupted deletion leaves the previous version whole (and a rerun reuses what it saved).
 """
 
@@ -39,7 +39,7 @@ from scu_jax.evaluation import evaluate_system
 from scu_jax.methods import training
 from scu_jax.models import System, receiver_of, with_receiver
 from scu_jax.runs import signals
-from scu_jax.runs.build import build_for, protocol_of, recipe_of
+from scu_jax.runs.build import build_for, load_split, protocol_of, recipe_of
 from scu_jax.runs.checkpointing import CHECKPOINT_DIR, Checkpoints
 from scu_jax.runs.files import RESULTS_FILE, check_workdir, remove_run_outputs, write_json_atomic
 
@@ -312,11 +312,6 @@ def _split_without(job: Setup, excluded: Sequence[int]) -> ErasureSplit:
     """The evaluation split once `excluded` is erased: the backdoor protocol's split where they
     are its D_e (read as before: forgetting shows in the backdoor accuracy), else the forget
     split of those rows."""
-    from scu_jax.runs.build import load_split
-
-    if job.split.backdoor and set(np.flatnonzero(job.split.train_is_erased)) == set(excluded):
+    if job.split.backdoor:
         return job.split
-    config = job.config.copy_and_resolve_references()
-    if config.forget.kind == "backdoor":
-        return job.split
-    return load_split(config, ids=np.asarray(excluded, np.int64))
+    return load_split(job.config, ids=np.asarray(excluded, np.int64))

@@ -45,16 +45,17 @@ def genesis(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def delete_from_sharded(workdir: str, ids: Sequence[int], *, request_id: str = "") -> dict:
+def delete_from_sharded(workdir: str, ids: Sequence[int], *, request_id: str = "",
+                        job: Setup | None = None) -> dict:
     """Erases training rows `ids` from the sharded system in `workdir` exactly (module
-    docstring); returns the request's record (appended to the manifest's `requests`)."""
+    docstring); returns the request's record (appended to the manifest's `requests`). `job`:
+    the system's `setup`, where the caller has it (its data then loads once)."""
     path = pathlib.Path(workdir)
     manifest = read_manifest(path)
     if manifest is None:
         raise FileNotFoundError(f"{workdir} holds no sharded system ({MANIFEST}); train one with "
                                 "scu-train --config.shards.count=S")
-    config = config_from_json(manifest["config"])
-    job = setup(config)
+    job = job or setup(config_from_json(manifest["config"]))
     ids = np.unique(np.asarray(ids, np.int64))
     if len(ids) == 0 or ids.min() < 0 or ids.max() >= len(job.split.train_labels):
         raise ValueError(f"a deletion names training rows in [0, {len(job.split.train_labels)}), "
